@@ -1,0 +1,166 @@
+"""Typed configuration shared by every process.
+
+Each process builds exactly one configuration object at start-up from, in
+increasing order of precedence: its INI file, environment variables (secrets
+only) and the command line.  Nothing reads the INI file again later.
+"""
+from __future__ import annotations
+
+import argparse
+import configparser
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .addresses import DEFAULT_PORTS, Address, parse_address_list
+
+PASSWORD_ENV = "PERO_PASSWORD"
+PASSWORD_FILE_ENV = "PERO_PASSWORD_FILE"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    """How to reach ZooKeeper and whom to authenticate as.
+
+    The same credentials and CA serve RabbitMQ and SFTP too: their addresses
+    are read from ZooKeeper, not from the file.
+    """
+    zookeeper_servers: tuple[Address, ...]
+    # kazoo-style chroot ('host:port/chroot'): isolates test runs and tenants; None in production.
+    zookeeper_chroot: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_cert: str | None = None
+
+    @property
+    def use_tls(self) -> bool:
+        return self.ca_cert is not None
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser, *, config_required: bool = False) -> None:
+    """The options every tool shares (SPEC.md section 7)."""
+    group = parser.add_argument_group("connection")
+    group.add_argument("-c", "--config", required=config_required,
+                       help="INI file; command-line options override it")
+    group.add_argument("-z", "--zookeeper", action="append", default=None, metavar="HOST[:PORT]",
+                       help="ZooKeeper server(s), comma separated or repeated (IPv6 as [addr]:port)")
+    group.add_argument("-l", "--zookeeper-list", metavar="FILE",
+                       help="file with ZooKeeper servers, one per line")
+    group.add_argument("-u", "--username", help="user for ZooKeeper, RabbitMQ and SFTP")
+    group.add_argument("-p", "--password",
+                       help=f"password (prefer --password-file or the {PASSWORD_ENV} environment variable)")
+    group.add_argument("--password-file", metavar="FILE", help="read the password from this file")
+    group.add_argument("-e", "--ca-cert", metavar="FILE",
+                       help="CA certificate: enables TLS and verifies every server against it")
+
+
+def read_ini_section(path: str | None, sections: tuple[str, ...]) -> dict[str, str]:
+    """Values of the first of `sections` present in the file (empty without a file)."""
+    if not path:
+        return {}
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, configparser.Error, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read config file {path}: {error}") from None
+    for name in sections:
+        if parser.has_section(name):
+            return dict(parser.items(name))
+    raise ConfigError(f"config file {path} has no [{'] or ['.join(sections)}] section")
+
+
+def _read_secret_file(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise ConfigError(f"cannot read password file {path}: {error.strerror}") from None
+
+
+def resolve_password(cli_password: str | None, cli_password_file: str | None,
+                     ini: dict[str, str]) -> str | None:
+    """Command line, then the environment, then the INI file."""
+    if cli_password:
+        return cli_password
+    if cli_password_file:
+        return _read_secret_file(cli_password_file)
+    if os.environ.get(PASSWORD_ENV):
+        return os.environ[PASSWORD_ENV]
+    if os.environ.get(PASSWORD_FILE_ENV):
+        return _read_secret_file(os.environ[PASSWORD_FILE_ENV])
+    if ini.get("password"):
+        return ini["password"]
+    if ini.get("password_file"):
+        return _read_secret_file(ini["password_file"])
+    return None
+
+
+def split_chroot(entries: list[str]) -> tuple[list[str], str | None]:
+    """Take a kazoo-style '/chroot' suffix off a server list ('h1:2181,h2:2181/tenant')."""
+    chroot = None
+    cleaned = []
+    for entry in entries:
+        if "/" in entry:
+            entry, _, path = entry.partition("/")
+            path = "/" + path.strip().strip("/")
+            if path != "/":
+                if chroot is not None and chroot != path:
+                    raise ConfigError(f"conflicting ZooKeeper chroots {chroot!r} and {path!r}")
+                chroot = path
+        cleaned.append(entry)
+    return cleaned, chroot
+
+
+def _zookeeper_servers(args: argparse.Namespace, ini: dict[str, str]) -> tuple[tuple[Address, ...], str | None]:
+    entries: list[str] = []
+    if getattr(args, "zookeeper", None):
+        entries.extend(args.zookeeper)
+    if getattr(args, "zookeeper_list", None):
+        try:
+            lines = Path(args.zookeeper_list).read_text(encoding="utf-8").splitlines()
+        except OSError as error:
+            raise ConfigError(f"cannot read ZooKeeper list {args.zookeeper_list}: {error.strerror}") from None
+        entries.extend(line.split("#", 1)[0] for line in lines)
+    if not entries and ini.get("zookeeper_servers"):
+        entries.append(ini["zookeeper_servers"])
+    if not entries:
+        raise ConfigError("no ZooKeeper servers: give -z HOST[:PORT], -l FILE or zookeeper_servers in the config file")
+    entries, chroot = split_chroot(entries)
+    try:
+        servers = parse_address_list(entries, DEFAULT_PORTS["zookeeper"])
+    except ValueError as error:
+        raise ConfigError(f"bad ZooKeeper server list: {error}") from None
+    if not servers:
+        raise ConfigError("the ZooKeeper server list is empty")
+    return tuple(servers), chroot
+
+
+def connection_config(args: argparse.Namespace, ini: dict[str, str]) -> ConnectionConfig:
+    """Merge the shared connection options with one INI section."""
+    ca_cert = getattr(args, "ca_cert", None) or ini.get("ca_cert") or None
+    if ca_cert and not os.path.isfile(ca_cert):
+        raise ConfigError(f"CA certificate not found: {ca_cert}")
+    servers, chroot = _zookeeper_servers(args, ini)
+    return ConnectionConfig(
+        zookeeper_servers=servers,
+        zookeeper_chroot=chroot,
+        username=getattr(args, "username", None) or ini.get("username") or None,
+        password=resolve_password(getattr(args, "password", None), getattr(args, "password_file", None), ini),
+        ca_cert=ca_cert,
+    )
+
+
+def ini_int(ini: dict[str, str], key: str, default: int) -> int:
+    raw = ini.get(key)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{key} must be an integer, got {raw!r}") from None

@@ -1,0 +1,204 @@
+"""ZooKeeper client: connection (TLS, SASL DIGEST-MD5, chroot), small typed helpers and kazoo recipes.
+
+Daemons use the `ZooKeeper` object and never import kazoo themselves.  kazoo runs
+watch callbacks on its own thread: callbacks given to `watch_data` and
+`watch_children` must only hand the event over (e.g. put it on a queue).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+from typing import Callable, Iterator
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import (  # re-exported: callers catch these from here
+    ConnectionLoss, KazooException, LockTimeout, NodeExistsError, NoNodeError, NoAuthError, BadVersionError,
+    SessionExpiredError,
+)
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import KazooState
+from kazoo.retry import KazooRetry
+from kazoo.security import make_digest_acl
+
+from .addresses import zookeeper_hosts_string
+from .config import ConnectionConfig
+
+__all__ = [
+    "ZooKeeper", "ZkConnectionError", "NoNodeError", "NodeExistsError", "NoAuthError", "BadVersionError",
+    "ConnectionLoss", "KazooException", "LockTimeout", "SessionExpiredError", "KazooState",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ZkConnectionError(Exception):
+    """ZooKeeper could not be reached or refused us; the message is meant for the operator."""
+
+
+def _explain_start_failure(config: ConnectionConfig, error: BaseException) -> str:
+    servers = zookeeper_hosts_string(list(config.zookeeper_servers))
+    if isinstance(error, KazooTimeoutError):
+        hint = "no server answered in time"
+        if config.use_tls:
+            hint += " (TLS: check the port is the secureClientPort and the CA certificate is right)"
+        return f"cannot connect to ZooKeeper at {servers}: {hint}"
+    if isinstance(error, ssl.SSLError):
+        return f"TLS handshake with ZooKeeper at {servers} failed: {error}"
+    return f"cannot connect to ZooKeeper at {servers}: {error}"
+
+
+class ZooKeeper:
+    """One ZooKeeper session.  Thread-safe (kazoo is), so one per process is enough."""
+
+    def __init__(self, config: ConnectionConfig, *, timeout: float = 10.0, session_timeout: float = 10.0) -> None:
+        self.config = config
+        hosts = zookeeper_hosts_string(list(config.zookeeper_servers))
+        if config.zookeeper_chroot:
+            hosts += config.zookeeper_chroot
+        kwargs: dict = {
+            "hosts": hosts,
+            "timeout": session_timeout,
+            # Retry connection attempts forever with capped backoff: a daemon outlives outages.
+            "connection_retry": KazooRetry(max_tries=-1, delay=0.2, backoff=2, max_delay=5),
+            "command_retry": KazooRetry(max_tries=3, delay=0.1, backoff=2, max_delay=2),
+            "logger": logging.getLogger("kazoo.client"),
+        }
+        if config.use_tls:
+            kwargs.update(use_ssl=True, verify_certs=True, ca=config.ca_cert)
+        if config.username and config.password:
+            kwargs["sasl_options"] = {
+                "mechanism": "DIGEST-MD5",
+                "username": config.username,
+                "password": config.password,
+            }
+            # Nodes we create are readable and writable by our user only.
+            kwargs["default_acl"] = [make_digest_acl(config.username, config.password, all=True)]
+        self.client = KazooClient(**kwargs)
+        self._start_timeout = timeout
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def start(self) -> "ZooKeeper":
+        try:
+            self.client.start(timeout=self._start_timeout)
+        except Exception as error:  # kazoo raises a timeout, socket or SSL error
+            with contextlib.suppress(Exception):
+                self.client.stop()
+                self.client.close()
+            raise ZkConnectionError(_explain_start_failure(self.config, error)) from None
+        return self
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.stop()
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+    def __enter__(self) -> "ZooKeeper":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def connected(self) -> bool:
+        return self.client.connected
+
+    def add_state_listener(self, listener: Callable[[str], None]) -> None:
+        """listener(state) with state one of KazooState.CONNECTED / SUSPENDED / LOST (kazoo's thread)."""
+        self.client.add_listener(listener)
+
+    @property
+    def session_id(self) -> int | None:
+        session = self.client.client_id
+        return session[0] if session else None
+
+    # --- plain node access ----------------------------------------------------
+
+    def get(self, path: str) -> bytes | None:
+        """The node's bytes, or None when it does not exist."""
+        try:
+            data, _stat = self.client.get(path)
+        except NoNodeError:
+            return None
+        return data
+
+    def get_text(self, path: str, default: str = "") -> str:
+        data = self.get(path)
+        return data.decode("utf-8", "replace") if data is not None else default
+
+    def set(self, path: str, value: bytes, *, ephemeral: bool = False) -> None:
+        """Write a node, creating it (and its parents) when missing."""
+        try:
+            self.client.set(path, value)
+        except NoNodeError:
+            try:
+                self.client.create(path, value, makepath=True, ephemeral=ephemeral)
+            except NodeExistsError:
+                self.client.set(path, value)
+
+    def set_text(self, path: str, value: str) -> None:
+        self.set(path, value.encode("utf-8"))
+
+    def create(self, path: str, value: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
+               makepath: bool = True) -> str:
+        return self.client.create(path, value, ephemeral=ephemeral, sequence=sequence, makepath=makepath)
+
+    def ensure_path(self, path: str) -> None:
+        self.client.ensure_path(path)
+
+    def exists(self, path: str) -> bool:
+        return self.client.exists(path) is not None
+
+    def children(self, path: str) -> list[str]:
+        try:
+            return sorted(self.client.get_children(path))
+        except NoNodeError:
+            return []
+
+    def delete(self, path: str, *, recursive: bool = False) -> bool:
+        """Delete a node; False when it was not there."""
+        try:
+            self.client.delete(path, recursive=recursive)
+        except NoNodeError:
+            return False
+        return True
+
+    def ephemeral_owner(self, path: str) -> int | None:
+        """Session id that owns an ephemeral node, or None (absent or persistent)."""
+        stat = self.client.exists(path)
+        if stat is None or not stat.ephemeralOwner:
+            return None
+        return stat.ephemeralOwner
+
+    # --- watches and recipes --------------------------------------------------
+
+    def watch_data(self, path: str, callback: Callable[[bytes | None], None]) -> None:
+        """callback(data) now and on every change (None when deleted); runs on kazoo's thread."""
+        def _on_change(data, _stat, _event=None):
+            callback(data)
+        self.client.DataWatch(path, _on_change)
+
+    def watch_children(self, path: str, callback: Callable[[list[str]], None]) -> None:
+        self.client.ensure_path(path)
+
+        def _on_change(children):
+            callback(sorted(children))
+        self.client.ChildrenWatch(path, _on_change)
+
+    @contextlib.contextmanager
+    def lock(self, path: str, identifier: str = "", timeout: float | None = 10.0) -> Iterator[None]:
+        """Distributed lock (kazoo Lock recipe); raises LockTimeout after `timeout` seconds."""
+        lock = self.client.Lock(path, identifier)
+        if not lock.acquire(timeout=timeout):
+            raise LockTimeout(f"could not lock {path} within {timeout} s")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                lock.release()
+
+    def election(self, path: str, identifier: str):
+        """A kazoo Election; call .run(func) to block until elected, then run func."""
+        return self.client.Election(path, identifier)

@@ -1,0 +1,152 @@
+"""ZooKeeper layout and status words (SPEC.md section 4).
+
+Every part of the suite builds node paths through these helpers so that the
+layout lives in exactly one place.  The layout is a wire-compatibility fact:
+tools of the original system read and write the same nodes.
+"""
+from __future__ import annotations
+
+ROOT = "/pero"
+
+WORKER_STATUS_ROOT = f"{ROOT}/worker/status"
+WORKER_CONFIG_ROOT = f"{ROOT}/worker/config"
+QUEUE_ROOT = f"{ROOT}/queue"
+
+MQ_SERVERS = f"{WORKER_CONFIG_ROOT}/mq_servers"
+MQ_MONITORING_SERVERS = f"{WORKER_CONFIG_ROOT}/mq_monitoring_servers"
+FTP_SERVERS = f"{WORKER_CONFIG_ROOT}/ftp_servers"
+
+# Status words written to /pero/worker/status/<id>/status.
+STARTING = "STARTING"
+PROCESSING = "PROCESSING"
+CONFIGURING = "CONFIGURING"
+CONNECTING = "CONNECTING"
+IDLE = "IDLE"
+PROCESSING_FAILED = "PROCESSING_FAILED"
+MQ_CONNECTION_FAILED = "MQ_CONNECTION_FAILED"
+ZK_CONNECTION_FAILED = "ZK_CONNECTION_FAILED"
+CONFIGURATION_FAILED = "CONFIGURATION_FAILED"
+DEAD = "DEAD"
+
+ALL_STATUSES = (
+    STARTING, PROCESSING, CONFIGURING, CONNECTING, IDLE, PROCESSING_FAILED,
+    MQ_CONNECTION_FAILED, ZK_CONNECTION_FAILED, CONFIGURATION_FAILED, DEAD,
+)
+RUNNING_STATUSES = (PROCESSING, IDLE)
+FAILURE_STATUSES = (CONFIGURATION_FAILED, MQ_CONNECTION_FAILED)
+
+
+def _check_name(name: str, what: str) -> str:
+    """Refuse names that would escape their parent node or be ambiguous."""
+    if not name or "/" in name or name in (".", "..") or "\x00" in name:
+        raise ValueError(f"invalid {what} name: {name!r}")
+    return name
+
+
+# --- worker nodes -----------------------------------------------------------
+
+def worker_root(worker_id: str) -> str:
+    return f"{WORKER_STATUS_ROOT}/{_check_name(worker_id, 'worker')}"
+
+
+def worker_status(worker_id: str) -> str:
+    return f"{worker_root(worker_id)}/status"
+
+
+def worker_connected(worker_id: str) -> str:
+    """Ephemeral child of the status node; exists while the worker's session lives."""
+    return f"{worker_status(worker_id)}/connected"
+
+
+def worker_queue(worker_id: str) -> str:
+    return f"{worker_root(worker_id)}/queue"
+
+
+def worker_enabled(worker_id: str) -> str:
+    return f"{worker_root(worker_id)}/enabled"
+
+
+def worker_unlock_time(worker_id: str) -> str:
+    return f"{worker_root(worker_id)}/unlock_time"
+
+
+# --- stage (queue) nodes ----------------------------------------------------
+
+def stage_root(stage: str) -> str:
+    return f"{QUEUE_ROOT}/{_check_name(stage, 'stage')}"
+
+
+def stage_config(stage: str) -> str:
+    return f"{stage_root(stage)}/config"
+
+
+def stage_config_path(stage: str) -> str:
+    return f"{stage_root(stage)}/config_path"
+
+
+def stage_config_version(stage: str) -> str:
+    return f"{stage_root(stage)}/config_version"
+
+
+def stage_admin_priority(stage: str) -> str:
+    return f"{stage_root(stage)}/administrative_priority"
+
+
+def stage_avg_msg_time(stage: str) -> str:
+    return f"{stage_root(stage)}/avg_msg_time"
+
+
+def stage_avg_msg_time_lock(stage: str) -> str:
+    return f"{stage_root(stage)}/avg_msg_time_lock"
+
+
+def stage_waiting_since(stage: str) -> str:
+    return f"{stage_root(stage)}/waiting_since"
+
+
+def stage_switch_time(stage: str) -> str:
+    """Seconds a worker needs to take up this stage (download + model load).
+
+    Not in the original layout: an additive node, measured by workers and read
+    by the watchdog to weigh the cost of moving a worker.
+    """
+    return f"{stage_root(stage)}/switch_time"
+
+
+# --- value encodings --------------------------------------------------------
+
+def encode_priority(value: int) -> bytes:
+    """Administrative priority: signed big-endian, at least 4 bytes."""
+    length = max(4, (value.bit_length() + 8) // 8)
+    return int(value).to_bytes(length, "big", signed=True)
+
+
+def decode_priority(raw: bytes | None) -> int:
+    if not raw:
+        return 0
+    return int.from_bytes(raw, "big", signed=True)
+
+
+def encode_float(value: float) -> bytes:
+    return float(value).hex().encode()
+
+
+def decode_float(raw: bytes | None, default: float = 0.0) -> float:
+    if not raw:
+        return default
+    text = raw.decode("utf-8", "replace").strip()
+    try:
+        return float.fromhex(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return default
+
+
+def encode_text(value: str) -> bytes:
+    return value.encode("utf-8")
+
+
+def decode_text(raw: bytes | None) -> str:
+    return raw.decode("utf-8", "replace") if raw else ""

@@ -51,7 +51,9 @@ def _explain_start_failure(config: ConnectionConfig, error: BaseException) -> st
 class ZooKeeper:
     """One ZooKeeper session.  Thread-safe (kazoo is), so one per process is enough."""
 
-    def __init__(self, config: ConnectionConfig, *, timeout: float = 10.0, session_timeout: float = 10.0) -> None:
+    def __init__(self, config: ConnectionConfig, *, timeout: float = 10.0, session_timeout: float = 10.0,
+                 client_id: tuple[int, bytes] | None = None) -> None:
+        """client_id: (session id, password) of an earlier session to resume (see `session_credentials`)."""
         self.config = config
         hosts = zookeeper_hosts_string(list(config.zookeeper_servers))
         if config.zookeeper_chroot:
@@ -64,6 +66,8 @@ class ZooKeeper:
             "command_retry": KazooRetry(max_tries=3, delay=0.1, backoff=2, max_delay=2),
             "logger": logging.getLogger("kazoo.client"),
         }
+        if client_id is not None:
+            kwargs["client_id"] = client_id
         if config.use_tls:
             kwargs.update(use_ssl=True, verify_certs=True, ca=config.ca_cert)
         if config.username and config.password:
@@ -108,6 +112,12 @@ class ZooKeeper:
     def add_state_listener(self, listener: Callable[[str], None]) -> None:
         """listener(state) with state one of KazooState.CONNECTED / SUSPENDED / LOST (kazoo's thread)."""
         self.client.add_listener(listener)
+
+    @property
+    def session_credentials(self) -> tuple[int, bytes] | None:
+        """(session id, password): lets a restarted process resume or close its crashed predecessor's session."""
+        session = self.client.client_id
+        return (session[0], bytes(session[1])) if session else None
 
     @property
     def session_id(self) -> int | None:

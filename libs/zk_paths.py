@@ -135,13 +135,12 @@ def decode_float(raw: bytes | None, default: float = 0.0) -> float:
     if not raw:
         return default
     text = raw.decode("utf-8", "replace").strip()
+    # float.hex() output always has an '0x' prefix; anything else is read as a decimal
+    # (float.fromhex('2.5') would silently give 2.3125).
     try:
-        return float.fromhex(text)
+        return float.fromhex(text) if "0x" in text.lower() else float(text)
     except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            return default
+        return default
 
 
 def encode_text(value: str) -> bytes:

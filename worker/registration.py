@@ -1,0 +1,172 @@
+"""The worker's presence in ZooKeeper (SPEC section 4) and the refusal of duplicate ids.
+
+A worker is "connected" while the ephemeral node `<id>/status/connected` exists;
+it belongs to the worker's ZooKeeper session.  A second live process with the
+same id must be refused, but a worker restarted right after a crash must not
+be: its predecessor's session lives on in ZooKeeper until it times out and
+would look exactly like a live duplicate.
+
+How the two are told apart: the worker keeps its session id and password in
+its cache directory (mode 0600) and holds an exclusive lock on a file next to
+it for as long as it runs.  On start it takes the lock (a live process with
+this id and cache directory still holds it -> refused at once), then closes the
+session recorded there, if any: that session belongs to a dead predecessor, and
+closing it makes ZooKeeper delete its ephemeral nodes at once.  A `connected`
+node that is still owned by another session after that belongs to a process
+elsewhere (another host or cache directory): a live duplicate.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import logging
+import os
+from pathlib import Path
+
+from ..libs import zk_paths
+from ..libs.config import ConnectionConfig
+from ..libs.zk import NodeExistsError, NoNodeError, ZkConnectionError, ZooKeeper
+
+log = logging.getLogger(__name__)
+
+
+class DuplicateWorkerError(Exception):
+    """Another live worker uses this id; the message says which session or lock holds it."""
+
+
+class SessionStore:
+    """The per-id lock file and saved ZooKeeper session in the cache directory."""
+
+    def __init__(self, cache_dir: Path, worker_id: str) -> None:
+        self.directory = cache_dir / "workers"
+        self.lock_path = self.directory / f"{worker_id}.lock"
+        self.session_path = self.directory / f"{worker_id}.session"
+        self._lock_fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the per-id lock for the life of this process (DuplicateWorkerError when held)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = ""
+            with contextlib.suppress(OSError):
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise DuplicateWorkerError(
+                f"another worker process{' (pid ' + holder + ')' if holder else ''} with this id is running "
+                f"on this host (it holds {self.lock_path})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def load(self) -> tuple[int, bytes] | None:
+        try:
+            text = self.session_path.read_text(encoding="ascii").split()
+            return int(text[0], 16), bytes.fromhex(text[1])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def save(self, credentials: tuple[int, bytes] | None) -> None:
+        if credentials is None:
+            return
+        session_id, password = credentials
+        temporary = self.session_path.with_suffix(".session.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(f"{session_id:x} {password.hex()}\n")
+        os.replace(temporary, self.session_path)
+
+    def clear(self) -> None:
+        with contextlib.suppress(OSError):
+            self.session_path.unlink()
+
+
+def close_stale_session(config: ConnectionConfig, credentials: tuple[int, bytes], *, timeout: float = 5.0) -> bool:
+    """Close a dead predecessor's ZooKeeper session so its ephemeral nodes go now, not after the timeout.
+
+    Returns True when the session was still alive and is now closed.  An
+    expired session is simply gone: kazoo then opens (and we close) a fresh one.
+    """
+    session = ZooKeeper(config, timeout=timeout, client_id=credentials)
+    try:
+        session.start()
+    except ZkConnectionError as error:
+        log.debug("could not resume the previous session: %s", error)
+        return False
+    resumed = session.session_id == credentials[0]
+    session.stop()
+    return resumed
+
+
+def utc_now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+class Registration:
+    """The worker's nodes under /pero/worker/status/<id>."""
+
+    def __init__(self, zk: ZooKeeper, worker_id: str) -> None:
+        self.zk = zk
+        self.worker_id = worker_id
+        self._last_status: str | None = None
+
+    def register(self, status: str = zk_paths.STARTING) -> None:
+        """Create or refresh the worker's nodes; DuplicateWorkerError when another live session owns the id."""
+        wid = self.worker_id
+        # Claim the id first: a live duplicate's nodes must not be touched.
+        self.zk.ensure_path(zk_paths.worker_status(wid))
+        self.claim_connected()
+        self.zk.set_text(zk_paths.worker_status(wid), status)
+        self._last_status = status
+        self._create_if_missing(zk_paths.worker_queue(wid), b"")         # keep an assignment across restarts
+        self._create_if_missing(zk_paths.worker_unlock_time(wid), utc_now_iso().encode())
+        self.zk.set_text(zk_paths.worker_enabled(wid), "true")
+
+    def _create_if_missing(self, path: str, value: bytes) -> None:
+        with contextlib.suppress(NodeExistsError):
+            self.zk.create(path, value)
+
+    def claim_connected(self) -> None:
+        path = zk_paths.worker_connected(self.worker_id)
+        own = self.zk.session_id
+        for _attempt in range(3):
+            try:
+                self.zk.create(path, b"true", ephemeral=True)
+                return
+            except NodeExistsError:
+                pass
+            owner = self.zk.ephemeral_owner(path)
+            if owner == own:
+                return
+            if owner is None:
+                # Persistent (written by a tool) or vanished meanwhile: not a live worker's claim.
+                with contextlib.suppress(NoNodeError):
+                    self.zk.delete(path)
+                continue
+            raise DuplicateWorkerError(
+                f"worker id {self.worker_id!r} is in use by another live ZooKeeper session (0x{owner:x}); "
+                "if that worker has just crashed on another host, its session expires within the "
+                "session timeout (about 10 s): retry then")
+        raise DuplicateWorkerError(f"could not claim {path}: it keeps changing")
+
+    def set_status(self, status: str, *, force: bool = False) -> None:
+        if status == self._last_status and not force:
+            return
+        self.zk.set_text(zk_paths.worker_status(self.worker_id), status)
+        self._last_status = status
+
+    @property
+    def status(self) -> str | None:
+        return self._last_status
+
+    def read_queue(self) -> str:
+        return self.zk.get_text(zk_paths.worker_queue(self.worker_id)).strip()

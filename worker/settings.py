@@ -1,0 +1,102 @@
+"""The worker's one configuration object, built once from worker.ini [WORKER] and the command line (SPEC 6, 7)."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..libs.config import ConfigError, ConnectionConfig, add_connection_arguments, connection_config, read_ini_section
+from ..libs.mq import DEFAULT_LOG_QUEUE
+
+INI_SECTIONS = ("WORKER",)
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+# Worker ids become ZooKeeper node names and file names: keep them plain.
+_WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+
+EXIT_CODES_HELP = ("exit codes: 0 stopped cleanly (signal or enabled=false), 1 unexpected error, "
+                   "2 bad arguments or configuration, 3 another live worker already uses this id")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    connection: ConnectionConfig
+    worker_id: str
+    # True when the id came from -i / the INI file: it is reused across restarts.
+    worker_id_given: bool
+    cache_dir: Path
+    log_queue: str
+    remote_logging: bool
+    debug: bool
+    device: str
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pero-worker"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_worker.py",
+        description=("pero-worker: registers in ZooKeeper, waits for a stage (queue) to be assigned, "
+                     "downloads that stage's config and model, and processes its requests until stopped "
+                     "(SIGTERM/SIGINT, or 'enabled' set to false in ZooKeeper)."),
+        epilog=EXIT_CODES_HELP,
+    )
+    add_connection_arguments(parser)
+    group = parser.add_argument_group("worker")
+    group.add_argument("-i", "--id", dest="worker_id", metavar="ID",
+                       help="worker id, reused across restarts (keeps its model cache); default: a fresh uuid4 hex")
+    group.add_argument("--cache-directory", metavar="DIR",
+                       help=f"where models are downloaded and unpacked (default {default_cache_dir()})")
+    group.add_argument("-q", "--log-queue", metavar="QUEUE",
+                       help=f"RabbitMQ queue for the worker's log lines (default {DEFAULT_LOG_QUEUE!r})")
+    group.add_argument("--disable-remote-logging", action="store_true",
+                       help="do not send log lines to the log queue")
+    group.add_argument("--device", metavar="DEVICE",
+                       help="where pero-ocr runs: auto (GPU when available), cpu, cuda or cuda:N (default auto)")
+    group.add_argument("-d", "--debug", action="store_true", help="verbose logging")
+    return parser
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def build_config(args: argparse.Namespace) -> WorkerConfig:
+    """Merge INI and command line (the command line wins); ConfigError says what to fix."""
+    ini = read_ini_section(args.config, INI_SECTIONS) if args.config else {}
+    connection = connection_config(args, ini)
+
+    worker_id = args.worker_id or ini.get("id") or ini.get("worker_id") or ""
+    given = bool(worker_id)
+    if not worker_id:
+        worker_id = uuid.uuid4().hex
+    if not _WORKER_ID.match(worker_id):
+        raise ConfigError(f"invalid worker id {worker_id!r}: use letters, digits, '.', '_', '@' or '-' "
+                          "(at most 128 characters)")
+
+    cache = args.cache_directory or ini.get("cache_directory") or ""
+    cache_dir = Path(cache).expanduser() if cache else default_cache_dir()
+
+    log_queue = (args.log_queue or ini.get("log_queue") or DEFAULT_LOG_QUEUE).strip()
+    if not log_queue:
+        raise ConfigError("the log queue name is empty")
+
+    device = (args.device or ini.get("device") or "auto").strip().lower()
+    if not _DEVICE.match(device):
+        raise ConfigError(f"invalid device {device!r}: use auto, cpu, cuda or cuda:N")
+
+    remote_logging = not (args.disable_remote_logging or _truthy(ini.get("disable_remote_logging")))
+    return WorkerConfig(connection=connection, worker_id=worker_id, worker_id_given=given, cache_dir=cache_dir,
+                        log_queue=log_queue, remote_logging=remote_logging, debug=bool(args.debug), device=device)
+
+
+def parse_worker_config(argv: Sequence[str] | None = None) -> WorkerConfig:
+    """argparse exits with 2 on bad options; a bad configuration raises ConfigError (also exit 2)."""
+    args = build_parser().parse_args(argv)
+    return build_config(args)

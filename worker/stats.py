@@ -1,0 +1,144 @@
+"""Per-stage timing statistics shared through ZooKeeper.
+
+`avg_msg_time` (seconds per request) lets the watchdog size stages; `switch_time`
+(seconds to take up a stage) lets it weigh moving a worker.  Both are
+exponential moving averages written as float.hex().  Updating ZooKeeper for
+every message would cost a lock round trip per request and cap throughput, so
+timings are accumulated in memory and merged every few seconds by a small
+thread that never touches RabbitMQ.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from typing import Callable
+
+from ..libs import zk_paths
+from ..libs.zk import KazooException, LockTimeout, ZooKeeper
+
+log = logging.getLogger(__name__)
+
+# Weight of one new request in avg_msg_time: about the last 20 requests matter.
+MESSAGE_ALPHA = 0.05
+# Weight of one new stage switch in switch_time.
+SWITCH_ALPHA = 0.3
+FLUSH_INTERVAL = 5.0
+LOCK_TIMEOUT = 2.0
+
+
+def ema(old: float | None, sample_mean: float, count: int = 1, alpha: float = MESSAGE_ALPHA) -> float:
+    """Exponential moving average after `count` samples whose mean is `sample_mean`.
+
+    Merging a batch of n samples with weight 1-(1-alpha)^n is what n single
+    updates with equal samples would give, so the flush interval does not
+    change the result.  A missing or unusable old value is replaced outright.
+    """
+    if count <= 0:
+        raise ValueError("count must be positive")
+    if old is None or not math.isfinite(old) or old <= 0:
+        return sample_mean
+    weight = 1.0 - (1.0 - alpha) ** count
+    return old + weight * (sample_mean - old)
+
+
+def choose_prefetch(avg_msg_time: float | None) -> int:
+    """How many unacked requests one worker holds.
+
+    Fast stages need many in flight to hide the publish/confirm round trip;
+    slow OCR stages need few, or one worker hoards pages that idle workers
+    could take.  Unknown stages start small; the daemon re-subscribes once it
+    has measured the stage.
+    """
+    if avg_msg_time is None or not math.isfinite(avg_msg_time) or avg_msg_time <= 0:
+        return 4
+    if avg_msg_time < 0.02:
+        return 64
+    if avg_msg_time < 0.1:
+        return 32
+    if avg_msg_time < 0.5:
+        return 8
+    if avg_msg_time < 2.0:
+        return 4
+    return 2
+
+
+def prefetch_should_change(current: int, avg_msg_time: float | None) -> bool:
+    """Worth a re-subscribe only for a big difference (it costs a drain of the in-flight work)."""
+    wanted = choose_prefetch(avg_msg_time)
+    return wanted >= current * 4 or wanted * 4 <= current
+
+
+def merge_into_zookeeper(zk: ZooKeeper, path: str, lock_path: str, sample_mean: float, count: int,
+                         alpha: float, identifier: str = "") -> float:
+    """Read-modify-write one average under the shared lock; returns the value written."""
+    with zk.lock(lock_path, identifier, timeout=LOCK_TIMEOUT):
+        old_raw = zk.get(path)
+        old = zk_paths.decode_float(old_raw, default=math.nan) if old_raw else None
+        new = ema(old, sample_mean, count, alpha)
+        zk.set(path, zk_paths.encode_float(new))
+    return new
+
+
+def record_switch_time(zk: ZooKeeper, stage: str, seconds: float, identifier: str = "") -> float:
+    return merge_into_zookeeper(zk, zk_paths.stage_switch_time(stage), zk_paths.stage_avg_msg_time_lock(stage),
+                                seconds, 1, SWITCH_ALPHA, identifier)
+
+
+class StatsReporter:
+    """Accumulates per-stage request timings (any thread) and merges them into ZooKeeper periodically."""
+
+    def __init__(self, zk: ZooKeeper, identifier: str, *, interval: float = FLUSH_INTERVAL,
+                 on_average: Callable[[str, float], None] | None = None) -> None:
+        self._zk = zk
+        self._identifier = identifier
+        self._interval = interval
+        self._on_average = on_average
+        self._lock = threading.Lock()
+        self._sums: dict[str, tuple[float, int]] = {}
+        self._stop = threading.Event()
+        self._flush_now = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stats", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def record(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            total, count = self._sums.get(stage, (0.0, 0))
+            self._sums[stage] = (total + seconds, count + 1)
+
+    def flush_soon(self) -> None:
+        self._flush_now.set()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        self._flush_now.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def flush(self) -> None:
+        with self._lock:
+            sums, self._sums = self._sums, {}
+        for stage, (total, count) in sums.items():
+            try:
+                average = merge_into_zookeeper(
+                    self._zk, zk_paths.stage_avg_msg_time(stage), zk_paths.stage_avg_msg_time_lock(stage),
+                    total / count, count, MESSAGE_ALPHA, self._identifier)
+            except (KazooException, LockTimeout) as error:
+                log.warning("could not update avg_msg_time of stage %s: %s", stage, error or type(error).__name__)
+                continue
+            except ValueError as error:   # a stage name that is not a valid node name
+                log.warning("not recording timings of stage %r: %s", stage, error)
+                continue
+            log.debug("stage %s: %d requests, %.4f s each; avg_msg_time now %.4f s",
+                      stage, count, total / count, average)
+            if self._on_average is not None:
+                self._on_average(stage, average)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._flush_now.wait(self._interval)
+            self._flush_now.clear()
+            self.flush()
+        self.flush()

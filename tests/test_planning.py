@@ -79,7 +79,7 @@ CASES = [
      [St("a", 100, t=0.05), St("b", 200, t=0.5)],
      [("w1", "a", "b"), ("w2", "a", "b")]),
     ("similar loads are left alone (hysteresis)",
-     [W("w1", "a"), W("w2", "a"), W("w3", "b")], [St("a", 100, t=1.0), St("b", 60, t=1.0)], []),
+     [W("w1", "a"), W("w2", "a"), W("w3", "a"), W("w4", "b")], [St("a", 114, t=1.0), St("b", 60, t=1.0)], []),
     ("locked workers are not rebalanced",
      [W("w1", "a", locked_for=5), W("w2", "a", locked_for=5), W("w3", "b")],
      [St("a", 10, t=0.1), St("b", 1000, t=1.0)], []),

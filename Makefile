@@ -1,0 +1,51 @@
+# pero-worker: common tasks.  Everything runs from the repository's virtual environment (.venv).
+#
+#   make install        Debian packages (ZooKeeper, OpenSSH server, RabbitMQ) + .venv + python packages
+#   make services       start the local ZooKeeper, SFTP and RabbitMQ setup (scripts/local_services.py)
+#   make services-stop  stop the local ZooKeeper and sshd (the machine's RabbitMQ keeps running)
+#   make test           install (if needed), services, then the whole test suite
+#   make proto          regenerate libs/message_pb2.py from libs/message.proto
+#   make demo           end-to-end demo on the local services
+#   make bench          benchmarks
+#
+# Variables: TESTS (what pytest runs, default tests), PYTEST_ARGS (extra arguments, e.g. PYTEST_ARGS="-k sftp -x"),
+#            TEST_TIMEOUT (seconds for the whole pytest run; 0 = no limit).
+
+SHELL := /bin/bash
+PY := .venv/bin/python
+TESTS ?= tests
+PYTEST_ARGS ?=
+TEST_TIMEOUT ?= 0
+
+.PHONY: help install services services-stop services-status test proto demo bench
+
+help:
+	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
+
+install:
+	./install_dependencies.sh
+
+services: install
+	$(PY) scripts/local_services.py start
+
+services-stop:
+	$(PY) scripts/local_services.py stop
+
+services-status:
+	$(PY) scripts/local_services.py status
+
+# pytest exits 5 when it collected no test: that is a failure here, never a silent pass.
+test: services
+	@rc=0; timeout --signal=INT --kill-after=60 $(TEST_TIMEOUT) $(PY) -m pytest -q $(TESTS) $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: ERROR: pytest collected no tests" >&2; fi; \
+	if [ $$rc -eq 124 ]; then echo "make test: ERROR: the test run exceeded TEST_TIMEOUT=$(TEST_TIMEOUT) s" >&2; fi; \
+	exit $$rc
+
+proto: install
+	libs/generate_proto.sh
+
+demo: services
+	@echo "TODO(demo): end-to-end demo (stage config, workers, publisher upload/download) is not written yet"
+
+bench: install
+	@echo "TODO(bench): benchmark runner is not written yet (bench/ holds the synthetic data generators)"

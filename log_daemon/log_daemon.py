@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""pero log daemon: consumes the log queue and appends its records to rotating files.
+
+Nothing is lost: a record is acknowledged only after it has been written and flushed
+to disk.  When the folder cannot be written (permissions, disk full, folder gone) the
+daemon says so, gives the unacknowledged records back to the broker (they stay queued)
+and retries with backoff; a broker or ZooKeeper outage is retried the same way.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from pero_worker.libs.config import (
+    ConfigError, ConnectionConfig, add_connection_arguments, connection_config, read_ini_section,
+)
+from pero_worker.libs.mq import (
+    DEFAULT_LOG_QUEUE, Delivery, MQAuthenticationError, MQConnectionError, MQError, MQSession, MQSettings,
+)
+from pero_worker.libs.zk import ZkConnectionError, ZooKeeper
+from pero_worker.log_daemon.writer import LogWriteError, LogWriter
+
+log = logging.getLogger("pero_worker.log_daemon")
+
+DEFAULT_OUTPUT_DIR = "logs"
+DEFAULT_ROTATION_MINUTES = 10080.0   # one week
+DEFAULT_NUMBER_OF_FILES = 10
+PREFETCH = 500                       # records in flight: written and acked in batches
+MAX_BACKOFF = 30.0
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_CONNECTION = 3
+
+
+@dataclass(frozen=True)
+class LogDaemonSettings:
+    connection: ConnectionConfig
+    log_queue: str = DEFAULT_LOG_QUEUE
+    output_dir: Path = Path(DEFAULT_OUTPUT_DIR)
+    rotation_minutes: float = DEFAULT_ROTATION_MINUTES
+    number_of_files: int = DEFAULT_NUMBER_OF_FILES
+
+
+def _number(text: str | None, key: str, kind: type, default):
+    if text is None or str(text).strip() == "":
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number, got {text!r}") from None
+    if value < 0:
+        raise ConfigError(f"{key} must not be negative, got {text!r}")
+    return value
+
+
+def build_settings(args: argparse.Namespace) -> LogDaemonSettings:
+    """INI [LOGD] (or [WORKER]) values, overridden by the command line."""
+    ini = read_ini_section(args.config, ("LOGD", "WORKER")) if args.config else {}
+    return LogDaemonSettings(
+        connection=connection_config(args, ini),
+        log_queue=args.log_queue or ini.get("log_queue") or DEFAULT_LOG_QUEUE,
+        output_dir=Path(args.output_dir or ini.get("output_dir") or DEFAULT_OUTPUT_DIR),
+        rotation_minutes=_number(args.log_rotation_period if args.log_rotation_period is not None
+                                 else ini.get("log_rotation_period"), "log_rotation_period", float,
+                                 DEFAULT_ROTATION_MINUTES),
+        number_of_files=_number(args.number_of_files if args.number_of_files is not None
+                                else ini.get("number_of_files"), "number_of_files", int, DEFAULT_NUMBER_OF_FILES),
+    )
+
+
+class LogDaemon:
+    def __init__(self, settings: LogDaemonSettings) -> None:
+        self.settings = settings
+        self.writer = LogWriter(settings.output_dir, period_minutes=settings.rotation_minutes,
+                                keep=settings.number_of_files)
+        self.stopping = threading.Event()
+        self.records_written = 0
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _sleep(self, seconds: float) -> None:
+        self.stopping.wait(seconds)
+
+    def run(self) -> int:
+        """Run until stop(); every failure is retried with backoff."""
+        zk: ZooKeeper | None = None
+        backoff = 1.0
+        try:
+            while not self.stopping.is_set():
+                try:
+                    if zk is None:
+                        zk = ZooKeeper(self.settings.connection).start()
+                    session = self._open_session(zk)
+                    try:
+                        backoff = 1.0
+                        self._consume(session)
+                    finally:
+                        session.close()
+                except ZkConnectionError as error:
+                    log.error("%s; retrying in %.0f s", error, backoff)
+                except MQAuthenticationError as error:
+                    log.error("%s; fix the credentials; retrying in %.0f s", error, backoff)
+                except (MQConnectionError, MQError) as error:
+                    log.error("RabbitMQ: %s; retrying in %.0f s", error, backoff)
+                except LogWriteError as error:
+                    log.error("%s; the records stay queued; retrying in %.0f s", error, backoff)
+                if not self.stopping.is_set():
+                    self._sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+        finally:
+            try:
+                self.writer.close()
+            except LogWriteError as error:
+                log.error("%s", error)
+            if zk is not None:
+                zk.stop()
+        log.info("log daemon stopped (%d records written)", self.records_written)
+        return EXIT_OK
+
+    def _open_session(self, zk: ZooKeeper) -> MQSession:
+        self.writer.check_writable()
+        session = MQSession(MQSettings.from_zookeeper(zk, self.settings.connection), name="pero-logd")
+        session.open(retry_for=10)
+        try:
+            session.declare_plain_queue(self.settings.log_queue)
+        except MQConnectionError:
+            raise
+        except MQError as error:
+            # An existing queue with other arguments still delivers: consume it anyway.
+            log.warning("log queue %r: %s", self.settings.log_queue, error)
+        return session
+
+    def _consume(self, session: MQSession) -> None:
+        received: list[Delivery] = []
+        session.consume(self.settings.log_queue, received.append, prefetch=PREFETCH)
+        log.info("consuming log queue %r into %s", self.settings.log_queue, self.settings.output_dir)
+        while not self.stopping.is_set():
+            session.pump(0.5)
+            if not received:
+                continue
+            batch = received[:]
+            received.clear()
+            for delivery in batch:
+                self.writer.write(delivery.body)
+            self.writer.flush()   # raises before any ack: the batch stays unacked and is redelivered
+            session.ack(batch[-1].delivery_tag, multiple=True)
+            self.records_written += len(batch)
+        session.cancel_consumer()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="log_daemon.py",
+        description="Consume worker log records from the log queue and append them to rotating files. "
+                    "Records are acknowledged only once written to disk; on errors they stay queued.",
+        epilog="INI file: section [LOGD] with zookeeper_servers, username, password, ca_cert, log_queue, "
+               "output_dir, log_rotation_period, number_of_files. Command-line options override it. "
+               "Exit codes: 0 stopped normally, 2 bad configuration.",
+    )
+    add_connection_arguments(parser)
+    parser.add_argument("-q", "--log-queue", help=f"log queue to consume (default {DEFAULT_LOG_QUEUE!r})")
+    parser.add_argument("-o", "--output-dir", help=f"folder for log files (default {DEFAULT_OUTPUT_DIR!r}; created)")
+    parser.add_argument("-r", "--log-rotation-period", type=float, metavar="MINUTES",
+                        help=f"start a new file after this many minutes, fractions allowed "
+                             f"(default {DEFAULT_ROTATION_MINUTES:.0f}; 0 = never)")
+    parser.add_argument("-n", "--number-of-files", type=int, metavar="N",
+                        help=f"keep at most N log files (default {DEFAULT_NUMBER_OF_FILES}; 0 = keep all)")
+    parser.add_argument("-d", "--debug", action="store_true", help="debug output")
+    return parser.parse_args(argv)
+
+
+def setup_logging(debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter("%(asctime)s LOGD %(levelname)s %(message)s")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    if not debug:
+        for name in ("kazoo", "pika"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.debug)
+    try:
+        settings = build_settings(args)
+    except ConfigError as error:
+        log.error("%s", error)
+        return EXIT_CONFIG
+    daemon = LogDaemon(settings)
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d received, stopping", signum)
+        daemon.stop()
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    log.info("log daemon: queue %r -> %s (rotation %g min, keep %s files)", settings.log_queue,
+             settings.output_dir, settings.rotation_minutes, settings.number_of_files or "all")
+    return daemon.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,7 +19,7 @@ from kazoo.exceptions import (  # re-exported: callers catch these from here
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KazooState
 from kazoo.retry import KazooRetry
-from kazoo.security import make_digest_acl
+from kazoo.security import make_acl
 
 from .addresses import zookeeper_hosts_string
 from .config import ConnectionConfig
@@ -76,8 +76,9 @@ class ZooKeeper:
                 "username": config.username,
                 "password": config.password,
             }
-            # Nodes we create are readable and writable by our user only.
-            kwargs["default_acl"] = [make_digest_acl(config.username, config.password, all=True)]
+            # Nodes we create are readable and writable by our user only.  The session's identity
+            # after a SASL login is 'sasl:<user>' (a 'digest' ACL would lock the creator out of its own nodes).
+            kwargs["default_acl"] = [make_acl("sasl", config.username, all=True)]
         self.client = KazooClient(**kwargs)
         self._start_timeout = timeout
 

@@ -128,7 +128,7 @@ class LogDaemon:
 
     def _open_session(self, zk: ZooKeeper) -> MQSession:
         self.writer.check_writable()
-        session = MQSession(MQSettings.from_zookeeper(zk, self.settings.connection), name="pero-logd")
+        session = MQSession(MQSettings.from_zookeeper(zk, self.settings.connection), name=f"pero-logd {self.settings.log_queue}")
         session.open(retry_for=10)
         try:
             session.declare_plain_queue(self.settings.log_queue)

@@ -39,7 +39,7 @@ class SessionStore:
     """The per-id lock file and saved ZooKeeper session in the cache directory."""
 
     def __init__(self, cache_dir: Path, worker_id: str) -> None:
-        self.directory = cache_dir / "workers"
+        self.directory = cache_dir / ".workers"   # dot: never a stage folder of the model cache
         self.lock_path = self.directory / f"{worker_id}.lock"
         self.session_path = self.directory / f"{worker_id}.session"
         self._lock_fd: int | None = None

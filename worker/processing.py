@@ -1,0 +1,216 @@
+"""The processing thread: runs the stage's processor off the RabbitMQ thread.
+
+The main thread owns the RabbitMQ connection and must keep pumping it
+(heartbeats, confirms), so requests are handed to this one thread.  For cheap
+processors the handoff itself would dominate, so the thread takes every
+delivery waiting at once and hands the outcomes back in batches; for slow ones
+each outcome is handed back as soon as it is ready.
+
+Jobs (configure a stage, close the processor) run on the same thread, so the
+processor is only ever touched by one thread and a stage is never reconfigured
+while a request is in progress.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from ..libs.message_pb2 import ProcessingRequest
+from ..libs.mq import Delivery
+from . import routing
+from .routing import Route
+from .stage_log import RequestLogCapture, append_stage_log, now_ns
+
+log = logging.getLogger(__name__)
+
+# Outcomes are handed back at least this often while a batch is being processed.
+HANDOFF_INTERVAL = 0.02
+
+
+class Processor(Protocol):
+    def process(self, request: ProcessingRequest) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class StageContext:
+    stage: str
+    version: str
+    processor: Processor
+
+
+@dataclass
+class Outcome:
+    """What to do with one delivery: publish `body` along `route` (then ack), or requeue it (route None)."""
+    delivery: Delivery
+    generation: int
+    route: Route | None
+    body: bytes = b""
+    priority: int = 0
+    headers: dict[str, Any] | None = None
+    # Kept so the main thread can re-route after a return (None for raw dead letters).
+    request: ProcessingRequest | None = None
+    seconds: float = 0.0
+
+
+def dead_letter_headers(reason: str, source_queue: str, worker_id: str) -> dict[str, Any]:
+    return {"reason": reason, "source_queue": source_queue, "worker_id": worker_id}
+
+
+class ProcessingThread:
+    def __init__(self, worker_id: str, capture: RequestLogCapture, on_outcomes: Callable[[list[Outcome]], None],
+                 on_timing: Callable[[str, float], None], is_processing_error: Callable[[BaseException], bool]) -> None:
+        self.worker_id = worker_id
+        self._capture = capture
+        self._on_outcomes = on_outcomes
+        self._on_timing = on_timing
+        self._is_processing_error = is_processing_error
+        self._cond = threading.Condition()
+        self._waiting: deque[tuple[Delivery, int]] = deque()
+        self._jobs: deque[Callable[[], None]] = deque()
+        self._busy = False
+        self._stopped = False
+        self.context: StageContext | None = None   # touched only by this thread (jobs and batches)
+        self._thread = threading.Thread(target=self._run, name="processing", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    # --- main-thread side -------------------------------------------------------
+
+    def submit(self, delivery: Delivery, generation: int) -> None:
+        with self._cond:
+            self._waiting.append((delivery, generation))
+            if not self._busy:
+                self._cond.notify()
+
+    def run_job(self, job: Callable[[], None]) -> None:
+        with self._cond:
+            self._jobs.append(job)
+            self._cond.notify()
+
+    def take_waiting(self) -> list[Delivery]:
+        """Deliveries not started yet (to requeue on a stage switch or stop)."""
+        with self._cond:
+            taken = [delivery for delivery, _generation in self._waiting]
+            self._waiting.clear()
+        return taken
+
+    @property
+    def idle(self) -> bool:
+        with self._cond:
+            return not self._busy and not self._waiting and not self._jobs
+
+    # --- the thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._stopped or self._jobs or self._waiting):
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                self._busy = True
+                job = self._jobs.popleft() if self._jobs else None
+            try:
+                if job is not None:
+                    job()
+                else:
+                    self._process_waiting()
+            except Exception:  # a bug here must not kill the thread (and with it the worker)
+                log.exception("internal error in the processing thread")
+            finally:
+                with self._cond:
+                    self._busy = False
+
+    def _next_delivery(self) -> tuple[Delivery, int] | None:
+        with self._cond:
+            if self._stopped or self._jobs or not self._waiting:
+                return None
+            return self._waiting.popleft()
+
+    def _process_waiting(self) -> None:
+        """Process deliveries one by one (so a switch can requeue the rest), handing outcomes back in batches."""
+        ready: list[Outcome] = []
+        last_handoff = time.monotonic()
+        while (item := self._next_delivery()) is not None:
+            ready.append(self.handle(*item))
+            if time.monotonic() - last_handoff >= HANDOFF_INTERVAL:
+                self._on_outcomes(ready)
+                ready = []
+                last_handoff = time.monotonic()
+        if ready:
+            self._on_outcomes(ready)
+
+    def handle(self, delivery: Delivery, generation: int) -> Outcome:
+        """Decide (and do the processing for) one delivery.  Never raises for bad input."""
+        queue = delivery.queue
+        request, reason = routing.parse_request(delivery.body)
+        if request is not None:
+            reason = routing.check_request(request.processing_stages, queue)
+        if reason:
+            log.warning("request from queue %s sent to the dead-letter queue: %s", queue, reason)
+            return Outcome(delivery, generation, routing.dead_letter(reason), delivery.body, delivery.priority,
+                           dead_letter_headers(reason, queue, self.worker_id))
+        assert request is not None
+        context = self.context
+        if context is None or context.stage != queue:
+            # Cannot happen while the daemon drains before switching; requeue rather than guess.
+            return Outcome(delivery, generation, None)
+
+        start_ns = now_ns()
+        started = time.perf_counter()
+        with self._capture.capture() as lines:
+            try:
+                context.processor.process(request)
+                status = routing.STATUS_OK
+            except Exception as error:
+                if self._is_processing_error(error):
+                    status = routing.STATUS_FAILED
+                    log.warning("request %s failed in stage %s: %s", request.uuid or "?", queue, error)
+                else:
+                    status = routing.STATUS_ERROR
+                    log.error("request %s crashed the %s processor: %s: %s\n%s", request.uuid or "?", queue,
+                              type(error).__name__, error, traceback.format_exc(limit=8).rstrip())
+        seconds = time.perf_counter() - started
+        append_stage_log(request, host_id=self.worker_id, stage=queue, start_ns=start_ns, end_ns=now_ns(),
+                         status=status, log_text=lines.text(), version=context.version)
+        self._on_timing(queue, seconds)
+        route = routing.plan_next(request.processing_stages, status == routing.STATUS_OK)
+        del request.processing_stages[:]
+        request.processing_stages.extend(route.stages)
+        return Outcome(delivery, generation, route, request.SerializeToString(), request.priority, None, request,
+                       seconds)
+
+
+def reroute_after_return(outcome: Outcome, worker_id: str) -> Outcome:
+    """The publish along outcome.route came back unroutable: the outcome for the next attempt."""
+    assert outcome.route is not None
+    route = routing.plan_after_return(outcome.route)
+    delivery = outcome.delivery
+    request = outcome.request
+    if route.kind is routing.RouteKind.DEAD_LETTER:
+        body = request.SerializeToString() if request is not None else delivery.body
+        return Outcome(delivery, outcome.generation, route, body, outcome.priority,
+                       dead_letter_headers(route.reason, delivery.queue, worker_id), request)
+    assert request is not None
+    if request.logs:
+        entry = request.logs[-1]
+        if entry.status == routing.STATUS_OK:
+            entry.status = routing.STATUS_UNROUTABLE
+        entry.log = (entry.log + "\n" if entry.log else "") + route.reason
+    log.warning("request %s: %s", request.uuid or "?", route.reason)
+    del request.processing_stages[:]
+    request.processing_stages.extend(route.stages)
+    return Outcome(delivery, outcome.generation, route, request.SerializeToString(), outcome.priority, None,
+                   request)

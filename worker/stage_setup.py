@@ -1,0 +1,84 @@
+"""Taking up a stage: read its config from ZooKeeper, fetch its model, build its processor.
+
+Runs on the processing thread (a model download may take minutes and must not
+stall the RabbitMQ thread).  The processors and the model cache are imported
+lazily: they pull in pero-ocr and torch, which an idle worker must not load.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..libs import zk_paths
+from ..libs.config import ConnectionConfig
+from ..libs.zk import ZooKeeper
+
+log = logging.getLogger(__name__)
+
+
+class StageSetupError(Exception):
+    """The stage cannot be taken up; the message says why (shown to the operator, status CONFIGURATION_FAILED)."""
+
+
+@dataclass(frozen=True)
+class StageNodes:
+    config: str
+    config_path: str
+    version: str
+
+
+def read_stage_nodes(zk: ZooKeeper, stage: str) -> StageNodes:
+    config = zk.get(zk_paths.stage_config(stage))
+    if config is None:
+        raise StageSetupError(f"stage {stage!r} does not exist in ZooKeeper (no {zk_paths.stage_config(stage)})")
+    try:
+        text = config.decode("utf-8")
+    except UnicodeDecodeError:
+        raise StageSetupError(f"config of stage {stage!r} is not UTF-8 text") from None
+    return StageNodes(config=text,
+                      config_path=zk.get_text(zk_paths.stage_config_path(stage)).strip(),
+                      version=zk.get_text(zk_paths.stage_config_version(stage)).strip())
+
+
+class StageLoader:
+    def __init__(self, zk: ZooKeeper, connection: ConnectionConfig, cache_dir: Path, device: str) -> None:
+        self.zk = zk
+        self.connection = connection
+        self.cache_dir = cache_dir
+        self.device = device
+        self._cache = None
+
+    def _model_cache(self):
+        if self._cache is None:
+            from .model_cache import ModelCache  # lazy: pulls in paramiko
+            self._cache = ModelCache(self.cache_dir)
+        return self._cache
+
+    def _sftp_client(self):
+        from ..libs.sftp import SftpClient, SftpSettings
+        return SftpClient(SftpSettings.from_zookeeper(self.zk, self.connection))
+
+    def load(self, stage: str) -> tuple[object, str, float]:
+        """(processor, version, seconds it took); StageSetupError with the reason on any failure."""
+        started = time.monotonic()
+        nodes = read_stage_nodes(self.zk, stage)
+        from .processors import StageConfigError, build_processor  # lazy: may pull in pero-ocr/torch
+        model_dir: Path | None = None
+        try:
+            if nodes.config_path:
+                cached = self._model_cache().get(stage, nodes.version, nodes.config_path, self._sftp_client)
+                model_dir = cached.path
+            processor = build_processor(nodes.config, model_dir, device=self.device)
+        except StageConfigError as error:
+            raise StageSetupError(f"stage {stage!r}: {error}") from None
+        except Exception as error:   # SFTP, model cache, pero-ocr: the message is what the operator needs
+            raise StageSetupError(f"stage {stage!r}: {error or type(error).__name__}") from None
+        return processor, nodes.version, time.monotonic() - started
+
+
+def is_processing_error(error: BaseException) -> bool:
+    """True for the processors' 'bad input for this request' error (vs. a crash)."""
+    from .processors import ProcessingError
+    return isinstance(error, ProcessingError)

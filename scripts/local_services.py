@@ -498,13 +498,15 @@ def ssh_banner() -> bool:
 
 
 def start_sshd(password: str) -> None:
-    ensure_sftp_user(password)
     if sshd_ours() and ssh_banner():
+        ensure_sftp_user(password)
         return
     if port_open(SFTP_PORT):
+        # Checked before touching the user: another checkout's sshd may be serving this user's home.
         other = listening_pid(SFTP_PORT)
         raise ServiceError(f"port {SFTP_PORT} is taken by another process (pid {other}: "
                            f"{cmdline(other)[:160] if other else '?'}); stop it first")
+    ensure_sftp_user(password)
     if not Path(SSHD_BIN).exists():
         raise ServiceError(f"{SSHD_BIN} is missing: install openssh-server (`make install`)")
     SSHD_DIR.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,83 @@
+"""The watchdog's one configuration object, built once from INI + command line."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from ..libs import zk_paths
+from ..libs.config import ConfigError, ConnectionConfig, add_connection_arguments, connection_config, read_ini_section
+from .planning import PlannerSettings
+
+# Additive node (not in the original layout): kazoo Election among watchdog instances.
+ELECTION_PATH = f"{zk_paths.ROOT}/watchdog/election"
+
+DEFAULT_INTERVAL = 0.5            # seconds between planning rounds (AMQP depths are instant)
+DEFAULT_MANAGEMENT_INTERVAL = 5.0 # RabbitMQ's stats interval: polling faster gains nothing
+DEFAULT_SESSION_TIMEOUT = 10.0    # a standby takes over within this after the active one dies
+
+
+@dataclass(frozen=True)
+class WatchdogSettings:
+    connection: ConnectionConfig
+    interval: float = DEFAULT_INTERVAL
+    management_interval: float = DEFAULT_MANAGEMENT_INTERVAL
+    session_timeout: float = DEFAULT_SESSION_TIMEOUT
+    dry_run: bool = False
+    debug: bool = False
+    planner: PlannerSettings = field(default_factory=PlannerSettings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="worker_watchdog.py",
+        description="Assigns pero workers to stage queues by load. Several instances may run: one is "
+                    "elected active, the others stand by and take over when it dies.",
+        epilog="INI file: section [WATCHDOG] (or [WORKER]) with zookeeper_servers, username, password, "
+               "ca_cert; optional interval, session_timeout, starvation_timeout. Command-line options override "
+               "it. Exit codes: 0 stopped normally, 2 bad configuration, 3 ZooKeeper unreachable (--dry-run).",
+    )
+    add_connection_arguments(parser)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the current state and the moves that would be made, then exit (writes nothing)")
+    parser.add_argument("--interval", type=float, metavar="SECONDS",
+                        help=f"seconds between planning rounds (default {DEFAULT_INTERVAL})")
+    parser.add_argument("--session-timeout", type=float, metavar="SECONDS",
+                        help=f"ZooKeeper session timeout: how fast a standby takes over (default "
+                             f"{DEFAULT_SESSION_TIMEOUT:.0f})")
+    parser.add_argument("-d", "--debug", action="store_true", help="debug output")
+    return parser
+
+
+def _positive(value: str | float | None, key: str, default: float) -> float:
+    if value is None or str(value).strip() == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number of seconds, got {value!r}") from None
+    if number <= 0:
+        raise ConfigError(f"{key} must be positive, got {value!r}")
+    return number
+
+
+def build_settings(args: argparse.Namespace) -> WatchdogSettings:
+    ini = read_ini_section(args.config, ("WATCHDOG", "WORKER")) if args.config else {}
+    planner = PlannerSettings(
+        starvation_timeout=_positive(ini.get("starvation_timeout"), "starvation_timeout",
+                                     PlannerSettings.starvation_timeout),
+    )
+    return WatchdogSettings(
+        connection=connection_config(args, ini),
+        interval=_positive(args.interval if args.interval is not None else ini.get("interval"), "interval",
+                           DEFAULT_INTERVAL),
+        session_timeout=_positive(args.session_timeout if args.session_timeout is not None
+                                  else ini.get("session_timeout"), "session_timeout", DEFAULT_SESSION_TIMEOUT),
+        dry_run=args.dry_run,
+        debug=args.debug,
+        planner=planner,
+    )
+
+
+def parse_settings(argv: Sequence[str] | None = None) -> WatchdogSettings:
+    return build_settings(build_parser().parse_args(argv))

@@ -223,7 +223,8 @@ def test_start_twice_is_idempotent_and_fast(services):
     assert (local_services.zk_ours(), local_services.sshd_ours()) == (zk_pid, sshd_pid)
     assert local_services.PASSWORD_FILE.read_text().strip() == services.password
     assert oct(local_services.PASSWORD_FILE.stat().st_mode & 0o777) == "0o600"
-    assert elapsed < 1.0, f"ensure_services() took {elapsed:.2f} s with everything up"
+    # Typically ~0.1 s; 2 s leaves room for a loaded machine while still ruling out any restart or rabbitmqctl.
+    assert elapsed < 2.0, f"ensure_services() took {elapsed:.2f} s with everything up"
 
 
 def test_cli_start_status_env(services):

@@ -13,8 +13,8 @@ from typing import Callable, Iterator
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (  # re-exported: callers catch these from here
-    ConnectionLoss, KazooException, LockTimeout, NodeExistsError, NoNodeError, NoAuthError, BadVersionError,
-    SessionExpiredError,
+    AuthFailedError, ConnectionLoss, KazooException, LockTimeout, NodeExistsError, NoNodeError, NoAuthError,
+    BadVersionError, SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KazooState
@@ -92,6 +92,14 @@ class ZooKeeper:
                 self.client.stop()
                 self.client.close()
             raise ZkConnectionError(_explain_start_failure(self.config, error)) from None
+        if self.config.username and self.config.password:
+            # A wrong SASL password only shows on the first request: check now, with one clear line.
+            try:
+                self.client.exists("/")
+            except AuthFailedError:
+                self.stop()
+                raise ZkConnectionError(
+                    f"ZooKeeper refused the login of user {self.config.username!r} (wrong password?)") from None
         return self
 
     def stop(self) -> None:

@@ -1,0 +1,625 @@
+#!/usr/bin/env python3
+"""Upload images as processing requests, and download finished requests.
+
+Upload: one ProcessingRequest per image, published persistent to the first
+stage's queue.  Confirms are asynchronous (the broker acknowledges batches while
+we keep publishing) and files are read ahead by a thread, so the rate is set by
+the broker, not by round trips.  A request is counted as uploaded only when the
+broker confirmed it; if the connection drops, the unconfirmed requests are
+published again with the same uuid (the downloader removes such duplicates).
+
+Download: consume the output queue and write each request to its own folder.
+Every name in a request is untrusted and goes through libs/safe_names, so no
+file can land outside the download folder.  A request is acked only after its
+folder is complete on disk (files fsynced, folder renamed into place, uuid
+recorded in the index), so a crash loses nothing and at worst downloads a
+request twice, which the index then skips.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import os
+import queue as queue_module
+import shutil
+import signal
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from google.protobuf.message import DecodeError
+
+from pero_worker.libs.config import add_connection_arguments
+from pero_worker.libs.message_pb2 import ProcessingRequest
+from pero_worker.libs.mq import Delivery, MQConnectionError, MQError, MQSession, PublishOutcome
+from pero_worker.libs.safe_names import dedup_key, deduplicate, request_folder_name, safe_file_name
+from pero_worker.scripts.cli_common import (
+    EXIT_CODES_HELP, EXIT_CONNECTION, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, add_debug_argument,
+    build_connection_config, connect_zookeeper, log, open_mq, run_main, validate_stage_name,
+)
+
+INDEX_FILE = ".pero_downloaded"          # one dedup key per line; survives restarts
+TEMP_PREFIX = ".tmp-"                    # half-written request folders (removed at start)
+UNPARSABLE_FOLDER = "_unparsable"        # raw bodies that are not a ProcessingRequest
+INFO_FILE = "request_info.txt"
+MAX_IN_FLIGHT = 1000                     # unconfirmed requests held in memory for a re-publish
+READ_AHEAD = 256                         # files read ahead of the publisher
+
+
+# --- command line -----------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="publisher.py",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""Upload images for processing, or download the processed requests.
+
+upload:    --stages S1 [S2 ...] out  (--images FILE ... | --directory DIR)  [-y PRIORITY]
+  One request per image, sent to the queue of the first stage; the last stage is the output
+  stage you download from. Every stage queue must exist (stage_config_manager.py --name STAGE).
+  Exit code 1 when any image could not be read or any request was not accepted by the broker.
+
+download:  --download out --directory DIR [--keep-running]
+  Writes DIR/<image name>_<short uuid>/ per request: every result file, request_info.txt
+  (uuid, page uuid, priority, start time, stages and their statuses) and <stage>.log per stage.
+  Result names are sanitised: nothing is ever written outside DIR. Requests already downloaded
+  (by uuid, remembered in DIR/.pero_downloaded) are skipped. Without --keep-running it stops
+  when the queue is empty; with it, it waits for more until Ctrl-C.
+""",
+        epilog=EXIT_CODES_HELP,
+    )
+    add_connection_arguments(parser)
+    parser.add_argument("-t", "--stages", nargs="+", metavar="STAGE",
+                        help="processing stages of the uploaded requests, output stage last")
+    parser.add_argument("-i", "--images", nargs="+", default=[], metavar="FILE", help="images to upload")
+    parser.add_argument("-r", "--directory", metavar="DIR",
+                        help="upload: every file in DIR (not recursive, hidden files skipped); "
+                             "download: where to write results (created if missing)")
+    parser.add_argument("-y", "--priority", type=int, default=0, help="request priority (0 or 1, default 0)")
+    parser.add_argument("-d", "--download", metavar="QUEUE", help="output stage (queue) to download from")
+    parser.add_argument("-k", "--keep-running", action="store_true",
+                        help="download: keep waiting for new requests until Ctrl-C")
+    parser.add_argument("--idle-timeout", type=float, default=2.0, metavar="SECONDS",
+                        help="download: stop after the queue has been empty this long (default 2)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_debug_argument(parser)
+    return parser
+
+
+# --- pure helpers -------------------------------------------------------------------
+
+def build_request(image_name: str, content: bytes, stages: Sequence[str], priority: int,
+                  now: datetime.datetime) -> ProcessingRequest:
+    request = ProcessingRequest()
+    request.uuid = uuid.uuid4().hex
+    request.page_uuid = uuid.uuid4().hex
+    request.priority = priority
+    request.start_time.FromDatetime(now.astimezone(datetime.timezone.utc))
+    request.processing_stages.extend(stages)
+    result = request.results.add()
+    result.name = image_name
+    result.content = content
+    return request
+
+
+def list_upload_files(images: Sequence[str], directory: str | None) -> list[str]:
+    files = list(images)
+    if directory:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as error:
+            raise CliError(f"cannot read directory {directory}: {error.strerror}", EXIT_USAGE) from None
+        files += [entry.path for entry in entries if not entry.name.startswith(".") and entry.is_file()]
+    return files
+
+
+def _timestamp_text(timestamp) -> str:
+    if not timestamp.seconds and not timestamp.nanos:
+        return "-"
+    return timestamp.ToDatetime(tzinfo=datetime.timezone.utc).isoformat()
+
+
+def failed_stages(request: ProcessingRequest) -> list[str]:
+    return [log_entry.stage for log_entry in request.logs if log_entry.status != "OK"]
+
+
+def render_info(request: ProcessingRequest, file_names: Sequence[tuple[str, str]]) -> str:
+    """The request_info.txt text: identity, timing, every stage with its status, and the result files."""
+    failed = failed_stages(request)
+    lines = [
+        f"uuid:             {request.uuid}",
+        f"page_uuid:        {request.page_uuid}",
+        f"priority:         {request.priority}",
+        f"start_time:       {_timestamp_text(request.start_time)}",
+        f"remaining_stages: {' '.join(request.processing_stages) or '-'}",
+        f"status:           {'FAILED in ' + ', '.join(failed) if failed else 'OK'}",
+        "stages:",
+    ]
+    for entry in request.logs:
+        lines.append(f"  {entry.stage}: {entry.status or '-'} (version {entry.version or '-'}, "
+                     f"host {entry.host_id or '-'}, {_timestamp_text(entry.start)} .. {_timestamp_text(entry.end)})")
+    lines.append("results:")
+    for original, stored in file_names:
+        lines.append(f"  {stored}" + ("" if original == stored else f"  (named {original!r} in the request)"))
+    return "\n".join(lines) + "\n"
+
+
+def render_stage_log(entry) -> str:
+    return "\n".join([
+        f"host_id: {entry.host_id}",
+        f"stage:   {entry.stage}",
+        f"version: {entry.version}",
+        f"start:   {_timestamp_text(entry.start)}",
+        f"end:     {_timestamp_text(entry.end)}",
+        f"status:  {entry.status}",
+        "log:",
+        entry.log,
+    ]).rstrip("\n") + "\n"
+
+
+def plan_request_files(request: ProcessingRequest) -> list[tuple[str, str, bytes]]:
+    """(original name, safe file name, content) for every file of one request folder.
+
+    Our own files (info, stage logs) take their names first; a result that
+    happens to be called the same gets a numbered name instead of overwriting them.
+    """
+    taken: set[str] = {INFO_FILE}
+    logs = []
+    for entry in request.logs:
+        name = deduplicate(safe_file_name(f"{entry.stage}.log", default="stage.log"), taken)
+        logs.append((name, render_stage_log(entry).encode("utf-8")))
+    results = []
+    for result in request.results:
+        name = deduplicate(safe_file_name(result.name, default="result"), taken)
+        results.append((result.name, name, result.content))
+    info = render_info(request, [(original, name) for original, name, _ in results]).encode("utf-8")
+    return ([(INFO_FILE, INFO_FILE, info)] + [(name, name, content) for name, content in logs] + results)
+
+
+# --- upload ---------------------------------------------------------------------------
+
+def _read_ahead(paths: Sequence[str], out: "queue_module.Queue", stop: threading.Event) -> None:
+    """Reader thread: (path, bytes or OSError) for every path, then None."""
+    for path in paths:
+        if stop.is_set():
+            return
+        try:
+            with open(path, "rb") as handle:
+                item = (path, handle.read())
+        except OSError as error:
+            item = (path, error)
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.5)
+                break
+            except queue_module.Full:
+                continue
+    while not stop.is_set():
+        try:
+            out.put(None, timeout=0.5)
+            return
+        except queue_module.Full:
+            continue
+
+
+@dataclass
+class UploadStats:
+    confirmed: int = 0
+    returned: list[str] = field(default_factory=list)
+    nacked: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    republished: int = 0
+
+
+class Uploader:
+    """Publishes with a bounded window of unconfirmed requests; re-publishes them after a reconnect."""
+
+    def __init__(self, session: MQSession, reopen: Callable[[], MQSession], queue: str,
+                 stats: UploadStats, on_confirmed: Callable[[], None]) -> None:
+        self.session = session
+        self._reopen = reopen
+        self.queue = queue
+        self.stats = stats
+        self._on_confirmed = on_confirmed
+        self._outstanding: dict[str, tuple[str, bytes, int]] = {}   # uuid -> (path, body, priority)
+        self._since_pump = 0
+
+    def _done(self, key: str, outcome: PublishOutcome) -> None:
+        entry = self._outstanding.pop(key, None)
+        if entry is None:      # outcome of a publish from before a reconnect that was re-published
+            return
+        path = entry[0]
+        if outcome is PublishOutcome.CONFIRMED:
+            self.stats.confirmed += 1
+            self._on_confirmed()
+        elif outcome is PublishOutcome.RETURNED:
+            self.stats.returned.append(path)
+            log.error("request for %s was returned: queue %r does not exist (any more)", path, self.queue)
+        else:
+            self.stats.nacked.append(path)
+            log.error("request for %s was not accepted (nacked) by RabbitMQ", path)
+
+    def _publish(self, key: str, body: bytes, priority: int) -> None:
+        self.session.publish(self.queue, body, priority=priority,
+                             on_done=lambda outcome, key=key: self._done(key, outcome))
+
+    def _with_reconnect(self, action: Callable[[], None]) -> None:
+        """Run `action`; after a lost connection, reopen and re-publish everything unconfirmed, then retry."""
+        for _attempt in range(5):
+            try:
+                action()
+                return
+            except MQConnectionError as error:
+                log.warning("%s; reconnecting and re-publishing %d unconfirmed request(s)",
+                            error, len(self._outstanding))
+                self.session = self._reopen()
+                try:
+                    for key, (_path, body, priority) in list(self._outstanding.items()):
+                        self._publish(key, body, priority)
+                        self.stats.republished += 1
+                except MQConnectionError:
+                    continue
+        raise CliError("lost the connection to RabbitMQ repeatedly; giving up", EXIT_CONNECTION)
+
+    def add(self, path: str, request: ProcessingRequest) -> None:
+        body = request.SerializeToString()
+        self._outstanding[request.uuid] = (path, body, request.priority)
+        self._with_reconnect(lambda: self._publish(request.uuid, body, request.priority))
+        self._since_pump += 1
+        if self._since_pump >= 20:
+            self._since_pump = 0
+            self._with_reconnect(lambda: self.session.pump(0))
+        while len(self._outstanding) >= MAX_IN_FLIGHT:
+            self._with_reconnect(lambda: self.session.pump(0.05))
+
+    def finish(self, timeout: float = 120.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._outstanding and time.monotonic() < deadline:
+            self._with_reconnect(lambda: self.session.pump(0.2))
+        return not self._outstanding
+
+
+def upload(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    stages = list(args.stages)
+    for stage in stages:
+        try:
+            validate_stage_name(stage)
+        except ValueError as error:
+            raise CliError(str(error), EXIT_USAGE) from None
+    paths = list_upload_files(args.images, args.directory)
+    if not paths:
+        raise CliError("nothing to upload: give --images FILE ... or --directory DIR with files", EXIT_USAGE)
+    if len(stages) < 2:
+        log.warning("only one stage given: requests will stay in %r (the output stage is normally last)", stages[0])
+
+    conn = build_connection_config(args)
+    zk = connect_zookeeper(conn)
+    try:
+        session = open_mq(zk, conn, name="publisher")
+
+        def reopen() -> MQSession:
+            session.close()
+            try:
+                session.open(retry_for=60.0)
+            except MQConnectionError as error:
+                raise CliError(str(error), EXIT_CONNECTION) from None
+            return session
+    finally:
+        zk.stop()
+    try:
+        for position, stage in enumerate(stages):
+            if session.queue_length(stage) is None:
+                what = "first stage" if position == 0 else "stage"
+                raise CliError(f"the {what} queue {stage!r} does not exist; create it first with "
+                               f"stage_config_manager.py --name {stage}", EXIT_FAILURE)
+        stats = UploadStats()
+        stop = threading.Event()
+        files: queue_module.Queue = queue_module.Queue(maxsize=READ_AHEAD)
+        reader = threading.Thread(target=_read_ahead, args=(paths, files, stop), daemon=True, name="read-ahead")
+        reader.start()
+        started = time.monotonic()
+        with tqdm(total=len(paths), unit="req", desc=f"upload to {stages[0]}", file=sys.stderr,
+                  disable=True if args.no_progress else None) as bar:
+            uploader = Uploader(session, reopen, stages[0], stats, lambda: bar.update(1))
+            try:
+                while True:
+                    item = files.get()
+                    if item is None:
+                        break
+                    path, content = item
+                    if isinstance(content, OSError):
+                        stats.unreadable.append(path)
+                        log.error("cannot read %s: %s", path, content.strerror)
+                        continue
+                    now = datetime.datetime.now(datetime.timezone.utc)
+                    request = build_request(os.path.basename(path), content, stages, args.priority, now)
+                    uploader.add(path, request)
+                confirmed_all = uploader.finish()
+            finally:
+                stop.set()
+        elapsed = max(time.monotonic() - started, 1e-6)
+    finally:
+        session.close()
+    print(f"uploaded {stats.confirmed} of {len(paths)} request(s) to {stages[0]} in {elapsed:.1f} s "
+          f"({stats.confirmed / elapsed:.0f} req/s)"
+          + (f"; re-published {stats.republished} after reconnects" if stats.republished else ""))
+    problems = []
+    if stats.unreadable:
+        problems.append(f"{len(stats.unreadable)} unreadable file(s)")
+    if stats.returned:
+        problems.append(f"{len(stats.returned)} returned (queue missing)")
+    if stats.nacked:
+        problems.append(f"{len(stats.nacked)} nacked by the broker")
+    if not confirmed_all:
+        problems.append(f"{len(paths) - stats.confirmed - len(stats.unreadable)} never confirmed")
+    if problems:
+        print("NOT uploaded: " + ", ".join(problems), file=sys.stderr)
+        for path in (stats.unreadable + stats.returned + stats.nacked)[:20]:
+            print(f"  {path}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+# --- download -------------------------------------------------------------------------
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _inside(root: str, path: str) -> str:
+    """Belt and braces: the resolved path must be directly inside `root`."""
+    resolved = os.path.realpath(path)
+    if os.path.dirname(resolved) != os.path.realpath(root):
+        raise RuntimeError(f"refusing to write {path!r}: outside {root!r}")
+    return resolved
+
+
+def _write_file(folder: str, name: str, content: bytes) -> None:
+    path = _inside(folder, os.path.join(folder, name))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+class DownloadIndex:
+    """Keys of requests already written to the folder, one per line, appended and fsynced."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.keys: set[str] = set()
+        if os.path.exists(path):
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                self.keys = {line.strip() for line in handle if line.strip()}
+        self._handle = open(path, "a", encoding="utf-8")
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.keys
+
+    def add(self, key: str) -> None:
+        self._handle.write(key + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self.keys.add(key)
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+@dataclass
+class DownloadStats:
+    downloaded: int = 0
+    failed_requests: int = 0          # requests whose processing failed in some stage
+    failed_by_stage: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    unparsable: int = 0
+
+
+def _read_info_uuid(folder: str) -> str | None:
+    try:
+        with open(os.path.join(folder, INFO_FILE), encoding="utf-8", errors="replace") as handle:
+            first = handle.readline()
+    except OSError:
+        return None
+    key, _, value = first.partition(":")
+    return value.strip() if key.strip() == "uuid" else None
+
+
+class Downloader:
+    """Writes one request folder per delivery; the caller acks once `store` returned."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = os.path.realpath(directory)
+        os.makedirs(self.directory, exist_ok=True)
+        self._remove_leftovers()
+        self.index = DownloadIndex(os.path.join(self.directory, INDEX_FILE))
+        self.stats = DownloadStats()
+
+    def _remove_leftovers(self) -> None:
+        """Half-written folders of an earlier run: their requests were not acked and will come again."""
+        for entry in os.scandir(self.directory):
+            if entry.name.startswith(TEMP_PREFIX) and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+    def _store_unparsable(self, body: bytes) -> None:
+        folder = os.path.join(self.directory, UNPARSABLE_FOLDER)
+        os.makedirs(folder, exist_ok=True)
+        name = hashlib.sha256(body).hexdigest() + ".bin"
+        if not os.path.exists(os.path.join(folder, name)):
+            temp = f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+            _write_file(folder, temp, body)
+            os.replace(os.path.join(folder, temp), os.path.join(folder, name))
+            _fsync_dir(folder)
+        self.stats.unparsable += 1
+        log.error("message is not a ProcessingRequest; raw body kept in %s", os.path.join(folder, name))
+
+    def _final_folder(self, request: ProcessingRequest) -> str | None:
+        """Free folder name for the request, or None when this very request is already there."""
+        image = request.results[0].name if request.results else ""
+        base = request_folder_name(image, request.uuid)
+        taken: set[str] = set()
+        name = base
+        while True:
+            path = os.path.join(self.directory, name)
+            if not os.path.lexists(path):
+                return path
+            if request.uuid and _read_info_uuid(path) == request.uuid:
+                return None
+            taken.add(name)
+            name = deduplicate(base, taken)
+
+    def store(self, body: bytes) -> None:
+        try:
+            request = ProcessingRequest.FromString(body)
+        except (DecodeError, ValueError):
+            self._store_unparsable(body)
+            return
+        key = dedup_key(request.uuid, body)
+        if key in self.index:
+            self.stats.duplicates += 1
+            log.info("skipping request %s: already downloaded", request.uuid or key)
+            return
+        final = self._final_folder(request)
+        if final is None:
+            self.index.add(key)
+            self.stats.duplicates += 1
+            return
+        temp = os.path.join(self.directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+        os.mkdir(temp)
+        try:
+            for _original, name, content in plan_request_files(request):
+                _write_file(temp, name, content)
+            _fsync_dir(temp)
+            os.rename(temp, _inside(self.directory, final))
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        _fsync_dir(self.directory)
+        self.index.add(key)
+        self.stats.downloaded += 1
+        failed = failed_stages(request)
+        if failed:
+            self.stats.failed_requests += 1
+            for stage in failed:
+                self.stats.failed_by_stage[stage] = self.stats.failed_by_stage.get(stage, 0) + 1
+
+    def close(self) -> None:
+        self.index.close()
+
+
+def download(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    queue = args.download
+    try:
+        validate_stage_name(queue)
+    except ValueError as error:
+        raise CliError(str(error), EXIT_USAGE) from None
+    try:
+        downloader = Downloader(args.directory)
+    except OSError as error:
+        raise CliError(f"cannot use download folder {args.directory}: {error}", EXIT_USAGE) from None
+
+    conn = build_connection_config(args)
+    zk = connect_zookeeper(conn)
+    try:
+        session = open_mq(zk, conn, name="publisher-download")
+    finally:
+        zk.stop()
+    failure: list[BaseException] = []
+    stopping = threading.Event()
+    previous_sigterm = signal.signal(signal.SIGTERM, lambda *_: stopping.set()) \
+        if threading.current_thread() is threading.main_thread() else None
+
+    try:
+        if session.queue_length(queue) is None:
+            raise CliError(f"queue {queue!r} does not exist", EXIT_FAILURE)
+        bar = tqdm(unit="req", desc=f"download from {queue}", file=sys.stderr,
+                   disable=True if args.no_progress else None)
+        last_message = time.monotonic()
+
+        def on_message(delivery: Delivery) -> None:
+            nonlocal last_message
+            last_message = time.monotonic()
+            if failure or stopping.is_set():
+                session.nack(delivery.delivery_tag, requeue=True)
+                return
+            try:
+                downloader.store(delivery.body)
+            except OSError as error:
+                failure.append(error)
+                session.nack(delivery.delivery_tag, requeue=True)
+                return
+            session.ack(delivery.delivery_tag)
+            bar.update(1)
+
+        session.consume(queue, on_message, prefetch=32)
+        try:
+            while not failure and not stopping.is_set():
+                session.pump(0.5)
+                if not args.keep_running and time.monotonic() - last_message >= args.idle_timeout:
+                    if session.queue_length(queue) == 0:
+                        break
+                    last_message = time.monotonic()
+        except KeyboardInterrupt:
+            if not args.keep_running:
+                raise
+        finally:
+            bar.close()
+    except MQError as error:
+        # The connection is gone: unacked requests go back to the queue; what was acked is on disk.
+        failure.append(error)
+    finally:
+        session.close()
+        downloader.close()
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+    stats = downloader.stats
+    summary = (f"downloaded {stats.downloaded} request(s) to {downloader.directory}; "
+               f"{stats.failed_requests} with failed stages"
+               + (f" ({', '.join(f'{s}: {n}' for s, n in sorted(stats.failed_by_stage.items()))})"
+                  if stats.failed_by_stage else "")
+               + f"; {stats.duplicates} duplicate(s) skipped")
+    if stats.unparsable:
+        summary += f"; {stats.unparsable} unparsable message(s) kept in {UNPARSABLE_FOLDER}/"
+    print(summary)
+    if failure:
+        error = failure[0]
+        if isinstance(error, MQConnectionError):
+            raise CliError(f"download stopped: {error}", EXIT_CONNECTION)
+        raise CliError(f"download stopped: {error}", EXIT_FAILURE)
+    return EXIT_FAILURE if stats.unparsable else EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    if bool(args.download) == bool(args.stages):
+        raise CliError("give either --stages ... (upload) or --download QUEUE (download); see --help", EXIT_USAGE)
+    if args.download:
+        if not args.directory:
+            raise CliError("--download needs --directory DIR", EXIT_USAGE)
+        if args.images:
+            raise CliError("--images only works with --stages (upload)", EXIT_USAGE)
+        return download(args)
+    if args.keep_running:
+        raise CliError("--keep-running only works with --download", EXIT_USAGE)
+    return upload(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(_run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,409 @@
+"""scripts/publisher.py: pure helpers, then upload and download against the real RabbitMQ + ZooKeeper."""
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from types import SimpleNamespace
+
+import pytest
+import requests
+from urllib.parse import quote
+
+from pero_worker.libs.addresses import Address
+from pero_worker.libs.message_pb2 import ProcessingRequest
+from pero_worker.libs.mq import MQError, MQSession, MQSettings, PublishOutcome
+from pero_worker.libs.safe_names import is_safe_file_name
+from pero_worker.scripts import publisher as pub
+
+NOW = datetime.datetime(2024, 5, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
+
+
+# --- pure helpers -----------------------------------------------------------------------
+
+def make_request(results=(("page.jpg", b"image"),), logs=(), stages=("out",), request_uuid=None) -> ProcessingRequest:
+    request = ProcessingRequest()
+    request.uuid = request_uuid if request_uuid is not None else uuid.uuid4().hex
+    request.page_uuid = uuid.uuid4().hex
+    request.priority = 1
+    request.start_time.FromDatetime(NOW)
+    request.processing_stages.extend(stages)
+    for name, content in results:
+        item = request.results.add()
+        item.name = name
+        item.content = content
+    for stage, status, text in logs:
+        entry = request.logs.add()
+        entry.stage = stage
+        entry.status = status
+        entry.log = text
+        entry.host_id = "worker-1"
+        entry.version = "v1"
+        entry.start.FromDatetime(NOW)
+        entry.end.FromDatetime(NOW + datetime.timedelta(seconds=2))
+    return request
+
+
+def test_build_request():
+    request = pub.build_request("scan.jpg", b"\xff\xd8data", ["ocr", "out"], 1, NOW)
+    assert len(request.uuid) == 32 and int(request.uuid, 16) >= 0
+    assert len(request.page_uuid) == 32 and request.page_uuid != request.uuid
+    assert request.priority == 1
+    assert request.start_time.ToDatetime(tzinfo=datetime.timezone.utc) == NOW
+    assert list(request.processing_stages) == ["ocr", "out"]
+    assert [(r.name, r.content) for r in request.results] == [("scan.jpg", b"\xff\xd8data")]
+    assert not request.logs
+    assert pub.build_request("a", b"", ["out"], 0, NOW).uuid != request.uuid
+
+
+HOSTILE = ["../../evil", "/abs", "/etc/passwd", "a/../../b", "..", ".", "", "CON", "nul\x00byte", "x" * 500,
+           "..\\..\\win.ini", "request_info.txt", "ocr.log", "page.jpg", "page.jpg", ".hidden"]
+
+
+def test_plan_request_files_makes_every_name_safe_and_distinct():
+    request = make_request(results=[(name, f"content {i}".encode()) for i, name in enumerate(HOSTILE)],
+                           logs=[("ocr", "OK", "fine"), ("../../stage", "FAILED", "boom"), ("ocr", "OK", "again")])
+    files = pub.plan_request_files(request)
+    names = [name for _original, name, _content in files]
+    assert len(names) == len({n.casefold() for n in names}) == 1 + 3 + len(HOSTILE)
+    assert all(is_safe_file_name(n) for n in names)
+    assert names[0] == pub.INFO_FILE
+    contents = [content for _o, _n, content in files[4:]]
+    assert contents == [f"content {i}".encode() for i in range(len(HOSTILE))]   # nothing lost or mixed up
+    info = files[0][2].decode()
+    assert "status:           FAILED in ../../stage" in info
+    assert "(named '../../evil' in the request)" in info
+
+
+def test_render_stage_log_and_info():
+    request = make_request(logs=[("ocr", "OK", "line 1\nline 2\n")])
+    text = pub.render_stage_log(request.logs[0])
+    assert "stage:   ocr" in text and "status:  OK" in text and "line 1\nline 2\n" in text
+    assert "host_id: worker-1" in text and "version: v1" in text and "2024-05-01T12:00:02+00:00" in text
+    info = pub.render_info(request, [("page.jpg", "page.jpg")])
+    assert f"uuid:             {request.uuid}" in info and "status:           OK" in info
+    assert "ocr: OK (version v1, host worker-1" in info
+
+
+def test_list_upload_files(tmp_path):
+    (tmp_path / "b.jpg").write_bytes(b"b")
+    (tmp_path / "a.jpg").write_bytes(b"a")
+    (tmp_path / ".hidden").write_bytes(b"h")
+    (tmp_path / "sub").mkdir()
+    assert pub.list_upload_files(["x.png"], str(tmp_path)) == ["x.png", str(tmp_path / "a.jpg"),
+                                                                 str(tmp_path / "b.jpg")]
+
+
+# --- against the real services -------------------------------------------------------------
+
+@pytest.fixture
+def env(zk, zk_root, services, unique_name):
+    """Plain (no SASL) ZooKeeper chroot with the local server lists; RabbitMQ as guest on vhost pero."""
+    mq = MQSession(MQSettings(servers=(Address(services.mq_host, services.mq_port),)))
+    mq.open(retry_for=10)
+    queues: list[str] = []
+
+    def queue(prefix: str = "stage", create: bool = True) -> str:
+        name = unique_name(prefix)
+        queues.append(name)
+        if create:
+            mq.declare_stage_queue(name)
+        return name
+
+    def run(*args: str) -> int:
+        extra = ["--idle-timeout", "0.5"] if "--download" in args else []
+        return pub.main(["-z", zk_root, "--no-progress", *extra, *args])
+
+    yield SimpleNamespace(mq=mq, queue=queue, run=run, zk_root=zk_root)
+    for name in queues:
+        try:
+            mq.delete_queue(name)
+        except MQError:
+            pass
+    mq.close()
+
+
+def drain(mq: MQSession, queue: str) -> list[ProcessingRequest]:
+    requests = []
+    while (delivery := mq.get(queue)) is not None:
+        requests.append(ProcessingRequest.FromString(delivery.body))
+        mq.ack(delivery.delivery_tag)
+    return requests
+
+
+def images(tmp_path, count: int, size: int = 1000) -> list[str]:
+    folder = tmp_path / "images"
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"page_{i:03d}.jpg"
+        path.write_bytes(os.urandom(size))
+        paths.append(str(path))
+    return paths
+
+
+def test_upload_images(env, tmp_path, capsys):
+    first, out = env.queue("ocr"), env.queue("out")
+    paths = images(tmp_path, 25)
+    assert env.run("--stages", first, out, "--images", *paths, "-y", "1") == 0
+    assert "uploaded 25 of 25" in capsys.readouterr().out
+    assert env.mq.queue_length(out) == 0
+    requests = drain(env.mq, first)
+    assert len(requests) == 25 and len({r.uuid for r in requests}) == 25
+    by_name = {r.results[0].name: r for r in requests}
+    for path in paths:
+        request = by_name[os.path.basename(path)]
+        with open(path, "rb") as handle:
+            assert request.results[0].content == handle.read()
+        assert list(request.processing_stages) == [first, out]
+        assert request.priority == 1
+        age = datetime.datetime.now(datetime.timezone.utc) - request.start_time.ToDatetime(
+            tzinfo=datetime.timezone.utc)
+        assert datetime.timedelta(0) <= age < datetime.timedelta(minutes=5)
+
+
+def test_upload_directory(env, tmp_path):
+    first = env.queue()
+    images(tmp_path, 5)
+    (tmp_path / "images" / ".hidden").write_bytes(b"skip me")
+    assert env.run("--stages", first, "--directory", str(tmp_path / "images")) == 0
+    assert sorted(r.results[0].name for r in drain(env.mq, first)) == [f"page_{i:03d}.jpg" for i in range(5)]
+
+
+def test_upload_refuses_missing_first_stage(env, tmp_path, capsys):
+    missing, out = env.queue("missing", create=False), env.queue("out")
+    assert env.run("--stages", missing, out, "--images", *images(tmp_path, 2)) == 1
+    err = capsys.readouterr().err
+    assert f"first stage queue '{missing}' does not exist" in err and "stage_config_manager.py" in err
+    assert env.mq.queue_length(missing) is None and env.mq.queue_length(out) == 0
+
+
+def test_unreadable_image_fails_the_run_but_not_the_others(env, tmp_path, capsys):
+    first = env.queue()
+    paths = images(tmp_path, 3)
+    assert env.run("--stages", first, "--images", paths[0], str(tmp_path / "nothere.jpg"), paths[1]) == 1
+    assert "1 unreadable file(s)" in capsys.readouterr().err
+    assert len(drain(env.mq, first)) == 2
+
+
+def test_returned_requests_are_counted_as_not_uploaded(env):
+    """A queue deleted after the start check: every request comes back RETURNED, none counts as uploaded."""
+    stats = pub.UploadStats()
+    uploader = pub.Uploader(env.mq, lambda: env.mq, f"gone_{uuid.uuid4().hex}", stats, lambda: None)
+    for i in range(10):
+        uploader.add(f"file{i}", pub.build_request(f"file{i}", b"x", ["gone"], 0, NOW))
+    assert uploader.finish(timeout=20)
+    assert stats.confirmed == 0 and sorted(stats.returned) == sorted(f"file{i}" for i in range(10))
+
+
+def close_connection_by_name(services, connection_name: str) -> None:
+    """Make the broker drop one client connection (as a broker restart or network cut would)."""
+    auth = (services.user, services.password)
+    base = f"http://{services.mq_mgmt_address}/api/connections"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        for connection in requests.get(base, auth=auth, timeout=5).json():
+            if connection.get("client_properties", {}).get("connection_name") == connection_name:
+                response = requests.delete(f"{base}/{quote(connection['name'], safe='')}", auth=auth, timeout=5)
+                assert response.status_code in (200, 204), response.text
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"connection {connection_name} not listed by the management API")
+
+
+def test_reconnect_republishes_unconfirmed_requests(env, services):
+    """The broker drops the connection with requests unconfirmed: they are published again (same uuid)."""
+    first = env.queue()
+    stats = pub.UploadStats()
+    name = f"test-publisher-{uuid.uuid4().hex[:8]}"
+    # As user pero: a non-administrator may close only its own connections through the management API.
+    session = MQSession(MQSettings(servers=env.mq.settings.servers, username=services.user,
+                                   password=services.password), name=name)
+    session.open(retry_for=5)
+
+    def reopen():
+        session.open(retry_for=10)
+        return session
+
+    uploader = pub.Uploader(session, reopen, first, stats, lambda: None)
+    sent = []
+    for i in range(5):
+        request = pub.build_request(f"f{i}", b"y" * 100, [first], 0, NOW)
+        sent.append(request.uuid)
+        uploader.add(f"f{i}", request)
+    close_connection_by_name(services, name)
+    for i in range(5, 10):                       # keeps publishing through the drop
+        request = pub.build_request(f"f{i}", b"y" * 100, [first], 0, NOW)
+        sent.append(request.uuid)
+        uploader.add(f"f{i}", request)
+        time.sleep(0.1)
+    assert uploader.finish(timeout=30)
+    session.close()
+    received = [r.uuid for r in drain(env.mq, first)]
+    assert set(received) == set(sent)            # every request arrived; re-sends are duplicates at most
+    assert stats.confirmed == 10
+    assert stats.republished >= 1                # the reconnect path really ran
+
+
+def publish(mq: MQSession, queue: str, request: ProcessingRequest | bytes) -> None:
+    body = request if isinstance(request, bytes) else request.SerializeToString()
+    assert mq.publish_and_wait(queue, body) is PublishOutcome.CONFIRMED
+
+
+def test_download_writes_folders_and_empties_the_queue(env, tmp_path, capsys):
+    out = env.queue("out")
+    ok = make_request(results=[("scan.jpg", b"IMG"), ("scan.jpg_page.xml", b"<xml/>")],
+                      logs=[("ocr", "OK", "ocr said hi\n")])
+    failed = make_request(results=[("bad.jpg", b"BAD")], logs=[("ocr", "PROCESSING_FAILED", "Traceback ...\n")])
+    publish(env.mq, out, ok)
+    publish(env.mq, out, failed)
+    target = tmp_path / "download"
+    assert env.run("--download", out, "--directory", str(target)) == 0
+    summary = capsys.readouterr().out
+    assert "downloaded 2 request(s)" in summary and "1 with failed stages (ocr: 1)" in summary
+    assert env.mq.queue_length(out) == 0
+
+    folder = target / f"scan_{ok.uuid[:8]}"
+    assert (folder / "scan.jpg").read_bytes() == b"IMG"
+    assert (folder / "scan.jpg_page.xml").read_bytes() == b"<xml/>"
+    assert "ocr said hi" in (folder / "ocr.log").read_text()
+    info = (folder / "request_info.txt").read_text()
+    assert ok.uuid in info and ok.page_uuid in info and "ocr: OK" in info and "2024-05-01T12:00:00+00:00" in info
+    bad = target / f"bad_{failed.uuid[:8]}"
+    assert "status:           FAILED in ocr" in (bad / "request_info.txt").read_text()
+    assert "Traceback" in (bad / "ocr.log").read_text()
+    index = (target / pub.INDEX_FILE).read_text().split()
+    assert sorted(index) == sorted([ok.uuid, failed.uuid])
+    assert not [p for p in os.listdir(target) if p.startswith(pub.TEMP_PREFIX)]
+
+
+def test_download_never_writes_outside_the_folder(env, tmp_path):
+    out = env.queue("out")
+    sandbox = tmp_path / "sandbox"
+    target = sandbox / "inner" / "download"
+    target.mkdir(parents=True)
+    hostile = [
+        make_request(results=[(name, f"payload {i}".encode()) for i, name in enumerate(HOSTILE)],
+                     logs=[("../../../stage", "OK", "x"), ("/etc/cron.d/x", "OK", "y")]),
+        make_request(results=[("../../../../evil.jpg", b"evil image")], request_uuid="../../../../tmp/pwn"),
+        make_request(results=[("/abs/path.jpg", b"abs")], request_uuid="\x00\n"),
+        make_request(results=[], request_uuid=""),
+    ]
+    for request in hostile:
+        publish(env.mq, out, request)
+    before = set(os.listdir(tmp_path))
+    assert env.run("--download", out, "--directory", str(target)) == 0
+    assert set(os.listdir(tmp_path)) == before
+    assert os.listdir(sandbox) == ["inner"] and os.listdir(sandbox / "inner") == ["download"]
+    written = {}
+    for root, dirs, files in os.walk(target):
+        for name in files:
+            path = os.path.join(root, name)
+            assert os.path.realpath(path).startswith(str(target.resolve()) + os.sep)
+            assert os.path.relpath(path, target).count(os.sep) <= 1       # DIR/<request>/<file> at most
+            with open(path, "rb") as handle:
+                written[path] = handle.read()
+    payloads = set(written.values())
+    for i in range(len(HOSTILE)):
+        assert f"payload {i}".encode() in payloads                       # sanitised, not dropped
+    assert b"evil image" in payloads and b"abs" in payloads
+    assert len([d for d in os.listdir(target) if not d.startswith(".")]) == 4
+
+
+def test_duplicates_are_skipped_across_restarts(env, tmp_path, capsys):
+    out = env.queue("out")
+    request = make_request()
+    publish(env.mq, out, request)
+    publish(env.mq, out, request)               # a redelivery / re-publish of the same request
+    target = tmp_path / "download"
+    assert env.run("--download", out, "--directory", str(target)) == 0
+    first = capsys.readouterr().out
+    assert "downloaded 1 request(s)" in first and "1 duplicate(s) skipped" in first
+    publish(env.mq, out, request)
+    assert env.run("--download", out, "--directory", str(target)) == 0
+    second = capsys.readouterr().out
+    assert "downloaded 0 request(s)" in second and "1 duplicate(s) skipped" in second
+    assert len([d for d in os.listdir(target) if not d.startswith(".")]) == 1
+    assert env.mq.queue_length(out) == 0
+
+
+def test_folder_written_but_not_indexed_is_recognised(env, tmp_path, capsys):
+    """A crash after the folder was renamed into place but before the index line: no second copy."""
+    out = env.queue("out")
+    request = make_request()
+    target = tmp_path / "download"
+    publish(env.mq, out, request)
+    assert env.run("--download", out, "--directory", str(target)) == 0
+    (target / pub.INDEX_FILE).write_text("")
+    publish(env.mq, out, request)
+    capsys.readouterr()
+    assert env.run("--download", out, "--directory", str(target)) == 0
+    assert "1 duplicate(s) skipped" in capsys.readouterr().out
+    assert len([d for d in os.listdir(target) if not d.startswith(".")]) == 1
+
+
+def test_unparsable_message_is_kept_not_lost(env, tmp_path, capsys):
+    out = env.queue("out")
+    publish(env.mq, out, b"\xff\xff\xff not protobuf")
+    target = tmp_path / "download"
+    assert env.run("--download", out, "--directory", str(target)) == 1
+    assert "1 unparsable message(s)" in capsys.readouterr().out
+    kept = os.listdir(target / pub.UNPARSABLE_FOLDER)
+    assert len(kept) == 1 and (target / pub.UNPARSABLE_FOLDER / kept[0]).read_bytes() == b"\xff\xff\xff not protobuf"
+    assert env.mq.queue_length(out) == 0
+
+
+def test_download_missing_queue(env, tmp_path, capsys):
+    assert env.run("--download", env.queue("nope", create=False), "--directory", str(tmp_path / "d")) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [
+    [],
+    ["--stages", "a", "--download", "b", "--directory", "x"],
+    ["--download", "out"],
+    ["--stages", "a", "--keep-running", "--images", "x"],
+    ["--stages", "a/b", "--images", "x"],
+])
+def test_usage_errors(env, args, capsys):
+    assert env.run(*args) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_round_trip_and_keep_running_as_scripts(env, tmp_path, repo_root):
+    """Upload straight to an output queue with the script, download it with --keep-running until Ctrl-C."""
+    out = env.queue("out")
+    script = str(repo_root / "scripts" / "publisher.py")
+    target = tmp_path / "download"
+    downloader = subprocess.Popen([sys.executable, script, "-z", env.zk_root, "--download", out,
+                                   "--directory", str(target), "--keep-running", "--no-progress"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        paths = images(tmp_path, 6, size=5000)
+        uploaded = subprocess.run([sys.executable, script, "-z", env.zk_root, "--stages", out, "--images", *paths],
+                                  capture_output=True, text=True, timeout=60)
+        assert uploaded.returncode == 0, uploaded.stderr
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if target.exists() and len([d for d in os.listdir(target) if not d.startswith(".")]) == 6:
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)    # --keep-running: still running although the queue is empty
+        assert downloader.poll() is None
+        downloader.send_signal(signal.SIGINT)
+        stdout, stderr = downloader.communicate(timeout=30)
+    finally:
+        if downloader.poll() is None:
+            downloader.kill()
+    assert downloader.returncode == 0, stderr
+    assert "downloaded 6 request(s)" in stdout
+    for path in paths:
+        name = os.path.basename(path)
+        folders = [d for d in os.listdir(target) if d.startswith(name.rsplit(".", 1)[0] + "_")]
+        assert len(folders) == 1
+        with open(path, "rb") as handle:
+            assert (target / folders[0] / name).read_bytes() == handle.read()

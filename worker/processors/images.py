@@ -1,0 +1,127 @@
+"""Find the input image among a request's results by content, and decode it.
+
+Result names are untrusted and often wrong ('scan' without extension,
+'page.jpg' that is really a PNG), so the image is recognised by its magic
+bytes.  Recognising is cheap and needs no imaging library; decoding imports
+OpenCV (and Pillow as a fallback) only when it is first needed.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from typing import TYPE_CHECKING, Sequence
+
+from . import ProcessingError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from ...libs.message_pb2 import Data
+
+log = logging.getLogger(__name__)
+
+# Decoding a bigger image would take gigabytes of memory; a 600 dpi A2 scan is 140 Mpx.
+# (Pillow refuses to open images above twice its own limit, about 179 Mpx, whatever we say.)
+MAX_IMAGE_PIXELS = 175_000_000
+MIN_IMAGE_SIDE = 2
+
+FORMAT_NAMES = "PNG, JPEG, TIFF, BMP, JPEG 2000, WebP, GIF"
+_BMP_HEADER_SIZES = {12, 16, 40, 52, 56, 64, 108, 124}
+
+
+def image_format(data: bytes) -> str | None:
+    """'png', 'jpeg', 'tiff', 'bmp', 'jp2', 'webp', 'gif' from the first bytes, else None (pure)."""
+    head = bytes(data[:32])
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
+        return "tiff"
+    if head.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n") or head.startswith(b"\xff\x4f\xff\x51"):
+        return "jp2"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "webp"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    # 'BM' alone is too weak (text starting with "BM"): also require a known DIB header size.
+    if head.startswith(b"BM") and len(head) >= 18 and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES:
+        return "bmp"
+    return None
+
+
+def _describe(name: str) -> str:
+    shown = name if len(name) <= 80 else name[:77] + "..."
+    return repr(shown)
+
+
+def find_image(results: Sequence["Data"]) -> tuple[int, "Data"]:
+    """(index, Data) of the first result whose content is an image; ProcessingError when there is none."""
+    for index, data in enumerate(results):
+        if image_format(data.content) is not None:
+            return index, data
+    if not results:
+        raise ProcessingError("request has no results: there is no input image to process")
+    names = ", ".join(_describe(data.name) for data in list(results)[:5])
+    if len(results) > 5:
+        names += f" and {len(results) - 5} more"
+    raise ProcessingError(f"request has no input image: none of its results ({names}) is an image "
+                          f"(recognised formats: {FORMAT_NAMES})")
+
+
+def _pixels_from_header(data: bytes, name: str) -> tuple[int, int] | None:
+    """(width, height) read from the header only, without decoding; None when Pillow cannot tell."""
+    import warnings
+    from PIL import Image
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+    except Image.DecompressionBombError:
+        raise ProcessingError(f"image {_describe(name)} is too large (over {MAX_IMAGE_PIXELS} pixels)") from None
+    except Exception:  # unknown variant or damaged header: the decoder will judge
+        return None
+
+
+def decode_image(data: bytes, name: str = "") -> "np.ndarray":
+    """The image as an H x W x 3 uint8 BGR array (what pero-ocr's cv2.imread(path, 1) gives).
+
+    ProcessingError when it cannot be decoded or is absurdly large/small.
+    """
+    import cv2
+    import numpy as np
+
+    size = _pixels_from_header(data, name)
+    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise ProcessingError(f"image {_describe(name)} is too large: {size[0]} x {size[1]} pixels "
+                              f"(limit {MAX_IMAGE_PIXELS})")
+    image = None
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as error:
+        log.debug("OpenCV cannot decode %s: %s", _describe(name), error)
+    if image is None:
+        image = _decode_with_pillow(data)
+    if image is None:
+        raise ProcessingError(f"result {_describe(name)} is not an image that can be decoded "
+                              f"(damaged or unsupported {image_format(data) or 'unknown'} data)")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ProcessingError(f"image {_describe(name)} decoded to an unexpected shape {image.shape} {image.dtype}")
+    if min(image.shape[:2]) < MIN_IMAGE_SIDE:
+        raise ProcessingError(f"image {_describe(name)} is too small: {image.shape[1]} x {image.shape[0]} pixels")
+    return image
+
+
+def _decode_with_pillow(data: bytes) -> "np.ndarray | None":
+    """Formats or variants this OpenCV build cannot read (animated GIF, some JPEG 2000 ...)."""
+    import numpy as np
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except Exception:
+        return None
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+__all__ = ["image_format", "find_image", "decode_image", "MAX_IMAGE_PIXELS", "FORMAT_NAMES"]

@@ -1,0 +1,299 @@
+"""PERO_OCR processor: runs a pero-ocr PageParser on the request's image (SPEC.md section 5).
+
+For one request:
+1. the input image is the first result whose content is an image (images.py);
+2. an existing PAGE XML result (`*.xml`, preferring `<image name>_page.xml`) is
+   the starting layout, otherwise a new empty PageLayout of the image's size;
+3. existing logits (`*.logits`, preferring `<image name>.logits`) are loaded
+   into its lines (a decoder-only stage needs them);
+4. `PageParser.process_page(image, layout)` runs;
+5. the PAGE XML and logits are written back into the results they were read
+   from, or added as `<image name>_page.xml` / `<image name>.logits` (an entry
+   of that name is replaced, never duplicated).  Logits are written only when
+   some line has them (a layout-only stage has none).
+
+torch and pero-ocr are imported only by `build`, so merely importing this
+package costs nothing.
+
+Untrusted input: PAGE XML with entity declarations is refused (no entity
+expansion tricks), and `.logits` (a pickle, as pero-ocr writes it) is read with
+an unpickler that only admits the numpy/scipy classes logits consist of:
+plain `pickle.loads` of request data would let any publisher run code on the worker.
+Paths in the stage config must stay inside the model folder.
+"""
+from __future__ import annotations
+
+import configparser
+import gc
+import io
+import logging
+import pickle
+import posixpath
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from . import ProcessingError, StageConfigError
+from .images import decode_image, find_image
+
+if TYPE_CHECKING:
+    from ...libs.message_pb2 import Data, ProcessingRequest
+
+log = logging.getLogger(__name__)
+
+PAGE_XML_SUFFIX = "_page.xml"
+LOGITS_SUFFIX = ".logits"
+
+
+# --- pure decisions -------------------------------------------------------------------
+
+def resolve_device(requested: str, cuda_available: bool, cuda_count: int) -> str:
+    """torch device name for the worker's --device option: 'auto', 'cpu', 'cuda' or 'cuda:N' (pure)."""
+    text = (requested or "auto").strip().lower()
+    if text == "auto":
+        return "cuda" if cuda_available else "cpu"
+    if text == "cpu":
+        return "cpu"
+    if text == "cuda" or text.startswith("cuda:"):
+        if not cuda_available:
+            raise StageConfigError(f"device {requested!r} requested but CUDA is not available on this machine")
+        if text == "cuda":
+            return "cuda"
+        index_text = text.split(":", 1)[1]
+        if not index_text.isdigit():
+            raise StageConfigError(f"invalid device {requested!r} (expected cuda:N)")
+        if int(index_text) >= cuda_count:
+            raise StageConfigError(f"device {requested!r} does not exist: this machine has {cuda_count} CUDA device(s)")
+        return f"cuda:{int(index_text)}"
+    raise StageConfigError(f"invalid device {requested!r} (expected auto, cpu, cuda or cuda:N)")
+
+
+def _is_path_option(name: str) -> bool:
+    return name == "lm" or name.endswith(("_path", "_json"))
+
+
+def check_model_paths(config: configparser.ConfigParser, has_model_dir: bool) -> list[str]:
+    """Problems with file paths in the config (pure): absolute paths, paths leaving the model folder,
+    or paths at all when the stage has no model archive."""
+    problems = []
+    for section in config.sections():
+        for option, value in config.items(section, raw=True):
+            if not _is_path_option(option) or not value.strip():
+                continue
+            path = value.strip()
+            if path.startswith("/") or "\\" in path or (len(path) > 1 and path[1] == ":"):
+                problems.append(f"[{section}] {option.upper()} = {path!r} is not a path relative to the model folder")
+            elif posixpath.normpath(path).split("/")[0] == "..":
+                problems.append(f"[{section}] {option.upper()} = {path!r} leaves the model folder")
+            elif not has_model_dir:
+                problems.append(f"[{section}] {option.upper()} = {path!r} needs a model archive, but the stage "
+                                "has none (config_path is empty)")
+    return problems
+
+
+def pick_result(results: Sequence["Data"], suffix: str, preferred: str, exclude: int) -> int | None:
+    """Index of the result to read (and write back) for `suffix`: the one named `preferred`, else the first
+    whose name ends with `suffix` (case-insensitive), never the image itself (pure)."""
+    first = None
+    for index, data in enumerate(results):
+        if index == exclude:
+            continue
+        if data.name == preferred:
+            return index
+        if first is None and data.name.lower().endswith(suffix):
+            first = index
+    return first
+
+
+def image_stem(name: str) -> str:
+    """PAGE id for a new layout: the image's file name without folder and extension (pure)."""
+    base = posixpath.basename(name.replace("\\", "/"))
+    stem = posixpath.splitext(base)[0]
+    return stem or base or "page"
+
+
+# --- untrusted logits -----------------------------------------------------------------
+
+_NUMPY_GLOBALS = {"dtype", "ndarray", "_reconstruct", "scalar", "_frombuffer"}
+_NUMPY_MODULES = {"numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric",
+                  "numpy._core.numeric"}
+_SPARSE_CLASSES = {"csc_matrix", "csr_matrix", "coo_matrix", "csc_array", "csr_array", "coo_array"}
+
+
+class _LogitsUnpickler(pickle.Unpickler):
+    """Admits only what pero-ocr's pickled logits are made of (numpy arrays, scipy sparse matrices)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in _NUMPY_MODULES and name in _NUMPY_GLOBALS:
+            return super().find_class(module, name)
+        if (module == "scipy.sparse" or module.startswith("scipy.sparse.")) and name in _SPARSE_CLASSES:
+            return super().find_class(module, name)
+        if (module, name) == ("_codecs", "encode"):   # protocol 2 pickles of bytes
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"forbidden object {module}.{name} in logits")
+
+
+def load_logits_dict(data: bytes) -> dict:
+    """The logits dictionary of a `.logits` result; ProcessingError when it is not one."""
+    try:
+        loaded = _LogitsUnpickler(io.BytesIO(data)).load()
+    except Exception as error:  # any unpickling failure means: not logits we can use
+        raise ProcessingError(f"logits are not a pero-ocr logits file: {type(error).__name__}: {error}") from None
+    if not isinstance(loaded, dict):
+        raise ProcessingError(f"logits are not a pero-ocr logits file (a {type(loaded).__name__}, not a dict)")
+    return loaded
+
+
+def apply_logits(page_layout: Any, logits: dict) -> int:
+    """Attach logits to the layout's lines by line id (as PageLayout.load_logits does); returns lines matched."""
+    characters = logits.get("line_characters")
+    coords = logits.get("logit_coords")
+    characters = characters if isinstance(characters, dict) else {}
+    coords = coords if isinstance(coords, dict) else {}
+    matched = 0
+    for line in page_layout.lines_iterator():
+        if line.id in ("line_characters", "logit_coords") or line.id not in logits:
+            continue
+        line.logits = logits[line.id]
+        line.characters = characters.get(line.id)
+        line.logit_coords = coords.get(line.id, [None, None])
+        matched += 1
+    return matched
+
+
+# --- the processor ----------------------------------------------------------------------
+
+def _put_result(results: Any, index: int | None, name: str, content: bytes) -> None:
+    if index is None:
+        for position, data in enumerate(results):
+            if data.name == name:
+                index = position
+                break
+    if index is None:
+        results.add(name=name, content=content)
+    else:
+        results[index].content = content
+
+
+class PeroOcrProcessor:
+    def __init__(self, page_parser: Any, device: Any) -> None:
+        self.page_parser = page_parser
+        self.device = device
+
+    def _load_layout(self, xml: bytes, name: str) -> Any:
+        from pero_ocr.core.layout import PageLayout
+        if b"<!ENTITY" in xml:
+            raise ProcessingError(f"PAGE XML {name!r} declares entities, which are not accepted")
+        try:
+            return PageLayout(file=io.BytesIO(xml))
+        except Exception as error:
+            raise ProcessingError(f"result {name!r} is not a usable PAGE XML: {type(error).__name__}: {error}") \
+                from None
+
+    def process(self, request: "ProcessingRequest") -> None:
+        from pero_ocr.core.layout import PageLayout
+
+        results = request.results
+        image_index, image_data = find_image(results)
+        image_name = image_data.name or "page"
+        image = decode_image(image_data.content, image_data.name)
+        height, width = image.shape[:2]
+
+        xml_index = pick_result(results, ".xml", image_name + PAGE_XML_SUFFIX, image_index)
+        logits_index = pick_result(results, LOGITS_SUFFIX, image_name + LOGITS_SUFFIX, image_index)
+        if xml_index is not None:
+            page_layout = self._load_layout(results[xml_index].content, results[xml_index].name)
+            if tuple(page_layout.page_size) != (height, width):
+                log.warning("PAGE XML %r is for a %s x %s page but the image is %d x %d", results[xml_index].name,
+                            page_layout.page_size[1], page_layout.page_size[0], width, height)
+        else:
+            page_layout = PageLayout(id=image_stem(image_name), page_size=(height, width))
+        if logits_index is not None:
+            matched = apply_logits(page_layout, load_logits_dict(results[logits_index].content))
+            log.debug("loaded logits of %d lines from %r", matched, results[logits_index].name)
+
+        try:
+            page_layout = self.page_parser.process_page(image, page_layout)
+        except Exception as error:
+            self._after_failure(error)
+            log.error("pero-ocr failed on image %r", image_name, exc_info=True)
+            raise ProcessingError(f"pero-ocr failed on image {image_name!r}: {type(error).__name__}: {error}") \
+                from error
+
+        xml_out = page_layout.to_pagexml_string().encode("utf-8")
+        _put_result(results, xml_index, image_name + PAGE_XML_SUFFIX, xml_out)
+        logits_out = self._logits_bytes(page_layout)
+        if logits_out is not None:
+            _put_result(results, logits_index, image_name + LOGITS_SUFFIX, logits_out)
+        lines = sum(1 for _ in page_layout.lines_iterator())
+        log.info("image %r (%d x %d): %d regions, %d lines", image_name, width, height,
+                 len(page_layout.regions), lines)
+
+    @staticmethod
+    def _logits_bytes(page_layout: Any) -> bytes | None:
+        if not any(line.logits is not None for line in page_layout.lines_iterator()):
+            return None
+        try:
+            return page_layout.save_logits_bytes(missing_line_logits_ok=True)
+        except Exception as error:  # e.g. lines without characters/coords from an old logits file
+            log.warning("logits not saved: %s: %s", type(error).__name__, error)
+            return None
+
+    def _after_failure(self, error: BaseException) -> None:
+        """Free GPU memory after an out-of-memory failure so that the next (smaller) page can run."""
+        if getattr(self.device, "type", "cpu") == "cuda":
+            import torch
+            if isinstance(error, torch.cuda.OutOfMemoryError):
+                gc.collect()
+                torch.cuda.empty_cache()
+
+    def close(self) -> None:
+        parser, self.page_parser = self.page_parser, None
+        if parser is None:
+            return
+        # LAYOUT_CNN parsers keep a multiprocessing pool; end it instead of leaking a process per stage switch.
+        for layout_parser in getattr(parser, "layout_parsers", None) or []:
+            pool = getattr(layout_parser, "pool", None)
+            if pool is not None:
+                pool.terminate()
+        del parser
+        gc.collect()
+        if getattr(self.device, "type", "cpu") == "cuda":
+            import torch
+            torch.cuda.empty_cache()
+
+
+def build(config: configparser.ConfigParser, model_dir: Path | None, *, device: str = "auto") -> PeroOcrProcessor:
+    """A PeroOcrProcessor for the stage; StageConfigError when the config or model cannot be used."""
+    if not config.has_section("PAGE_PARSER"):
+        raise StageConfigError("stage config has no [PAGE_PARSER] section: it is not a pero-ocr config "
+                               "(test processors need a [WORKER] section)")
+    problems = check_model_paths(config, model_dir is not None)
+    if problems:
+        raise StageConfigError("; ".join(problems))
+    try:
+        import torch
+        from pero_ocr.document_ocr.page_parser import PageParser
+    except ImportError as error:
+        raise StageConfigError(f"pero-ocr (or torch) is not installed in this environment: {error}") from None
+    device_name = resolve_device(device, torch.cuda.is_available(), torch.cuda.device_count())
+    torch_device = torch.device(device_name)
+    try:
+        parser = PageParser(config, device=torch_device, config_path=str(model_dir) if model_dir else "")
+    except KeyError as error:
+        raise StageConfigError(f"pero-ocr config lacks section or key {error}") from None
+    except FileNotFoundError as error:
+        shown = error.filename
+        if model_dir is not None and shown:
+            try:
+                shown = str(Path(shown).resolve().relative_to(Path(model_dir).resolve()))
+            except ValueError:
+                pass
+        raise StageConfigError(f"file {shown!r} not found in the stage's model folder") from None
+    except Exception as error:
+        raise StageConfigError(f"cannot load the pero-ocr stage: {type(error).__name__}: {error}") from error
+    log.info("pero-ocr PageParser ready on %s (model folder %s)", device_name, model_dir)
+    return PeroOcrProcessor(parser, torch_device)
+
+
+__all__ = ["build", "PeroOcrProcessor", "resolve_device", "check_model_paths", "pick_result", "image_stem",
+           "load_logits_dict", "apply_logits"]

@@ -1,0 +1,147 @@
+"""Configuration that needs the engines running: broker users, the SFTP account, ZooKeeper server lists.
+
+Everything here is idempotent: re-running changes nothing that is already right.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+from pathlib import Path
+from typing import Callable
+
+import requests
+
+from pero_worker.libs import tls, zk_paths
+from pero_worker.libs.addresses import Address, format_address, parse_address
+from pero_worker.libs.config import ConnectionConfig
+from pero_worker.libs.zk import ZkConnectionError, ZooKeeper
+
+from .layout import Layout, Settings
+
+
+class PostConfigError(Exception):
+    """A post-start step failed; the message says which and why (never with a password)."""
+
+
+# --- RabbitMQ --------------------------------------------------------------------
+
+def configure_rabbitmq(run_ctl: Callable[[list[str]], subprocess.CompletedProcess], lay: Layout) -> list[str]:
+    """Import users/vhost/permissions (hashed passwords) and remove guest.
+
+    `run_ctl(args)` runs rabbitmqctl against our node (natively or inside the container).
+    """
+    done = run_ctl(["import_definitions", str(lay.definitions)])
+    if done.returncode != 0:
+        raise PostConfigError(f"rabbitmqctl import_definitions failed: {_last(done)}")
+    actions = ["users, vhost and permissions imported"]
+    users = run_ctl(["list_users", "--silent", "--formatter", "json"])
+    names = []
+    if users.returncode == 0:
+        try:
+            names = [entry.get("user") for entry in json.loads(users.stdout or "[]")]
+        except ValueError:
+            names = []
+    if "guest" in names or users.returncode != 0:
+        gone = run_ctl(["delete_user", "guest"])
+        if gone.returncode == 0:
+            actions.append("guest removed")
+        elif "does not exist" not in (gone.stdout + gone.stderr) and "no_such_user" not in (gone.stdout + gone.stderr):
+            raise PostConfigError(f"cannot remove the guest user: {_last(gone)}")
+    return actions
+
+
+def _last(done: subprocess.CompletedProcess) -> str:
+    lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit {done.returncode}"
+
+
+def check_management(s: Settings, lay: Layout, password: str) -> str:
+    """The service user can read the management API over HTTPS (what the watchdog needs)."""
+    url = f"https://{format_address(s.mq_host, s.management_port)}/api/whoami"
+    try:
+        response = requests.get(url, auth=(s.service_user, password), verify=str(lay.ca_cert), timeout=15)
+    except requests.exceptions.SSLError as error:
+        raise PostConfigError(tls.describe_error(error, service="RabbitMQ management", address=url,
+                                                 ca_cert=str(lay.ca_cert), host=s.mq_host)) from None
+    except requests.RequestException as error:
+        raise PostConfigError(f"RabbitMQ management at {url}: {type(error).__name__}") from None
+    if response.status_code != 200:
+        raise PostConfigError(f"RabbitMQ management at {url} refused user {s.service_user!r} "
+                              f"(HTTP {response.status_code})")
+    return f"management API answers {s.service_user!r} over HTTPS"
+
+
+# --- SFTP account ----------------------------------------------------------------
+
+def ensure_sftp_account(s: Settings, lay: Layout, password: str) -> list[str]:
+    """A system account for the SFTP user (no shell), its password, and its folder `pero/` in the SFTP root."""
+    actions = []
+    try:
+        account = pwd.getpwnam(s.service_user)
+    except KeyError:
+        done = subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", str(lay.sftp_root),
+                               "--shell", "/usr/sbin/nologin", "--comment", "pero-worker SFTP user",
+                               s.service_user], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise PostConfigError(f"cannot create the SFTP account {s.service_user!r}: {_last(done)}")
+        account = pwd.getpwnam(s.service_user)
+        actions.append(f"system account {s.service_user!r} created")
+    # chpasswd reads 'user:password' on stdin: the password never appears in a command line.
+    done = subprocess.run(["chpasswd"], input=f"{s.service_user}:{password}\n", capture_output=True, text=True,
+                          timeout=60)
+    if done.returncode != 0:
+        raise PostConfigError(f"cannot set the password of {s.service_user!r}: {_last(done)}")
+    lay.sftp_root.mkdir(parents=True, exist_ok=True)
+    os.chown(lay.sftp_root, 0, 0)
+    lay.sftp_root.chmod(0o755)
+    files = lay.sftp_root / "pero"
+    files.mkdir(exist_ok=True)
+    os.chown(files, account.pw_uid, account.pw_gid)
+    files.chmod(0o750)
+    actions.append(f"password set, files in {files}")
+    return actions
+
+
+def remove_sftp_account(user: str) -> bool:
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return False
+    subprocess.run(["userdel", user], capture_output=True, timeout=60)
+    return True
+
+
+# --- ZooKeeper ----------------------------------------------------------------------
+
+def server_entries(s: Settings) -> dict[str, str]:
+    """The /pero/worker/config lists: node -> 'host:port' child (normalised the way clients parse it)."""
+    def entry(host: str, port: int) -> str:
+        address = parse_address(format_address(host.strip("[]"), port), port)
+        return str(address)
+    return {zk_paths.MQ_SERVERS: entry(s.mq_host, s.amqps_port),
+            zk_paths.MQ_MONITORING_SERVERS: entry(s.mq_host, s.management_port),
+            zk_paths.FTP_SERVERS: entry(s.sftp_host, s.sftp_port)}
+
+
+def configure_zookeeper(s: Settings, lay: Layout, password: str) -> list[str]:
+    """Create the /pero tree (ACL: our SASL user only) and add our servers to the server lists."""
+    conn = ConnectionConfig(zookeeper_servers=(Address(s.zk_host.strip("[]"), s.zk_port),),
+                            username=s.service_user, password=password, ca_cert=str(lay.ca_cert))
+    actions = []
+    try:
+        with ZooKeeper(conn, timeout=30) as zk:
+            for path in (zk_paths.WORKER_STATUS_ROOT, zk_paths.QUEUE_ROOT):
+                zk.ensure_path(path)
+            for parent, child in server_entries(s).items():
+                if child not in zk.children(parent):
+                    zk.ensure_path(f"{parent}/{child}")
+                    actions.append(f"{parent}/{child} added")
+    except ZkConnectionError as error:
+        raise PostConfigError(str(error)) from None
+    return actions or ["server lists already complete"]
+
+
+def read_admin_password(path: Path) -> str:
+    return path.read_text(encoding="utf-8").strip()

@@ -442,3 +442,14 @@ def test_model_archive_roundtrip(tmp_path, ocr_model):
     processor.process(request)
     assert len(_text_lines(request.results[1].content)) == 1
     processor.close()
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_pero_ocr_on_cuda(ocr_model):
+    """On a GPU machine the stage loads model.pt (not model.pt.cpu) onto CUDA and processes a page."""
+    processor = build_processor(ocr_model_factory.stage_config_text(decoder=True), ocr_model, device="auto")
+    assert processor.device.type == "cuda"
+    request = _request(("p.png", ocr_model_factory.render_page()))
+    processor.process(request)
+    assert len(_text_lines(request.results[1].content)) == 3
+    processor.close()

@@ -51,7 +51,8 @@ def test_settings_from_zookeeper(zk, conn_config, services):
     assert Address("::1", 2200) in settings.servers
     assert len(settings.servers) == 2
     assert settings.known_hosts == "/some/known_hosts"
-    assert "password" not in repr(settings) or settings.password is None
+    secret = SftpSettings(servers=settings.servers, username="pero", password="s3cret-Value")
+    assert "s3cret-Value" not in repr(secret) and "s3cret-Value" not in str(secret)
 
 
 def test_settings_from_zookeeper_without_servers(zk, conn_config):

@@ -99,6 +99,22 @@ def versions_to_prune(entries: list[tuple[str, float]], current: str, keep: int 
     return [name for name, _ in others[max(keep - 1, 0):]]
 
 
+class _LoggedProgress:
+    """Default download progress: a log line every 10 % (a model download can take minutes)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.next_percent = 10
+
+    def __call__(self, done: int, total: int) -> None:
+        if total <= 0:
+            return
+        percent = done * 100 // total
+        if percent >= self.next_percent and done < total:
+            log.info("downloading %s: %d %% of %d bytes", self.what, percent, total)
+            self.next_percent = (percent // 10 + 1) * 10
+
+
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -140,7 +156,8 @@ class ModelCache:
 
         `remote_path` is the stage's `config_path` ('' or None: the stage has no
         files and gets an empty folder).  `sftp_factory()` returns an unconnected
-        SftpClient; it is only called when a download is needed.  Raises ModelCacheError.
+        SftpClient; it is only called when a download is needed.  `progress(done, total)`
+        follows the download (default: a log line every 10 %).  Raises ModelCacheError.
         """
         stage_dir = self.stage_dir(stage)
         key = version_key(version, remote_path or "")
@@ -174,7 +191,7 @@ class ModelCache:
         try:
             with sftp_factory() as sftp:
                 expected_sha = self._remote_checksum(sftp, remote_path)
-                size = sftp.download(remote_path, archive_path, progress=progress)
+                size = sftp.download(remote_path, archive_path, progress=progress or _LoggedProgress(remote_path))
         except SftpNotFoundError:
             raise ModelCacheError(f"{what} not found on the SFTP server", transient=False) from None
         except SftpConnectError as error:

@@ -1,0 +1,148 @@
+"""Connected components of the ink mask and their classification.
+
+Every later step works on components rather than pixels: they are few (a few
+thousand per page), carry their own size, and let us tell text from what is
+not text with simple statistics relative to the page's text height:
+
+- noise: specks far smaller than a letter's dot;
+- rules: long and thin (horizontal or vertical lines, frames);
+- pictures: big components, and areas where most of the paper is dark
+  (photographs binarise into a mess of blobs, none of which is big alone).
+
+The text height `h` is the median height of the letter-sized components; it
+is the unit for every threshold in the package, which makes the analysis
+independent of the scan resolution (150-400 dpi).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass
+class Components:
+    """Connected components of a mask: labels image and per-component boxes/areas."""
+    labels: np.ndarray          # int32 label image, 0 = background
+    boxes: np.ndarray           # (N, 4) float: x0, y0, x1, y1 (exclusive ends), index i = label i+1
+    areas: np.ndarray           # (N,) int
+
+    @property
+    def count(self) -> int:
+        return len(self.areas)
+
+    @property
+    def widths(self) -> np.ndarray:
+        return self.boxes[:, 2] - self.boxes[:, 0]
+
+    @property
+    def heights(self) -> np.ndarray:
+        return self.boxes[:, 3] - self.boxes[:, 1]
+
+
+def find_components(mask: np.ndarray) -> Components:
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    stats = stats[1:]
+    boxes = np.stack([stats[:, 0], stats[:, 1], stats[:, 0] + stats[:, 2], stats[:, 1] + stats[:, 3]], axis=1)
+    return Components(labels=labels, boxes=boxes.astype(np.float64), areas=stats[:, 4].astype(np.int64))
+
+
+def estimate_text_height(comps: Components, page_height: int) -> float:
+    """Median height of letter-like components (the page's text height unit).
+
+    Components that are too small (dots, noise) or too large (pictures) are
+    left out; among the rest, the densest height range wins, because the
+    body text dominates any page.
+    """
+    if comps.count == 0:
+        return 0.0
+    h = comps.heights
+    w = comps.widths
+    ok = (h >= 4) & (h <= page_height / 15.0) & (w <= 8 * h) & (comps.areas >= 6)
+    if ok.sum() < 5:
+        ok = h >= 2
+        if ok.sum() == 0:
+            return float(np.median(h))
+    hs = h[ok]
+    # Mode of a log-spaced histogram, refined by the median around it.
+    bins = np.exp(np.linspace(np.log(max(1.0, hs.min())), np.log(hs.max() + 1.0), 40))
+    if len(bins) < 3 or bins[-1] <= bins[0]:
+        return float(np.median(hs))
+    hist, edges = np.histogram(hs, bins=bins)
+    smooth = np.convolve(hist, [1, 2, 1], mode="same")
+    i = int(np.argmax(smooth))
+    lo, hi = edges[max(0, i - 3)], edges[min(len(edges) - 1, i + 4)]
+    near = hs[(hs >= lo) & (hs <= hi)]
+    return float(np.median(near if len(near) else hs))
+
+
+@dataclass
+class Classes:
+    text: np.ndarray        # bool (N,)
+    noise: np.ndarray
+    rule: np.ndarray
+    picture: np.ndarray
+    picture_mask: np.ndarray  # bool image, True inside picture areas
+
+
+def dark_area_mask(gray_flat: np.ndarray | None, mask: np.ndarray, h: float) -> np.ndarray:
+    """Cells (about 2h wide) where most of the page is dark: pictures, not text.
+
+    Text covers at most about half of any cell even in bold headings, while a
+    photograph is dark (or densely dotted) almost everywhere.
+    """
+    cell = max(4, int(round(2 * h)))
+    src = mask.astype(np.float32) if gray_flat is None else (gray_flat < 0.75 * 255).astype(np.float32)
+    H, W = mask.shape
+    small = cv2.resize(src, (max(1, W // cell), max(1, H // cell)), interpolation=cv2.INTER_AREA)
+    dense = (small > 0.6).astype(np.uint8)
+    # Keep only dense areas of at least 3x3 cells; a bold word is never that big.
+    dense = cv2.morphologyEx(dense, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    dense = cv2.dilate(dense, np.ones((3, 3), np.uint8))
+    return cv2.resize(dense, (W, H), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def classify(comps: Components, h: float, mask_shape: tuple[int, int],
+             dark_mask: np.ndarray | None = None) -> Classes:
+    """Split components into text, noise, rules and pictures (thresholds relative to h)."""
+    n = comps.count
+    w, ht, area = comps.widths, comps.heights, comps.areas
+    hh = max(h, 1.0)
+    density = area / np.maximum(w * ht, 1)
+    noise = area < max(3.0, 0.012 * hh * hh)
+    # Mean stroke thickness along the long side: a rule stays thin even when it
+    # is slanted (its box is then tall, but its area per length is not).
+    thin_h = (area / np.maximum(w, 1) <= 0.45 * hh) & (w >= 6 * hh) & (w >= 4 * ht)   # horizontal rule
+    thin_v = (area / np.maximum(ht, 1) <= 0.45 * hh) & (ht >= 6 * hh) & (ht >= 4 * w)  # vertical rule
+    big = (w >= 5 * hh) & (ht >= 5 * hh)
+    # A big, sparse component is a frame or a table grid: a rule, its inside stays text.
+    frame = big & (density < 0.12)
+    picture = big & ~frame
+    # Very tall or very wide things that are not thin lines are not letters either.
+    huge = ((ht >= 8 * hh) | ((w >= 30 * hh) & (ht >= 3 * hh))) & ~(thin_h | thin_v | frame)
+    picture |= huge
+    rule = (thin_h | thin_v | frame) & ~noise
+    picture &= ~noise
+
+    H, W = mask_shape
+    pic_mask = np.zeros((H, W), dtype=np.uint8)
+    for i in np.flatnonzero(picture):
+        x0, y0, x1, y1 = comps.boxes[i].astype(int)
+        pic_mask[y0:y1, x0:x1] = 1
+    if dark_mask is not None:
+        pic_mask |= dark_mask.astype(np.uint8)
+    if pic_mask.any():
+        # Everything mostly inside a picture area belongs to the picture.
+        pad = max(1, int(round(0.5 * hh)))
+        pic_mask = cv2.dilate(pic_mask, np.ones((2 * pad + 1, 2 * pad + 1), np.uint8))
+        integral = cv2.integral(pic_mask)
+        b = comps.boxes.astype(int)
+        inside = (integral[b[:, 3], b[:, 2]] - integral[b[:, 1], b[:, 2]]
+                  - integral[b[:, 3], b[:, 0]] + integral[b[:, 1], b[:, 0]])
+        frac = inside / np.maximum((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), 1)
+        picture |= (frac > 0.5) & ~rule
+    text = ~(noise | rule | picture)
+    return Classes(text=text, noise=noise & ~picture, rule=rule & ~picture, picture=picture,
+                   picture_mask=pic_mask.astype(bool))

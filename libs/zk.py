@@ -12,6 +12,7 @@ import ssl
 from typing import Callable, Iterator
 
 from kazoo.client import KazooClient
+from kazoo.exceptions import SessionClosedRequireSaslError
 from kazoo.exceptions import (  # re-exported: callers catch these from here
     AuthFailedError, ConnectionLoss, KazooException, LockTimeout, NodeExistsError, NoNodeError, NoAuthError,
     BadVersionError, SessionExpiredError,
@@ -21,6 +22,7 @@ from kazoo.protocol.states import KazooState
 from kazoo.retry import KazooRetry
 from kazoo.security import make_acl
 
+from . import tls
 from .addresses import zookeeper_hosts_string
 from .config import ConnectionConfig
 
@@ -42,10 +44,48 @@ def _explain_start_failure(config: ConnectionConfig, error: BaseException) -> st
         hint = "no server answered in time"
         if config.use_tls:
             hint += " (TLS: check the port is the secureClientPort and the CA certificate is right)"
+        else:
+            hint += " (if the server only accepts TLS, give its CA certificate with -e/--ca-cert)"
         return f"cannot connect to ZooKeeper at {servers}: {hint}"
     if isinstance(error, ssl.SSLError):
         return f"TLS handshake with ZooKeeper at {servers} failed: {error}"
     return f"cannot connect to ZooKeeper at {servers}: {error}"
+
+
+def _translate_enforced_sasl_failure(connection) -> None:
+    """Make a rejected SASL login stop kazoo cleanly.
+
+    A server with enforced SASL (sessionRequireClientSASLAuth / enforce.auth.enabled)
+    answers a wrong password with SESSIONCLOSEDREQUIRESASLAUTH instead of AUTHFAILED;
+    kazoo handles only the latter (state AUTH_FAILED, no reconnect) and lets the other
+    kill its connection thread with a traceback.  Map one onto the other.
+    """
+    original = connection._authenticate_with_sasl
+
+    def authenticate(host, timeout):
+        try:
+            return original(host, timeout)
+        except SessionClosedRequireSaslError as error:
+            raise AuthFailedError("SASL login rejected") from error
+    connection._authenticate_with_sasl = authenticate
+
+
+def _tls_preflight(config: ConnectionConfig) -> None:
+    """One TLS handshake per server before kazoo starts: a certificate problem (untrusted,
+    expired, wrong host name, not a TLS port) is one clear error now instead of kazoo
+    retrying it until the start timeout.  Servers that are merely unreachable are left
+    to kazoo's retry policy."""
+    problems = []
+    for server in config.zookeeper_servers:
+        try:
+            tls.probe(server.host, server.port, str(config.ca_cert), service="ZooKeeper", timeout=5.0)
+            return
+        except tls.TLSError as error:
+            problems.append(str(error))
+        except OSError:
+            return
+    if problems:
+        raise ZkConnectionError("; ".join(problems))
 
 
 class ZooKeeper:
@@ -69,7 +109,8 @@ class ZooKeeper:
         if client_id is not None:
             kwargs["client_id"] = client_id
         if config.use_tls:
-            kwargs.update(use_ssl=True, verify_certs=True, ca=config.ca_cert)
+            # check_hostname: kazoo's default is False, which would accept any certificate the CA signed.
+            kwargs.update(use_ssl=True, verify_certs=True, check_hostname=True, ca=config.ca_cert)
         if config.username and config.password:
             kwargs["sasl_options"] = {
                 "mechanism": "DIGEST-MD5",
@@ -80,11 +121,17 @@ class ZooKeeper:
             # after a SASL login is 'sasl:<user>' (a 'digest' ACL would lock the creator out of its own nodes).
             kwargs["default_acl"] = [make_acl("sasl", config.username, all=True)]
         self.client = KazooClient(**kwargs)
+        _translate_enforced_sasl_failure(self.client._connection)
         self._start_timeout = timeout
 
     # --- lifecycle ------------------------------------------------------------
 
     def start(self) -> "ZooKeeper":
+        if self.config.use_tls:
+            try:
+                _tls_preflight(self.config)
+            except tls.TLSError as error:   # the CA file itself is unusable
+                raise ZkConnectionError(str(error)) from None
         try:
             self.client.start(timeout=self._start_timeout)
         except Exception as error:  # kazoo raises a timeout, socket or SSL error
@@ -100,6 +147,15 @@ class ZooKeeper:
                 self.stop()
                 raise ZkConnectionError(
                     f"ZooKeeper refused the login of user {self.config.username!r} (wrong password?)") from None
+        else:
+            # A server that requires SASL closes an anonymous session on its first request.
+            try:
+                self.client.exists("/")
+            except SessionClosedRequireSaslError:
+                self.stop()
+                servers = zookeeper_hosts_string(list(self.config.zookeeper_servers))
+                raise ZkConnectionError(f"ZooKeeper at {servers} requires a login: give -u USER and a password "
+                                        "(--password-file or PERO_PASSWORD)") from None
         return self
 
     def stop(self) -> None:

@@ -74,6 +74,7 @@ class WorkerDaemon:
         self._session: MQSession | None = None
         self._generation = 0
         self._tracker = AckTracker()
+        self._ack_upto: int | None = None   # every delivery up to this tag is settled; ack it (multiple)
         self._outcomes: collections.deque[list[Outcome]] = collections.deque()
         self.stats = stats.StatsReporter(zk, self.worker_id, on_average=self._on_average)
         self.processing = ProcessingThread(self.worker_id, capture, self._on_outcomes, self.stats.record,
@@ -158,6 +159,7 @@ class WorkerDaemon:
                     self._reconcile()
                 self._wait(PUMP_INTERVAL)
                 self._handle_outcomes()
+                self._flush_acks()
         finally:
             self._shutdown()
         return self._exit_code
@@ -294,6 +296,7 @@ class WorkerDaemon:
         self._session = None
         self._generation += 1
         self._tracker.clear()
+        self._ack_upto = None
         self._outcomes.clear()
         self.processing.take_waiting()
         self._consuming = None
@@ -481,8 +484,17 @@ class WorkerDaemon:
 
     def _settle(self, tag: int, *, ack: bool) -> None:
         upto = self._tracker.settle(tag, ack=ack)
+        if upto is not None:
+            # One ack frame per loop pass instead of one per request (see _flush_acks).
+            self._ack_upto = upto
+
+    def _flush_acks(self) -> None:
+        upto, self._ack_upto = self._ack_upto, None
         if upto is not None and self._session is not None:
-            self._session.ack(upto, multiple=True)
+            try:
+                self._session.ack(upto, multiple=True)
+            except MQError as error:
+                self._mq_lost(error)
 
     # --- shutdown ---------------------------------------------------------------------------------------
 
@@ -502,7 +514,10 @@ class WorkerDaemon:
                                     len(self._tracker))
                         break
                     self._handle_outcomes()
-                    self._session.pump(0.05)
+                    self._flush_acks()
+                    if self._session is not None:
+                        self._session.pump(0.05)
+                self._flush_acks()
             except MQError as error:
                 log.debug("RabbitMQ error while stopping: %s", error)
             if self._session is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from typing import Callable
 
 from ..libs import zk_paths
@@ -24,6 +25,7 @@ MESSAGE_ALPHA = 0.05
 # Weight of one new stage switch in switch_time.
 SWITCH_ALPHA = 0.3
 FLUSH_INTERVAL = 5.0
+FIRST_FLUSH_DELAY = 1.0
 LOCK_TIMEOUT = 2.0
 
 
@@ -96,6 +98,10 @@ class StatsReporter:
         self._on_average = on_average
         self._lock = threading.Lock()
         self._sums: dict[str, tuple[float, int]] = {}
+        # Stages not merged yet: their first average is written after FIRST_FLUSH_DELAY, not a full interval,
+        # so a new stage's prefetch adapts quickly.
+        self._known: set[str] = set()
+        self._first_sample: dict[str, float] = {}
         self._stop = threading.Event()
         self._flush_now = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stats", daemon=True)
@@ -107,6 +113,8 @@ class StatsReporter:
         with self._lock:
             total, count = self._sums.get(stage, (0.0, 0))
             self._sums[stage] = (total + seconds, count + 1)
+            if stage not in self._known and stage not in self._first_sample:
+                self._first_sample[stage] = time.monotonic()
 
     def flush_soon(self) -> None:
         self._flush_now.set()
@@ -120,6 +128,8 @@ class StatsReporter:
     def flush(self) -> None:
         with self._lock:
             sums, self._sums = self._sums, {}
+            self._known.update(sums)
+            self._first_sample.clear()
         for stage, (total, count) in sums.items():
             try:
                 average = merge_into_zookeeper(
@@ -136,9 +146,20 @@ class StatsReporter:
             if self._on_average is not None:
                 self._on_average(stage, average)
 
+    def _due(self, last_flush: float) -> bool:
+        now = time.monotonic()
+        if now - last_flush >= self._interval:
+            return True
+        with self._lock:
+            return any(now - first >= FIRST_FLUSH_DELAY for first in self._first_sample.values())
+
     def _run(self) -> None:
+        last_flush = time.monotonic()
         while not self._stop.is_set():
-            self._flush_now.wait(self._interval)
-            self._flush_now.clear()
+            if self._flush_now.wait(0.25):
+                self._flush_now.clear()
+            elif not self._due(last_flush):
+                continue
+            last_flush = time.monotonic()
             self.flush()
         self.flush()

@@ -97,7 +97,15 @@ class DummyProcessor:
     @classmethod
     def from_config(cls, config: configparser.ConfigParser) -> "DummyProcessor":
         section = dict(config.items(WORKER_SECTION, raw=True)) if config.has_section(WORKER_SECTION) else {}
-        return cls(dummy_settings({key.upper(): value for key, value in section.items()}))
+        keys = {key.upper(): value for key, value in section.items()}
+        processor = cls(dummy_settings(keys))
+        # SWITCH_DELAY: seconds the set-up takes, standing in for a model load (benchmarks of stage switching).
+        delay = _number(keys, "SWITCH_DELAY")
+        if delay is not None:
+            if delay < 0:
+                raise StageConfigError(f"[{WORKER_SECTION}] SWITCH_DELAY must not be negative ({delay})")
+            time.sleep(delay)
+        return processor
 
     def process(self, request: "ProcessingRequest") -> None:
         if self.settings.instant:

@@ -1,0 +1,587 @@
+#!/usr/bin/env python3
+"""Synthetic text lines for training the bundled line-OCR model.
+
+Each sample is made the way a real line reaches the OCR at run time:
+
+1. a text line (plus, often, parts of its neighbours above and below) is drawn
+   with PIL on a page-like grey canvas, in a random font, size, ink and paper;
+2. the canvas is degraded like a scan (rotation, horizontal scaling, blur,
+   paper texture, noise, binarisation, low resolution, JPEG artefacts);
+3. a baseline and the two line heights are estimated from the rendered ink of
+   the line, as a line detector would, with the detector's kind of errors;
+4. the line is cut out by pero-ocr's own `EngineLineCropper` (40 px high), so
+   the text sits in the crop exactly as in `PageParser`'s LINE_CROPPER step.
+
+Text comes from `TextGenerator`: pseudo-words built from the letter statistics
+of many European languages, a few real function words, numbers, dates,
+prices, punctuation, brackets and the typographic quotes and dashes of the
+charset. No corpus is downloaded.
+
+    python pero-ocr/render_lines.py --font-dir .fonts --count 32 --out /tmp/lines   # writes PNGs + labels
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from charset import CHARACTERS  # noqa: E402
+
+LINE_HEIGHT = 40        # px, the crop height the network reads (ocr_engine.json line_px_height)
+LINE_SCALE = 1.25       # LINE_CROPPER LINE_SCALE: how far above/below the heights the crop reaches
+INTERP = 2              # LINE_CROPPER INTERP (polynomial degree of the baseline)
+PADDING = 32            # px of black canvas pero-ocr puts left (and at least right) of each line
+
+# --------------------------------------------------------------------------------------------
+# Text
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Language:
+    """Letter statistics of one language: repeated letters weigh more."""
+    vowels: str
+    consonants: str
+    clusters: tuple[str, ...]
+    words: tuple[str, ...]
+    quotes: tuple[tuple[str, str], ...]
+
+
+def _lang(vowels: str, consonants: str, clusters: str, words: str, quotes: str) -> Language:
+    q = tuple((p[0], p[1]) for p in quotes.split())
+    return Language(vowels.replace(" ", ""), consonants.replace(" ", ""),
+                    tuple(clusters.split()), tuple(words.split()), q)
+
+
+LANGUAGES: dict[str, Language] = {
+    "en": _lang("eeeeeaaaaoooiiiuuy", "ttttnnnsssrrrhhhlllddcccmmwwffggyppbbvkjxqz",
+                "th sh ch st tr pr wh ng nd ck ll ss",
+                "the of and to in is that for it as with was on be by this are or from at which not but have an",
+                "“” ‘’ \"\""),
+    "de": _lang("eeeeeeaaaiiiuuoooääöüü", "nnnnrrrrsssstttthhhddllllggcccmmbbwwffkkzzppvjß",
+                "sch ch st sp ck tz pf ng nk",
+                "der die und in den von zu das mit sich des auf für ist im dem nicht ein eine als auch es an werden aus er hat daß sie nach über",
+                "„“ ‚‘ »« \"\""),
+    "fr": _lang("eeeeeeaaaaiiiiuuuoooéééèèêàâîïôûùëüÿœæ", "ssssnnnnrrrrttttllllddccmmppvvqqgghhbbffjxzç",
+                "ch qu gn ll ss tr pr br",
+                "le de la et les des en un une du est que pour qui dans par sur pas au avec ce il elle ne se sont aux été être l’on d’un qu’il",
+                "«» “” \"\""),
+    "es": _lang("eeeeaaaaoooooiiiuuuáéíóúü", "ssssnnnnrrrrllllddddttccmmppbbggvvyyqqhhffzjñx",
+                "ch ll rr qu gu br tr pr",
+                "de la que el en y los del se las por un para con no una su al es lo como más pero sus le ya o este sí",
+                "«» “” \"\""),
+    "pt": _lang("aaaaeeeeooooiiiuuãõáéíóúâêôàç", "ssssrrrrnnnnddddmmmttccllppvvggqqhbbfzjx",
+                "nh lh ch qu gu tr pr br",
+                "de a o que e do da em um para é com não uma os no se na por mais as dos como mas foi ao ele das",
+                "“” «» \"\""),
+    "it": _lang("eeeeaaaaiiiiooooouuuàèéìòù", "nnnnrrrrttttllllccssssddppmmvvggzzbbffhq",
+                "ch gh gl gn sc zz tt ll ss",
+                "di e il la che in a per un è non una del con le si da al dei come più anche nel sono ma",
+                "«» “” \"\""),
+    "cs": _lang("aaaeeeoooiiiuuyáááéííýůúěě", "nnnsssttttvvvpppkkkrrrllllddmmmjjzzcchbřřžžššččďťňgf",
+                "st pr př ch sk kr tr ml zv sp",
+                "a se na že v je to s z do o by i k ve pro jako jsou tak ale po jeho od při bylo jsem však již který jen",
+                "„“ ‚‘ »« \"\""),
+    "sk": _lang("aaaeeeoooiiiuuyáéíóúýäô", "nnnsssttttvvvpppkkkrrrllllddmmmjjzzcchbžžššččďťňľĺŕgf",
+                "st pr ch sk kr tr dz dž",
+                "a v sa na je že to s z do o by i k ako pre ale po od pri bolo som už ktorý len tak",
+                "„“ ‚‘ \"\""),
+    "pl": _lang("aaaeeeooiiiyyuuąęóąę", "nnnrrrzzzwwwssscccttkkkdddpppmmmlllłłjjbbggśćńźżhf",
+                "sz cz rz ch dz dź dż prz trz",
+                "i w nie na się z że do to jest o jak a po co tak za od ale przez przy już być który jego",
+                "„” «» \"\""),
+    "hu": _lang("eeeeaaaaiiiooouuáááéééíóöőúüű", "ttttnnnnllllkkkksssszzzrrrrmmmggyyddvvbbhhjjppcf",
+                "sz gy ny ly ty zs cs",
+                "a az és hogy nem is egy meg ez de csak már van volt még el mint ki fel ha",
+                "„” »« \"\""),
+    "ro": _lang("aaaaeeeeiiiuuuooăăîâ", "rrrrnnnnttttccccsssllllmmmppddvvșşțţbbgzfhj",
+                "ch gh st tr pr",
+                "de și în a la cu o pe nu un că se din este mai care pentru sau ca au fost",
+                "„” «» \"\""),
+    "hr": _lang("aaaaeeeiiiooouu", "jjjnnnrrrsssttvvvkkklllmmmdddpppzzgggbbcččšžćđhf",
+                "st pr dj lj nj dž",
+                "i je u na se da su za od a kao ne s o to iz što bi ili sam već",
+                "„“ »« \"\""),
+    "lv": _lang("aaaaeeeiiiuuuoāāēēīīū", "sssttttrrrnnnkkkllllmmmdddpppvvvjjbbggzzšžčļņķģcfh",
+                "st sk kr pr tr",
+                "un ir ar par no uz kas ka bet arī tas vai lai tā to bija",
+                "„“ «» \"\""),
+    "lt": _lang("aaaaiiiieeeooouuuąęėįųū", "sssstttrrrnnnkkkllllmmmdddpppvvvjjbbggzzšžčcfh",
+                "st sk kr pr tr dž",
+                "ir yra kad su į o bet ar iš tai jo kaip jis buvo į",
+                "„“ «» \"\""),
+    "tr": _lang("aaaaeeeeıııiiiuuüüööo", "nnnnrrrrllllkkkkddddmmmmyyysssşşttbbzzççğğggcvpfh",
+                "rt nt nd st",
+                "ve bir bu da de için ile çok daha olan gibi ama İstanbul Işık İzmir",
+                "“” «» \"\""),
+    "nordic": _lang("eeeeaaaaiiiooouuyyåååæææøøøäöé", "nnnrrrttttsssslllldddkkkggmmvvhhffbbppjj",
+                "sk st kk tt nn ll",
+                "og i det er en til at på som med for av har de ikke och att är för den",
+                "»« ”” „“ \"\""),
+    "is": _lang("aaaaeeeiiiuuuooóáíúéýæöy", "nnnrrrssstttllldddggghhhkkkmmmvvfþþððbpj",
+                "st hv fj",
+                "og að í á sem er það við um til en hann var ekki með",
+                "„“ \"\""),
+    "fi": _lang("aaaaaiiiiieeeeeuuuooäääöy", "tttttnnnnsssslllkkkkmmmvvvrrrhhhjjjppdg",
+                "st ks tt kk ll nn",
+                "ja on ei se että oli hän mutta kun niin myös tai ovat",
+                "”” »» \"\""),
+    "nl": _lang("eeeeeaaaaoooiiiuuĳ", "nnnnttttrrrrddddsssslllgggkkkmmmvvwwhhbbppzzjjcf",
+                "ij ch sch oe ui ou",
+                "de het een en van in is dat op te zijn voor met niet aan ook als er",
+                "„” ‘’ \"\""),
+    "eo": _lang("aaaaeeeeooooiiiuuŭ", "nnnrrrllltttsssskkkmmmddpppvvgjjĉĉĝĝĥĵŝŝbbcfz",
+                "kr pr tr st sk",
+                "la kaj de en estas al ne por kun ke mi ĉi tiu",
+                "„“ «» \"\""),
+    "mt": _lang("aaaaeeeiiiuuoo", "lllnnnttttrrrkkkmmmssbbdddġġċċħħżżgħjjqqfvwxz",
+                "għ ie",
+                "il u li ta fil ma minn għal dan dik huwa",
+                "“” \"\""),
+    "misc": _lang("aaeeiioouuāēīōūăĕĭŏŭĩũ", "nnrrsttllkkmmŧđŋĸŀŉŗļņķģŕĺľĥħŵŷţşțșőű",
+                "ng",
+                "",
+                "«» „“ “”"),
+}
+LANGUAGE_WEIGHTS = {"en": 10, "de": 8, "fr": 7, "es": 5, "pt": 3, "it": 4, "cs": 10, "sk": 4, "pl": 5,
+                    "hu": 4, "ro": 3, "hr": 3, "lv": 2, "lt": 2, "tr": 3, "nordic": 4, "is": 1, "fi": 2,
+                    "nl": 3, "eo": 1, "mt": 1, "misc": 3}
+ROMAN = ["I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X", "XI", "XII", "XIV", "XIX", "XX", "XXI"]
+SYMBOLS = "#$%&*+/<=>@[\\]^_`{|}~§°€"
+
+
+def _charset_filter(text: str) -> str:
+    allowed = set(CHARACTERS)
+    return "".join(ch for ch in text if ch in allowed)
+
+
+class TextGenerator:
+    """Random line texts whose character statistics look like European print."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.langs = list(LANGUAGE_WEIGHTS)
+        self.weights = [LANGUAGE_WEIGHTS[k] for k in self.langs]
+
+    def word(self, lang: Language) -> str:
+        r = self.rng
+        if lang.words and r.random() < 0.35:
+            return r.choice(lang.words)
+        syllables = r.choices([1, 2, 3, 4, 5], weights=[18, 34, 28, 14, 6])[0]
+        out = []
+        for i in range(syllables):
+            if r.random() < 0.75:
+                if lang.clusters and r.random() < 0.15:
+                    out.append(r.choice(lang.clusters))
+                else:
+                    out.append(r.choice(lang.consonants))
+            out.append(r.choice(lang.vowels))
+            if r.random() < 0.3:
+                out.append(r.choice(lang.consonants))
+        return "".join(out)
+
+    def number(self) -> str:
+        r = self.rng
+        kind = r.randrange(14)
+        if kind == 0:
+            return str(r.randint(0, 99))
+        if kind == 1:
+            return str(r.randint(100, 99999))
+        if kind == 2:
+            sep = r.choice([" ", ".", ","])
+            return f"{r.randint(1, 999)}{sep}{r.randint(0, 999):03d}"
+        if kind == 3:
+            return f"{r.randint(0, 9999)}{r.choice(',.')}{r.randint(0, 99):02d}"
+        if kind == 4:
+            return r.choice(["{d}. {m}. {y}", "{d}.{m}.{y}", "{y}-{mm}-{dd}", "{m}/{d}/{y}"]).format(
+                d=r.randint(1, 31), m=r.randint(1, 12), y=r.randint(1500, 2030),
+                mm=f"{r.randint(1, 12):02d}", dd=f"{r.randint(1, 31):02d}")
+        if kind == 5:
+            return f"{r.randint(0, 23)}:{r.randint(0, 59):02d}"
+        if kind == 6:
+            return f"{r.randint(0, 100)}{r.choice(['', ' '])}%"
+        if kind == 7:
+            amount = f"{r.randint(1, 9999)}{r.choice(',.')}{r.randint(0, 99):02d}"
+            return r.choice([f"{amount} €", f"€{amount}", f"${amount}", f"{amount} Kč", f"{amount} Ft"])
+        if kind == 8:
+            return f"+{r.randint(1, 499)} {r.randint(100, 999)} {r.randint(100, 999)} {r.randint(100, 999)}"
+        if kind == 9:
+            return f"{r.randint(1, 40)}{r.choice(['.', 'th', 'st', 'nd', '°', ' °C', '°F'])}"
+        if kind == 10:
+            return r.choice(ROMAN)
+        if kind == 11:
+            return f"§ {r.randint(1, 999)}" if r.random() < 0.7 else f"§{r.randint(1, 99)}"
+        if kind == 12:
+            a = r.randint(1, 2000)
+            return f"{a}{r.choice(['–', '-', '—'])}{a + r.randint(1, 50)}"
+        return f"{r.randint(0, 9)}{r.choice('.,')}{r.randint(0, 9999)}"
+
+    def oddity(self) -> str:
+        """Rare tokens: e-mails, web addresses, symbols, random characters (so every class is seen)."""
+        r = self.rng
+        kind = r.randrange(5)
+        if kind == 0:
+            w = self.word(LANGUAGES["en"])
+            return f"{w}@{self.word(LANGUAGES['de'])}.{r.choice(['cz', 'com', 'org', 'eu', 'de'])}"
+        if kind == 1:
+            return f"www.{self.word(LANGUAGES['cs'])}.{r.choice(['cz', 'com', 'org', 'net'])}/{self.word(LANGUAGES['en'])}"
+        if kind == 2:
+            return "".join(r.choice(SYMBOLS) for _ in range(r.randint(1, 3)))
+        return "".join(r.choice(CHARACTERS[1:]) for _ in range(r.randint(1, 6)))
+
+    def line(self, max_chars: int | None = None) -> str:
+        r = self.rng
+        lang = LANGUAGES[r.choices(self.langs, weights=self.weights)[0]]
+        if max_chars is None:
+            max_chars = r.choice([r.randint(1, 18), r.randint(12, 50), r.randint(30, 90), r.randint(30, 90)])
+        case = r.choices(["normal", "upper", "title"], weights=[90, 6, 4])[0]
+        tokens: list[str] = []
+        sentence_start = r.random() < 0.5
+        quote_open: str | None = None
+        length = 0
+        while length < max_chars:
+            p = r.random()
+            if p < 0.1:
+                tok = self.number()
+            elif p < 0.13:
+                tok = self.oddity()
+            else:
+                tok = self.word(lang)
+                if r.random() < 0.03:
+                    tok = tok + r.choice(["-", "’", "'"]) + self.word(lang)
+                if sentence_start or r.random() < 0.08:
+                    tok = tok[:1].upper() + tok[1:]
+            sentence_start = False
+            # Quotes and brackets open before a token and close after a later one.
+            if quote_open is None and r.random() < 0.05:
+                left, quote_open = r.choice(lang.quotes + (("(", ")"), ("[", "]"), ("‘", "’")))
+                tok = left + tok
+            elif quote_open is not None and r.random() < 0.35:
+                tok = tok + quote_open
+                quote_open = None
+            q = r.random()
+            if q < 0.08:
+                tok += ","
+            elif q < 0.12:
+                tok += "."
+                sentence_start = True
+            elif q < 0.14:
+                tok += r.choice([";", ":", "!", "?", "...", "?!"])
+                sentence_start = tok[-1] in "!?."
+            elif q < 0.16:
+                tok += r.choice([" –", " —", " -", "—"])
+            tokens.append(tok)
+            length += len(tok) + 1
+        if quote_open is not None and r.random() < 0.5:
+            tokens[-1] += quote_open
+        if r.random() < 0.04:
+            tokens[-1] += "-"  # hyphenated at the line end
+        text = " ".join(tokens)
+        if case == "upper":
+            text = text.upper()
+        elif case == "title":
+            text = " ".join(t[:1].upper() + t[1:] for t in text.split(" "))
+        text = _charset_filter(text)
+        text = " ".join(text.split())  # one space between words; never leading/trailing
+        if len(text) > max_chars + 12:
+            text = text[:max_chars + 12].rstrip()
+        return text or "a"
+
+
+# --------------------------------------------------------------------------------------------
+# Fonts
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FontFile:
+    path: str
+    family: str
+    style: str
+    missing: str
+
+
+def load_fonts(font_dir: Path, manifest: str = "manifest.json") -> list[FontFile]:
+    """Fonts listed in the manifest written by collect_fonts.py."""
+    entries = json.loads((font_dir / manifest).read_text(encoding="utf-8"))
+    return [FontFile(str(font_dir / e["file"]), e["family"], e["style"], e["missing"]) for e in entries]
+
+
+def find_system_fonts(family: str, dirs: tuple[str, ...] = ("/usr/share/fonts",)) -> list[FontFile]:
+    """Files of one installed family, by file name prefix (e.g. 'Caladea' -> Caladea-*.ttf)."""
+    key = family.replace(" ", "").lower()
+    out = []
+    for d in dirs:
+        for p in sorted(Path(d).rglob("*")):
+            if p.suffix.lower() in (".ttf", ".otf") and p.name.replace(" ", "").lower().startswith(key):
+                out.append(FontFile(str(p), family, p.stem.split("-")[-1], ""))
+    return out
+
+
+class FontCache:
+    """PIL fonts by (file, size); opening a font file costs ~1 ms, rendering reuses it."""
+
+    def __init__(self, limit: int = 400):
+        self.limit = limit
+        self.cache: dict[tuple[str, int], ImageFont.FreeTypeFont] = {}
+
+    def get(self, path: str, size: int) -> ImageFont.FreeTypeFont:
+        key = (path, size)
+        font = self.cache.get(key)
+        if font is None:
+            if len(self.cache) >= self.limit:
+                self.cache.pop(next(iter(self.cache)))
+            font = ImageFont.truetype(path, size)
+            self.cache[key] = font
+        return font
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry (what a line detector reports) and cropping
+# --------------------------------------------------------------------------------------------
+
+
+def ink_geometry(ink: np.ndarray, baseline_y: float) -> tuple[float, float, float, float]:
+    """(left, right, height above baseline, height below baseline) of a line's ink mask.
+
+    Like a detector that sees the ink of one line: the upper height reaches
+    the tops of the tallest letters (capitals, ascenders, accents), the lower
+    one the bottoms of descenders; a line without descenders still gets a
+    small lower height, as detectors report one for every line.
+    """
+    cols = np.flatnonzero(ink.any(axis=0))
+    rows = np.flatnonzero(ink.any(axis=1))
+    if len(cols) == 0:
+        raise ValueError("no ink")
+    left, right = float(cols[0]), float(cols[-1] + 1)
+    up = max(baseline_y - rows[0], 1.0)
+    down = max(rows[-1] + 1 - baseline_y, 0.2 * up)
+    return left, right, up, down
+
+
+def detector_errors(rng: random.Random, em: float, up: float, down: float,
+                    left: float, right: float) -> tuple[float, float, float, float, float, float]:
+    """Perturb exact geometry like an imperfect detector: heights, baseline offset/slope, ends."""
+    if rng.random() < 0.7:
+        up *= rng.uniform(0.92, 1.12)
+        down *= rng.uniform(0.88, 1.25)
+    else:
+        up *= rng.uniform(0.8, 1.3)
+        down *= rng.uniform(0.7, 1.6)
+    up = max(up, 0.35 * em)
+    down = max(down, 0.08 * em)
+    dy_left = rng.gauss(0, 0.035 * em)
+    dy_right = rng.gauss(0, 0.035 * em)
+    left -= rng.uniform(-0.03, 0.35) * em
+    right += rng.uniform(-0.03, 0.35) * em
+    return up, down, dy_left, dy_right, left, right
+
+
+_CROPPER = None
+
+
+def cropper():
+    """pero-ocr's line cropper, configured like the bundled config.ini's LINE_CROPPER."""
+    global _CROPPER
+    if _CROPPER is None:
+        from pero_ocr.core.crop_engine import EngineLineCropper
+        _CROPPER = EngineLineCropper(line_height=LINE_HEIGHT, poly=INTERP, scale=LINE_SCALE)
+    return _CROPPER
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering and degradation
+# --------------------------------------------------------------------------------------------
+
+
+def _draw_line(canvas: Image.Image, xy: tuple[float, float], text: str, font, fill: int) -> None:
+    """Draw text with its baseline's left end at xy."""
+    ImageDraw.Draw(canvas).text(xy, text, font=font, fill=fill, anchor="ls")
+
+
+def _degrade(img: np.ndarray, rng: random.Random, nrng: np.random.Generator, em: float,
+             paper: int, ink: int) -> np.ndarray:
+    """Scan-like degradations of a float32 grey canvas (0..255)."""
+    h, w = img.shape
+    if rng.random() < 0.35:  # paper texture / uneven illumination
+        small = nrng.normal(0, 1, (max(2, h // 16), max(2, w // 16))).astype(np.float32)
+        field = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+        img = img + field * rng.uniform(2, 14) * (img > (paper + ink) / 2)
+    if rng.random() < 0.5:
+        sigma = rng.uniform(0.3, 1.3) * em / 28.0
+        img = cv2.GaussianBlur(img, (0, 0), max(0.3, sigma))
+    if rng.random() < 0.15:  # low-resolution scan
+        f = rng.uniform(0.45, 0.8)
+        small = cv2.resize(img, (max(8, int(w * f)), max(8, int(h * f))), interpolation=cv2.INTER_AREA)
+        img = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    if rng.random() < 0.12:  # binarised scan
+        t = (paper + ink) / 2 + rng.uniform(-0.15, 0.15) * (paper - ink)
+        img = np.where(img < t, float(ink), float(paper)).astype(np.float32)
+        if rng.random() < 0.3:
+            img = cv2.GaussianBlur(img, (0, 0), 0.5)
+    if rng.random() < 0.6:
+        img = img + nrng.normal(0, rng.uniform(1, 12), img.shape).astype(np.float32)
+    if rng.random() < 0.1:  # specks
+        n = int(w * h * rng.uniform(0.0002, 0.002))
+        ys = nrng.integers(0, h, n)
+        xs = nrng.integers(0, w, n)
+        img[ys, xs] = ink
+    if rng.random() < 0.2:  # gamma / contrast
+        g = rng.uniform(0.6, 1.6)
+        img = 255.0 * (np.clip(img, 0, 255) / 255.0) ** g
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    if rng.random() < 0.4:
+        q = rng.randint(15, 90)
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, q])
+        if ok:
+            img = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+    return img
+
+
+def render_sample(text: str, font_file: FontFile, rng: random.Random, fonts: FontCache,
+                  neighbours: TextGenerator | None = None, augment: bool = True,
+                  em: int | None = None) -> np.ndarray:
+    """Render `text` on a page-like canvas and return the 40 px high grey crop (uint8, H x W).
+
+    Raises ValueError when the line cannot be rendered or cropped (e.g. no ink).
+    """
+    nrng = np.random.default_rng(rng.getrandbits(32))
+    if em is None:
+        em = int(round(math.exp(rng.uniform(math.log(17), math.log(58)))))
+    font = fonts.get(font_file.path, em)
+    x0, y0, x1, y1 = font.getbbox(text, anchor="ls")
+    if augment:
+        # Horizontal scale (narrow/wide print, scanner aspect) and a slight rotation of the page.
+        sx = rng.uniform(0.82, 1.18) if rng.random() < 0.5 else 1.0
+        angle = max(-2.5, min(2.5, rng.gauss(0, 0.8))) if rng.random() < 0.7 else 0.0
+        paper = rng.randint(165, 255)
+        ink = rng.randint(0, max(0, min(110, paper - 75)))
+    else:
+        sx, angle, paper, ink = 1.0, 0.0, 245, 20
+    margin = int(em * 1.2)
+    width = int(x1 - min(x0, 0)) + 2 * margin
+    leading = em * rng.uniform(1.05, 1.6)
+    # Tall enough for the neighbours' descenders/ascenders and for the rotated line's ends.
+    half = int(max(leading + 0.35 * em, 1.8 * em) + abs(math.tan(math.radians(angle))) * width / 2 + 2)
+    height = 2 * half
+    base_y = float(half)
+    base_x = margin - min(x0, 0)
+
+    mask = Image.new("L", (width, height), 0)
+    _draw_line(mask, (base_x, base_y), text, font, 255)
+    coverage = np.asarray(mask, dtype=np.float32)
+    if neighbours is not None and augment and rng.random() < 0.65:
+        others = Image.new("L", (width, height), 0)
+        for direction in (-1, 1):
+            if rng.random() < 0.8:
+                other = neighbours.line(max(3, int(len(text) * rng.uniform(0.5, 1.4))))
+                other = "".join(ch for ch in other if ch not in font_file.missing) or "a"
+                _draw_line(others, (base_x + rng.uniform(-1, 1) * em, base_y + direction * leading),
+                           other, font, 255)
+        coverage = np.maximum(coverage, np.asarray(others, dtype=np.float32))
+    img = paper - (paper - ink) * (coverage / 255.0)
+    ink_mask = np.asarray(mask) > 96
+
+    left, right, up, down = ink_geometry(ink_mask, base_y)
+    if augment:
+        up, down, dy_l, dy_r, left, right = detector_errors(rng, em, up, down, left, right)
+    else:
+        dy_l = dy_r = 0.0
+        left -= 0.1 * em
+        right += 0.1 * em
+    n_points = rng.randint(2, 5)
+    xs = np.linspace(left, right, n_points)
+    ys = base_y + np.linspace(dy_l, dy_r, n_points)
+    pts = np.stack([xs, ys], axis=1)
+
+    if augment:
+        m = cv2.getRotationMatrix2D((width / 2, base_y), angle, 1.0)
+        m[0, :] *= sx
+        new_w = int(width * sx)
+        img = cv2.warpAffine(img.astype(np.float32), m, (new_w, height), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=float(paper))
+        pts = pts @ m[:, :2].T + m[:, 2]
+        img = _degrade(img, rng, nrng, em, paper, ink)
+    else:
+        img = np.clip(img, 0, 255).astype(np.uint8)
+
+    crop = cropper().crop(img, pts, (up, down))
+    if crop.ndim == 3:
+        crop = crop[:, :, 0]
+    if crop.shape[0] != LINE_HEIGHT or crop.shape[1] < 8 or not crop.any():
+        raise ValueError("crop failed")
+    return crop
+
+
+class LineSampler:
+    """Endless (crop, text) samples for one process, from a seed."""
+
+    def __init__(self, fonts: list[FontFile], seed: int, augment: bool = True):
+        self.rng = random.Random(seed)
+        self.fonts = fonts
+        self.text = TextGenerator(self.rng)
+        self.cache = FontCache()
+        self.augment = augment
+
+    def sample(self) -> tuple[np.ndarray, str]:
+        for _ in range(20):
+            font = self.rng.choice(self.fonts)
+            text = self.text.line()
+            if font.missing:
+                text = "".join(ch for ch in text if ch not in font.missing).strip() or "a"
+                text = " ".join(text.split())
+            try:
+                crop = render_sample(text, font, self.rng, self.cache, self.text, self.augment)
+            except (ValueError, OSError):
+                continue
+            return crop, text
+        raise RuntimeError("could not render a line in 20 tries")
+
+
+def engine_batch(crops: list[np.ndarray]) -> np.ndarray:
+    """Put crops on one black canvas exactly like pero-ocr's BaseEngineLineOCR.process_lines.
+
+    Width: the longest crop rounded up to 32 px, plus 32 px black padding on each side.
+    Returns uint8 N x H x W (grey; the engine's 3 channels are copies for grey pages).
+    """
+    max_w = int(np.ceil(max(c.shape[1] for c in crops) / 32.0) * 32)
+    out = np.zeros((len(crops), LINE_HEIGHT, max_w + 2 * PADDING), dtype=np.uint8)
+    for o, c in zip(out, crops):
+        o[:, PADDING:PADDING + c.shape[1]] = c
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--font-dir", type=Path, default=Path(".fonts"), help="folder made by collect_fonts.py")
+    ap.add_argument("--family", help="render this installed family instead (e.g. the held-out one)")
+    ap.add_argument("--count", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--clean", action="store_true", help="no augmentation")
+    ap.add_argument("--out", type=Path, required=True, help="folder for NNNN.png + labels.txt")
+    args = ap.parse_args()
+    fonts = find_system_fonts(args.family) if args.family else load_fonts(args.font_dir)
+    if not fonts:
+        ap.error("no fonts found")
+    sampler = LineSampler(fonts, args.seed, augment=not args.clean)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "labels.txt", "w", encoding="utf-8") as labels:
+        for i in range(args.count):
+            crop, text = sampler.sample()
+            cv2.imwrite(str(args.out / f"{i:04d}.png"), crop)
+            labels.write(f"{i:04d}.png {text}\n")
+    print(f"{args.count} lines -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -488,3 +488,64 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
                                 capture_output=True, text=True, timeout=30, cwd=REPO)
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr
+
+
+# --- a real pero-ocr stage: model from SFTP, as user `pero` everywhere ------------------------------------------
+
+def test_pero_ocr_stage_fails_non_image_and_reads_image(services, zk_root: str, conn_config, unique_name,
+                                                        tmp_path: Path) -> None:
+    import dataclasses
+    import shutil
+
+    from pero_worker.libs.addresses import Address
+    from pero_worker.libs.sftp import SftpClient, SftpSettings
+    from pero_worker.scripts.local_services import SFTP_HOME, write_server_lists
+    from ocr_model_factory import build_ocr_model, pack_model, render_page, stage_config_text
+
+    auth = dataclasses.replace(conn_config, username=services.user, password=services.password)
+    zk = ZooKeeper(auth).start()
+    write_server_lists(zk, services)
+    mq = MQSession(MQSettings.from_zookeeper(zk, auth), name="test_worker_daemon ocr")
+    mq.open(retry_for=10)
+    stage, out = unique_name("ocr"), unique_name("out")
+    remote = f"pero/{stage}/model.tar.xz"
+    worker = None
+    try:
+        archive = pack_model(build_ocr_model(tmp_path / "model"), tmp_path / "model.tar.xz")
+        with SftpClient(SftpSettings(servers=(Address(services.sftp_host, services.sftp_port),),
+                                     username=services.user, password=services.password)) as sftp:
+            sftp.upload(archive, remote)
+        zk.set_text(zk_paths.stage_config(stage), stage_config_text())
+        zk.set_text(zk_paths.stage_config_path(stage), remote)
+        zk.set_text(zk_paths.stage_config_version(stage), "m1")
+        for name in (stage, out):
+            mq.declare_stage_queue(name)
+        worker = Worker(zk_root, zk, unique_name("w"), tmp_path / "cache", tmp_path / "ocr_worker.log",
+                        ["--disable-remote-logging", "-u", services.user, "--password-file",
+                         str(services.password_file), "--device", "cpu"])
+        worker.wait_status(zk_paths.IDLE)
+        zk.set_text(zk_paths.worker_queue(worker.worker_id), stage)
+        worker.wait_status(zk_paths.PROCESSING, timeout=120)
+        publish(mq, stage, request_body([stage, out], content=b"%PDF-1.4 this is not an image", request_id="bad"))
+        publish(mq, stage, request_body([stage, out], content=render_page(), request_id="good"))
+        results = {r.uuid: r for r in collect(mq, out, 2, timeout=120)}
+        bad, good = results["bad"], results["good"]
+        assert bad.logs[0].status == "FAILED" and bad.logs[0].log, bad.logs[0]
+        assert list(bad.processing_stages) == [out]
+        assert good.logs[0].status == "OK", good.logs[0].log
+        assert (good.logs[0].version, good.logs[0].host_id) == ("m1", worker.worker_id)
+        names = [data.name for data in good.results]
+        assert any(name.endswith("_page.xml") for name in names), names
+        assert zk_paths.decode_float(zk.get(zk_paths.stage_switch_time(stage))) > 0
+    finally:
+        if worker is not None:
+            worker.stop()
+        for name in (stage, out):
+            try:
+                mq.delete_queue(name)
+            except Exception:
+                pass
+        mq.close()
+        shutil.rmtree(SFTP_HOME / "pero" / stage, ignore_errors=True)
+        zk.delete("/pero", recursive=True)   # nodes carry the sasl:pero ACL: only we can remove them
+        zk.stop()

@@ -185,7 +185,9 @@ class ProcessingThread:
         seconds = time.perf_counter() - started
         append_stage_log(request, host_id=self.worker_id, stage=queue, start_ns=start_ns, end_ns=now_ns(),
                          status=status, log_text=lines.text(), version=context.version)
-        self._on_timing(queue, seconds)
+        if status == routing.STATUS_OK:
+            # Failures are usually fast rejections: counting them would make a slow stage look fast.
+            self._on_timing(queue, seconds)
         route = routing.plan_next(request.processing_stages, status == routing.STATUS_OK)
         del request.processing_stages[:]
         request.processing_stages.extend(route.stages)

@@ -18,6 +18,7 @@ request twice, which the index then skips.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import hashlib
 import os
@@ -47,7 +48,10 @@ TEMP_PREFIX = ".tmp-"                    # half-written request folders (removed
 UNPARSABLE_FOLDER = "_unparsable"        # raw bodies that are not a ProcessingRequest
 INFO_FILE = "request_info.txt"
 MAX_IN_FLIGHT = 1000                     # unconfirmed requests held in memory for a re-publish
-READ_AHEAD = 256                         # files read ahead of the publisher
+READ_AHEAD = 16                          # batches read ahead of the publisher
+READ_BATCH = 32                          # files per batch
+PUMP_EVERY = 32                          # publishes between two runs of the I/O loop
+PREFETCH = 128                           # download: deliveries in flight = largest batch made durable at once
 
 
 # --- command line -----------------------------------------------------------------
@@ -92,11 +96,33 @@ download:  --download out --directory DIR [--keep-running]
 
 # --- pure helpers -------------------------------------------------------------------
 
+class UuidSource:
+    """uuid4 hex strings drawn from one os.urandom call per batch.
+
+    uuid.uuid4() asks the kernel for 16 bytes each time; at thousands of
+    requests per second (two uuids each) those system calls were a tenth of the
+    upload time on a loaded machine.
+    """
+
+    def __init__(self, batch: int = 512) -> None:
+        self._batch = batch
+        self._pool: list[str] = []
+
+    def __call__(self) -> str:
+        if not self._pool:
+            data = os.urandom(16 * self._batch)
+            self._pool = [uuid.UUID(bytes=data[i:i + 16], version=4).hex for i in range(0, len(data), 16)]
+        return self._pool.pop()
+
+
+_new_uuid = UuidSource()
+
+
 def build_request(image_name: str, content: bytes, stages: Sequence[str], priority: int,
                   now: datetime.datetime) -> ProcessingRequest:
     request = ProcessingRequest()
-    request.uuid = uuid.uuid4().hex
-    request.page_uuid = uuid.uuid4().hex
+    request.uuid = _new_uuid()
+    request.page_uuid = _new_uuid()
     request.priority = priority
     request.start_time.FromDatetime(now.astimezone(datetime.timezone.utc))
     request.processing_stages.extend(stages)
@@ -183,27 +209,36 @@ def plan_request_files(request: ProcessingRequest) -> list[tuple[str, str, bytes
 # --- upload ---------------------------------------------------------------------------
 
 def _read_ahead(paths: Sequence[str], out: "queue_module.Queue", stop: threading.Event) -> None:
-    """Reader thread: (path, bytes or OSError) for every path, then None."""
+    """Reader thread: lists of (path, bytes or OSError), then None.
+
+    Batches, because handing items between threads one by one cost more (GIL
+    hand-offs) than reading the files.
+    """
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.5)
+                return True
+            except queue_module.Full:
+                continue
+        return False
+
+    batch: list[tuple[str, bytes | OSError]] = []
     for path in paths:
         if stop.is_set():
             return
         try:
             with open(path, "rb") as handle:
-                item = (path, handle.read())
+                batch.append((path, handle.read()))
         except OSError as error:
-            item = (path, error)
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.5)
-                break
-            except queue_module.Full:
-                continue
-    while not stop.is_set():
-        try:
-            out.put(None, timeout=0.5)
-            return
-        except queue_module.Full:
-            continue
+            batch.append((path, error))
+        if len(batch) >= READ_BATCH:
+            if not put(batch):
+                return
+            batch = []
+    if batch and not put(batch):
+        return
+    put(None)
 
 
 @dataclass
@@ -270,7 +305,7 @@ class Uploader:
         self._outstanding[request.uuid] = (path, body, request.priority)
         self._with_reconnect(lambda: self._publish(request.uuid, body, request.priority))
         self._since_pump += 1
-        if self._since_pump >= 20:
+        if self._since_pump >= PUMP_EVERY:
             self._since_pump = 0
             self._with_reconnect(lambda: self.session.pump(0))
         while len(self._outstanding) >= MAX_IN_FLIGHT:
@@ -328,18 +363,15 @@ def upload(args: argparse.Namespace) -> int:
                   disable=True if args.no_progress else None) as bar:
             uploader = Uploader(session, reopen, stages[0], stats, lambda: bar.update(1))
             try:
-                while True:
-                    item = files.get()
-                    if item is None:
-                        break
-                    path, content = item
-                    if isinstance(content, OSError):
-                        stats.unreadable.append(path)
-                        log.error("cannot read %s: %s", path, content.strerror)
-                        continue
-                    now = datetime.datetime.now(datetime.timezone.utc)
-                    request = build_request(os.path.basename(path), content, stages, args.priority, now)
-                    uploader.add(path, request)
+                while (batch := files.get()) is not None:
+                    for path, content in batch:
+                        if isinstance(content, OSError):
+                            stats.unreadable.append(path)
+                            log.error("cannot read %s: %s", path, content.strerror)
+                            continue
+                        now = datetime.datetime.now(datetime.timezone.utc)
+                        request = build_request(os.path.basename(path), content, stages, args.priority, now)
+                        uploader.add(path, request)
                 confirmed_all = uploader.finish()
             finally:
                 stop.set()
@@ -376,6 +408,41 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _load_syncfs() -> Callable[[int], int] | None:
+    """Linux syncfs(2): flush one filesystem in one call (None elsewhere)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
+
+
+def make_durable(directory: str, files: Sequence[str], folders: Sequence[str]) -> None:
+    """Everything written in a batch reaches the disk before its requests are acked.
+
+    One syncfs per batch instead of an fsync per file: with several files per
+    request, per-file fsyncs capped the download at ~100 requests/s on a busy disk.
+    """
+    if _syncfs is not None:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            if _syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for folder in list(folders) + [directory]:
+        _fsync_dir(folder)
+
+
 def _inside(root: str, path: str) -> str:
     """Belt and braces: the resolved path must be directly inside `root`."""
     resolved = os.path.realpath(path)
@@ -384,17 +451,21 @@ def _inside(root: str, path: str) -> str:
     return resolved
 
 
-def _write_file(folder: str, name: str, content: bytes) -> None:
+def _write_file(folder: str, name: str, content: bytes) -> str:
+    """Create a new file (never follows or replaces an existing entry); made durable later, per batch."""
     path = _inside(folder, os.path.join(folder, name))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     with os.fdopen(fd, "wb") as handle:
         handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
+    return path
 
 
 class DownloadIndex:
-    """Keys of requests already written to the folder, one per line, appended and fsynced."""
+    """Keys of requests completely on disk, one per line: the commit record of the download folder.
+
+    A request folder whose key is not here may be incomplete (crash before the
+    batch was made durable); it is rewritten when the request comes again.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -407,11 +478,13 @@ class DownloadIndex:
     def __contains__(self, key: str) -> bool:
         return key in self.keys
 
-    def add(self, key: str) -> None:
-        self._handle.write(key + "\n")
+    def add_all(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        self._handle.write("".join(key + "\n" for key in keys))
         self._handle.flush()
         os.fsync(self._handle.fileno())
-        self.keys.add(key)
+        self.keys.update(keys)
 
     def close(self) -> None:
         self._handle.close()
@@ -425,6 +498,14 @@ class DownloadStats:
     duplicates: int = 0
     unparsable: int = 0
 
+    def merge(self, other: "DownloadStats") -> None:
+        self.downloaded += other.downloaded
+        self.failed_requests += other.failed_requests
+        self.duplicates += other.duplicates
+        self.unparsable += other.unparsable
+        for stage, count in other.failed_by_stage.items():
+            self.failed_by_stage[stage] = self.failed_by_stage.get(stage, 0) + count
+
 
 def _read_info_uuid(folder: str) -> str | None:
     try:
@@ -437,7 +518,7 @@ def _read_info_uuid(folder: str) -> str | None:
 
 
 class Downloader:
-    """Writes one request folder per delivery; the caller acks once `store` returned."""
+    """Writes one folder per request; `commit()` makes a batch durable, after which the caller acks it."""
 
     def __init__(self, directory: str) -> None:
         self.directory = os.path.realpath(directory)
@@ -445,6 +526,19 @@ class Downloader:
         self._remove_leftovers()
         self.index = DownloadIndex(os.path.join(self.directory, INDEX_FILE))
         self.stats = DownloadStats()
+        self._reset_batch()
+
+    def _reset_batch(self) -> None:
+        self._batch_stats = DownloadStats()
+        self._batch_keys: list[str] = []
+        self._batch_files: list[str] = []
+        self._batch_folders: list[str] = []
+
+    @property
+    def pending(self) -> int:
+        """Requests handled since the last commit."""
+        b = self._batch_stats
+        return b.downloaded + b.duplicates + b.unparsable
 
     def _remove_leftovers(self) -> None:
         """Half-written folders of an earlier run: their requests were not acked and will come again."""
@@ -456,26 +550,37 @@ class Downloader:
         folder = os.path.join(self.directory, UNPARSABLE_FOLDER)
         os.makedirs(folder, exist_ok=True)
         name = hashlib.sha256(body).hexdigest() + ".bin"
-        if not os.path.exists(os.path.join(folder, name)):
-            temp = f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-            _write_file(folder, temp, body)
-            os.replace(os.path.join(folder, temp), os.path.join(folder, name))
-            _fsync_dir(folder)
-        self.stats.unparsable += 1
-        log.error("message is not a ProcessingRequest; raw body kept in %s", os.path.join(folder, name))
+        target = os.path.join(folder, name)
+        temp = f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        self._batch_files.append(_write_file(folder, temp, body))
+        os.replace(os.path.join(folder, temp), target)
+        self._batch_files[-1] = target
+        self._batch_folders.append(folder)
+        self._batch_stats.unparsable += 1
+        log.error("message is not a ProcessingRequest; raw body kept in %s", target)
 
-    def _final_folder(self, request: ProcessingRequest) -> str | None:
-        """Free folder name for the request, or None when this very request is already there."""
+    def _place(self, temp: str, request: ProcessingRequest) -> str:
+        """Rename the finished temporary folder to a free '<image>_<short uuid>' name.
+
+        A folder that already carries this request's uuid is an earlier write that
+        never reached the index (crash before commit): it is replaced, not trusted.
+        """
         image = request.results[0].name if request.results else ""
         base = request_folder_name(image, request.uuid)
         taken: set[str] = set()
         name = base
         while True:
-            path = os.path.join(self.directory, name)
-            if not os.path.lexists(path):
-                return path
-            if request.uuid and _read_info_uuid(path) == request.uuid:
-                return None
+            final = _inside(self.directory, os.path.join(self.directory, name))
+            if not os.path.lexists(final):
+                os.rename(temp, final)
+                return final
+            if request.uuid and _read_info_uuid(final) == request.uuid:
+                stale = os.path.join(self.directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+                os.rename(final, stale)
+                os.rename(temp, final)
+                shutil.rmtree(stale, ignore_errors=True)
+                log.warning("replaced %s: an earlier, unconfirmed download of the same request", final)
+                return final
             taken.add(name)
             name = deduplicate(base, taken)
 
@@ -486,33 +591,36 @@ class Downloader:
             self._store_unparsable(body)
             return
         key = dedup_key(request.uuid, body)
-        if key in self.index:
-            self.stats.duplicates += 1
+        if key in self.index or key in self._batch_keys:
+            self._batch_stats.duplicates += 1
             log.info("skipping request %s: already downloaded", request.uuid or key)
-            return
-        final = self._final_folder(request)
-        if final is None:
-            self.index.add(key)
-            self.stats.duplicates += 1
             return
         temp = os.path.join(self.directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
         os.mkdir(temp)
         try:
-            for _original, name, content in plan_request_files(request):
-                _write_file(temp, name, content)
-            _fsync_dir(temp)
-            os.rename(temp, _inside(self.directory, final))
+            names = [_write_file(temp, name, content) for _original, name, content in plan_request_files(request)]
+            final = self._place(temp, request)
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
-        _fsync_dir(self.directory)
-        self.index.add(key)
-        self.stats.downloaded += 1
+        self._batch_files.extend(os.path.join(final, os.path.basename(name)) for name in names)
+        self._batch_folders.append(final)
+        self._batch_keys.append(key)
+        self._batch_stats.downloaded += 1
         failed = failed_stages(request)
         if failed:
-            self.stats.failed_requests += 1
+            self._batch_stats.failed_requests += 1
             for stage in failed:
-                self.stats.failed_by_stage[stage] = self.stats.failed_by_stage.get(stage, 0) + 1
+                self._batch_stats.failed_by_stage[stage] = self._batch_stats.failed_by_stage.get(stage, 0) + 1
+
+    def commit(self) -> None:
+        """Make every request stored since the last commit durable and record it in the index."""
+        if not self.pending:
+            return
+        make_durable(self.directory, self._batch_files, self._batch_folders)
+        self.index.add_all(self._batch_keys)
+        self.stats.merge(self._batch_stats)
+        self._reset_batch()
 
     def close(self) -> None:
         self.index.close()
@@ -541,16 +649,28 @@ def download(args: argparse.Namespace) -> int:
     stopping = threading.Event()
     previous_sigterm = signal.signal(signal.SIGTERM, lambda *_: stopping.set()) \
         if threading.current_thread() is threading.main_thread() else None
+    last_tag = 0          # highest delivery handled (stored, skipped or kept as unparsable) but not yet acked
 
+    def commit_and_ack() -> None:
+        """Durable first, then one ack for the whole batch (deliveries are handled in order)."""
+        nonlocal last_tag
+        if not last_tag:
+            return
+        downloader.commit()
+        session.ack(last_tag, multiple=True)
+        bar.update(downloader.stats.downloaded + downloader.stats.duplicates + downloader.stats.unparsable
+                   - bar.n)
+        last_tag = 0
+
+    bar = tqdm(unit="req", desc=f"download from {queue}", file=sys.stderr,
+               disable=True if args.no_progress else None)
     try:
         if session.queue_length(queue) is None:
             raise CliError(f"queue {queue!r} does not exist", EXIT_FAILURE)
-        bar = tqdm(unit="req", desc=f"download from {queue}", file=sys.stderr,
-                   disable=True if args.no_progress else None)
         last_message = time.monotonic()
 
         def on_message(delivery: Delivery) -> None:
-            nonlocal last_message
+            nonlocal last_message, last_tag
             last_message = time.monotonic()
             if failure or stopping.is_set():
                 session.nack(delivery.delivery_tag, requeue=True)
@@ -561,13 +681,13 @@ def download(args: argparse.Namespace) -> int:
                 failure.append(error)
                 session.nack(delivery.delivery_tag, requeue=True)
                 return
-            session.ack(delivery.delivery_tag)
-            bar.update(1)
+            last_tag = delivery.delivery_tag
 
-        session.consume(queue, on_message, prefetch=32)
+        session.consume(queue, on_message, prefetch=PREFETCH)
         try:
             while not failure and not stopping.is_set():
                 session.pump(0.5)
+                commit_and_ack()
                 if not args.keep_running and time.monotonic() - last_message >= args.idle_timeout:
                     if session.queue_length(queue) == 0:
                         break
@@ -575,12 +695,15 @@ def download(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             if not args.keep_running:
                 raise
-        finally:
-            bar.close()
+        # What was stored before a stop (Ctrl-C, SIGTERM, a disk error) is still committed and acked.
+        commit_and_ack()
+    except OSError as error:
+        failure.append(error)          # commit failed: nothing of the batch is acked, it comes again
     except MQError as error:
         # The connection is gone: unacked requests go back to the queue; what was acked is on disk.
         failure.append(error)
     finally:
+        bar.close()
         session.close()
         downloader.close()
         if previous_sigterm is not None:

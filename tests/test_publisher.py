@@ -331,19 +331,41 @@ def test_duplicates_are_skipped_across_restarts(env, tmp_path, capsys):
     assert env.mq.queue_length(out) == 0
 
 
-def test_folder_written_but_not_indexed_is_recognised(env, tmp_path, capsys):
-    """A crash after the folder was renamed into place but before the index line: no second copy."""
+def test_folder_written_but_not_indexed_is_rewritten(env, tmp_path, capsys):
+    """A crash after the folder was renamed into place but before its batch was committed to the index:
+    the folder may be incomplete, so the redelivered request replaces it (no second copy, no stale data)."""
     out = env.queue("out")
-    request = make_request()
+    request = make_request(results=[("page.jpg", b"full image content")])
     target = tmp_path / "download"
     publish(env.mq, out, request)
     assert env.run("--download", out, "--directory", str(target)) == 0
+    folder = target / f"page_{request.uuid[:8]}"
+    (folder / "page.jpg").write_bytes(b"")                 # what an unsynced file may look like after a crash
     (target / pub.INDEX_FILE).write_text("")
     publish(env.mq, out, request)
     capsys.readouterr()
     assert env.run("--download", out, "--directory", str(target)) == 0
-    assert "1 duplicate(s) skipped" in capsys.readouterr().out
-    assert len([d for d in os.listdir(target) if not d.startswith(".")]) == 1
+    assert "downloaded 1 request(s)" in capsys.readouterr().out
+    assert [d for d in os.listdir(target) if not d.startswith(".")] == [folder.name]
+    assert (folder / "page.jpg").read_bytes() == b"full image content"
+    assert (target / pub.INDEX_FILE).read_text().split() == [request.uuid]
+
+
+def test_many_requests_in_batches(env, tmp_path, capsys):
+    """More requests than one prefetch window: every one lands once, the index lists each once."""
+    out = env.queue("out")
+    sent = [make_request(results=[(f"p{i}.jpg", bytes([i % 256]) * 100)]) for i in range(300)]
+    for request in sent:
+        env.mq.publish(out, request.SerializeToString())
+    assert env.mq.wait_for_confirms(timeout=30)
+    target = tmp_path / "download"
+    assert env.run("--download", out, "--directory", str(target)) == 0
+    assert "downloaded 300 request(s)" in capsys.readouterr().out
+    index = (target / pub.INDEX_FILE).read_text().split()
+    assert sorted(index) == sorted(r.uuid for r in sent)
+    for i, request in enumerate(sent):
+        assert (target / f"p{i}_{request.uuid[:8]}" / f"p{i}.jpg").read_bytes() == bytes([i % 256]) * 100
+    assert env.mq.queue_length(out) == 0
 
 
 def test_unparsable_message_is_kept_not_lost(env, tmp_path, capsys):
@@ -407,3 +429,14 @@ def test_round_trip_and_keep_running_as_scripts(env, tmp_path, repo_root):
         assert len(folders) == 1
         with open(path, "rb") as handle:
             assert (target / folders[0] / name).read_bytes() == handle.read()
+
+
+def test_make_durable_without_syncfs(tmp_path, monkeypatch):
+    """The portable path (no syncfs): fsync of every file and folder must work on real files."""
+    monkeypatch.setattr(pub, "_syncfs", None)
+    folder = tmp_path / "req"
+    folder.mkdir()
+    (folder / "a").write_bytes(b"a")
+    pub.make_durable(str(tmp_path), [str(folder / "a")], [str(folder)])
+    with pytest.raises(FileNotFoundError):
+        pub.make_durable(str(tmp_path), [str(folder / "missing")], [])

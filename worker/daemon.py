@@ -291,6 +291,7 @@ class WorkerDaemon:
     def _mq_lost(self, error: BaseException) -> None:
         """The channel is gone: its deliveries will be redelivered; forget them and reconnect."""
         log.error("RabbitMQ connection lost: %s", error)
+        self._last_mq_error = str(error)   # so that the reconnection is logged
         if self._session is not None:
             self._session.close()
         self._session = None

@@ -174,7 +174,7 @@ class ProcessingThread:
             try:
                 context.processor.process(request)
                 status = routing.STATUS_OK
-            except Exception as error:
+            except BaseException as error:   # a processor calling sys.exit() must not kill this thread
                 if self._is_processing_error(error):
                     status = routing.STATUS_FAILED
                     log.warning("request %s failed in stage %s: %s", request.uuid or "?", queue, error)

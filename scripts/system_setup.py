@@ -331,7 +331,8 @@ def start_native(s: Settings, lay: Layout, passwords: dict[str, str]) -> None:
         for action in postconfig.ensure_sftp_account(s, lay, passwords["service"]):
             log.info("SFTP: %s", action)
         log.info("SFTP on port %d: %s", s.sftp_port, native.start_sshd(s, lay))
-        for action in postconfig.configure_rabbitmq(lambda a: native.rabbitmqctl(s, lay, a), lay):
+        for action in postconfig.configure_rabbitmq(
+                lambda a, stdin=None: native.rabbitmqctl(s, lay, a, stdin=stdin), lay):
             log.info("RabbitMQ: %s", action)
     except (native.ServiceError, postconfig.PostConfigError) as error:
         raise SetupError(str(error)) from None
@@ -345,7 +346,8 @@ def stop_native(s: Settings, lay: Layout) -> None:
 
 # --- docker --------------------------------------------------------------------------
 
-def _compose(lay: Layout, args: list[str], *, timeout: float = 600) -> subprocess.CompletedProcess:
+def _compose(lay: Layout, args: list[str], *, stdin: str | None = None,
+             timeout: float = 600) -> subprocess.CompletedProcess:
     if shutil.which("docker-compose"):
         base = ["docker-compose"]
     elif shutil.which("docker"):
@@ -353,7 +355,8 @@ def _compose(lay: Layout, args: list[str], *, timeout: float = 600) -> subproces
     else:
         raise SetupError("neither docker-compose nor docker is installed (or run without --docker)")
     return subprocess.run([*base, "-f", str(COMPOSE_FILE), "--env-file", str(lay.docker_env),
-                           "-p", COMPOSE_PROJECT, *args], capture_output=True, text=True, timeout=timeout)
+                           "-p", COMPOSE_PROJECT, *args], input=stdin, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def start_docker(s: Settings, lay: Layout, passwords: dict[str, str]) -> None:
@@ -369,7 +372,8 @@ def start_docker(s: Settings, lay: Layout, passwords: dict[str, str]) -> None:
         native.wait_for_tls(s.zk_host, s.zk_port, str(lay.ca_cert), "ZooKeeper", deadline)
         native.wait_for_tls(s.mq_host, s.amqps_port, str(lay.ca_cert), "RabbitMQ", deadline)
         for action in postconfig.configure_rabbitmq(
-                lambda a: _compose(lay, ["exec", "-T", "rabbitmq", "rabbitmqctl", *a], timeout=120), lay):
+                lambda a, stdin=None: _compose(lay, ["exec", "-T", "rabbitmq", "rabbitmqctl", *a], stdin=stdin,
+                                               timeout=120), lay):
             log.info("RabbitMQ: %s", action)
     except (native.ServiceError, postconfig.PostConfigError) as error:
         raise SetupError(str(error)) from None

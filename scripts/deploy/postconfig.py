@@ -27,12 +27,13 @@ class PostConfigError(Exception):
 
 # --- RabbitMQ --------------------------------------------------------------------
 
-def configure_rabbitmq(run_ctl: Callable[[list[str]], subprocess.CompletedProcess], lay: Layout) -> list[str]:
+def configure_rabbitmq(run_ctl: Callable[..., subprocess.CompletedProcess], lay: Layout) -> list[str]:
     """Import users/vhost/permissions (hashed passwords) and remove guest.
 
-    `run_ctl(args)` runs rabbitmqctl against our node (natively or inside the container).
+    `run_ctl(args, stdin=None)` runs rabbitmqctl against our node (natively or inside the
+    container).  The definitions go through stdin, so file ownership does not matter.
     """
-    done = run_ctl(["import_definitions", str(lay.definitions)])
+    done = run_ctl(["import_definitions", "--format", "json"], stdin=lay.definitions.read_text(encoding="utf-8"))
     if done.returncode != 0:
         raise PostConfigError(f"rabbitmqctl import_definitions failed: {_last(done)}")
     actions = ["users, vhost and permissions imported"]

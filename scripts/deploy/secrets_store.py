@@ -13,8 +13,17 @@ class SecretError(Exception):
 
 
 def write_private(path: Path, data: bytes, *, owner: tuple[int, int] | None = None) -> None:
-    """Write `data` to `path` atomically; the file is 0600 before any byte is in it."""
+    """Write `data` to `path` atomically; the file is 0600 before any byte is in it.
+
+    An existing file keeps its owner (an engine's account may own its secret).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    if owner is None and os.geteuid() == 0:
+        try:
+            st = path.stat()
+            owner = (st.st_uid, st.st_gid)
+        except FileNotFoundError:
+            pass
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:

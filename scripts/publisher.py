@@ -10,10 +10,11 @@ published again with the same uuid (the downloader removes such duplicates).
 
 Download: consume the output queue and write each request to its own folder.
 Every name in a request is untrusted and goes through libs/safe_names, so no
-file can land outside the download folder.  A request is acked only after its
-folder is complete on disk (files fsynced, folder renamed into place, uuid
-recorded in the index), so a crash loses nothing and at worst downloads a
-request twice, which the index then skips.
+file can land outside the download folder.  Requests are acked in batches,
+only after the batch is on disk (files written, folders renamed into place, the
+filesystem synced, uuids appended to the index file), so a crash loses nothing:
+unacked requests come again, and a folder whose uuid never reached the index is
+rewritten rather than trusted.  Requests already in the index are skipped.
 """
 from __future__ import annotations
 
@@ -39,8 +40,8 @@ from pero_worker.libs.message_pb2 import ProcessingRequest
 from pero_worker.libs.mq import Delivery, MQConnectionError, MQError, MQSession, PublishOutcome
 from pero_worker.libs.safe_names import dedup_key, deduplicate, request_folder_name, safe_file_name
 from pero_worker.scripts.cli_common import (
-    EXIT_CODES_HELP, EXIT_CONNECTION, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, add_debug_argument,
-    build_connection_config, connect_zookeeper, log, open_mq, run_main, validate_stage_name,
+    EXIT_CODES_HELP, EXIT_CONNECTION, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError,
+    add_debug_argument, build_connection_config, connect_zookeeper, log, open_mq, run_main, validate_stage_name,
 )
 
 INDEX_FILE = ".pero_downloaded"          # one dedup key per line; survives restarts
@@ -330,6 +331,8 @@ def upload(args: argparse.Namespace) -> int:
     paths = list_upload_files(args.images, args.directory)
     if not paths:
         raise CliError("nothing to upload: give --images FILE ... or --directory DIR with files", EXIT_USAGE)
+    if not 0 <= args.priority <= 2**31 - 1:
+        raise CliError(f"priority must be between 0 and {2**31 - 1} (the queues honour 0 and 1)", EXIT_USAGE)
     if len(stages) < 2:
         log.warning("only one stage given: requests will stay in %r (the output stage is normally last)", stages[0])
 
@@ -359,6 +362,7 @@ def upload(args: argparse.Namespace) -> int:
         reader = threading.Thread(target=_read_ahead, args=(paths, files, stop), daemon=True, name="read-ahead")
         reader.start()
         started = time.monotonic()
+        interrupted = False
         with tqdm(total=len(paths), unit="req", desc=f"upload to {stages[0]}", file=sys.stderr,
                   disable=True if args.no_progress else None) as bar:
             uploader = Uploader(session, reopen, stages[0], stats, lambda: bar.update(1))
@@ -373,6 +377,11 @@ def upload(args: argparse.Namespace) -> int:
                         request = build_request(os.path.basename(path), content, stages, args.priority, now)
                         uploader.add(path, request)
                 confirmed_all = uploader.finish()
+            except KeyboardInterrupt:
+                # Stop reading, but still collect the outcomes of what was sent, for an honest summary.
+                interrupted = True
+                stop.set()
+                confirmed_all = uploader.finish(timeout=10.0)
             finally:
                 stop.set()
         elapsed = max(time.monotonic() - started, 1e-6)
@@ -381,6 +390,9 @@ def upload(args: argparse.Namespace) -> int:
     print(f"uploaded {stats.confirmed} of {len(paths)} request(s) to {stages[0]} in {elapsed:.1f} s "
           f"({stats.confirmed / elapsed:.0f} req/s)"
           + (f"; re-published {stats.republished} after reconnects" if stats.republished else ""))
+    if interrupted:
+        print(f"interrupted: {len(paths) - stats.confirmed} image(s) not uploaded", file=sys.stderr)
+        return EXIT_INTERRUPTED
     problems = []
     if stats.unreadable:
         problems.append(f"{len(stats.unreadable)} unreadable file(s)")

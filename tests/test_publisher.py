@@ -390,6 +390,7 @@ def test_download_missing_queue(env, tmp_path, capsys):
     ["--download", "out"],
     ["--stages", "a", "--keep-running", "--images", "x"],
     ["--stages", "a/b", "--images", "x"],
+    ["--stages", "a", "--images", "x", "-y", "-1"],
 ])
 def test_usage_errors(env, args, capsys):
     assert env.run(*args) == 2

@@ -125,3 +125,17 @@ def test_runs_as_a_script(zk_root, bare_zk, repo_root):
     assert result.returncode == 0, result.stderr
     assert "files.example.org:2222" in result.stdout
     assert bare_zk.children(zk_paths.FTP_SERVERS) == ["files.example.org:2222"]
+
+
+def test_connection_from_ini_file(zk_root, bare_zk, tmp_path, capsys):
+    ini = tmp_path / "tools.ini"
+    ini.write_text(f"[WORKER]\nzookeeper_servers = {zk_root}\n")
+    assert scm.main(["-c", str(ini), "--add-monitoring-servers", "mon.example.org"]) == 0
+    assert bare_zk.children(zk_paths.MQ_MONITORING_SERVERS) == ["mon.example.org:15672"]
+
+
+def test_bad_ini_file_is_a_usage_error(tmp_path, capsys):
+    ini = tmp_path / "tools.ini"
+    ini.write_text("[OTHER]\nx = 1\n")
+    assert scm.main(["-c", str(ini), "--list-mq-servers"]) == 2
+    assert "no [TOOLS] or [WORKER]" in capsys.readouterr().err

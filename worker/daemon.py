@@ -225,16 +225,17 @@ class WorkerDaemon:
             "version", stage, zk_paths.decode_text(data).strip()))
 
     def _zk_state(self, state: str) -> None:
+        # Runs on the main loop: kazoo's listener only posted the state (it must not block kazoo's thread).
         if state == KazooState.LOST:
             log.warning("ZooKeeper session lost; ephemeral registration is gone until the session is renewed")
             self._zk_session_lost = True
         elif state == KazooState.SUSPENDED:
             log.warning("ZooKeeper connection suspended; reconnecting")
         elif state == KazooState.CONNECTED:
-            threading.Thread(target=self._after_zk_reconnect, name="zk-reregister", daemon=True).start()
+            self._after_zk_reconnect()
 
     def _after_zk_reconnect(self) -> None:
-        """kazoo calls listeners on its own thread and forbids blocking there: redo registration in a side thread."""
+        """Renew what a new session lost (the ephemeral node) and rewrite the status a suspension may have missed."""
         lost, self._zk_session_lost = self._zk_session_lost, False
         try:
             self.store.save(self.zk.session_credentials)
@@ -286,7 +287,9 @@ class WorkerDaemon:
         self._session = session
         if self.shipper is not None:
             self.shipper.set_settings(settings)
-        self._set_status(self._steady_status())
+        if self._failed is not None or self._configuring is not None or not self._wanted_stage:
+            self._set_status(self._steady_status())
+        # otherwise _reconcile() sets PROCESSING once the consumer is back (no IDLE flicker for the watchdog)
 
     def _mq_lost(self, error: BaseException) -> None:
         """The channel is gone: its deliveries will be redelivered; forget them and reconnect."""
@@ -367,6 +370,10 @@ class WorkerDaemon:
                 processor, version, seconds = self.loader.load(target.stage)
             except StageSetupError as error:
                 self.post("configured", target, None, str(error), 0.0)
+                return
+            except Exception as error:   # a bug must not leave the worker waiting for this job forever
+                log.debug("stage set-up failed", exc_info=True)
+                self.post("configured", target, None, f"{type(error).__name__}: {error}", 0.0)
                 return
             self.processing.context = StageContext(target.stage, version, processor)
             self.post("configured", target, version, "", seconds)

@@ -41,7 +41,6 @@ def default_cache_dir() -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="run_worker.py",
         description=("pero-worker: registers in ZooKeeper, waits for a stage (queue) to be assigned, "
                      "downloads that stage's config and model, and processes its requests until stopped "
                      "(SIGTERM/SIGINT, or 'enabled' set to false in ZooKeeper)."),

@@ -71,7 +71,7 @@ def sentence(rng: random.Random, lang: str | None = None) -> str:
     out[0] = first[:1].upper() + first[1:]
     if rng.random() < 0.05:
         out[rng.randrange(len(out))] = "(" + out[rng.randrange(len(out))].strip(",;:") + ")"
-    end = rng.choices([".", "!", "?", "…"], weights=[80, 6, 10, 2])[0]
+    end = rng.choices([".", "!", "?", "..."], weights=[80, 6, 10, 2])[0]
     if lang == "fr" and end in "!?":
         end = " " + end
     text = " ".join(out).rstrip(",;:") + end

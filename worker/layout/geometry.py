@@ -20,9 +20,9 @@ line, the model-training helper on every rendered training line.
 
 How the geometry is defined (so that it is stable from line to line):
 
-- the *core band* (x-height zone) is where the row profile of the ink is at
-  least half its typical level; its bottom edge is the baseline and its
-  height the x-height ``x``.  This is done on vertical slices of the line and
+- the *core band* (x-height zone) is where the row profile of the ink stays
+  high (see `core_band`); its bottom edge is the baseline and its height the
+  x-height ``x``.  This is done on vertical slices of the line and
   a straight line is fitted through the slice baselines (robust to descenders
   and a little residual skew);
 - ``heights[0]`` (up) is the 90th percentile of how far ink columns reach
@@ -44,19 +44,23 @@ END_PAD = 0.25
 
 
 def core_band(profile: np.ndarray) -> tuple[int, int] | None:
-    """(top, bottom) rows (bottom exclusive) of the x-height zone of a row profile."""
+    """(top, bottom) rows (bottom exclusive) of the x-height zone of a row profile.
+
+    Hysteresis: rows at half the typical level are surely core; the core is the run
+    of rows above 30 % of it that holds most of those.  (Serif rows at the x-height and
+    the baseline are much stronger than the stems between them, so a single threshold
+    would split the core; ascender and descender rows stay under 30 %.)
+    """
     if profile.size == 0 or profile.max() <= 0:
         return None
     nz = profile[profile > 0]
     level = np.percentile(nz, 90) if len(nz) >= 3 else nz.max()
-    rows = np.flatnonzero(profile >= 0.5 * level)
-    if len(rows) == 0:
+    weak = np.flatnonzero(profile >= 0.3 * level)
+    if len(weak) == 0:
         return None
-    # The core is the longest run of strong rows (a strong serif row on its own
-    # in the ascender zone must not stretch the band).
-    runs = np.split(rows, np.flatnonzero(np.diff(rows) > 1) + 1)
-    weights = [profile[r].sum() for r in runs]
-    core = runs[int(np.argmax(weights))]
+    runs = np.split(weak, np.flatnonzero(np.diff(weak) > 1) + 1)
+    strong = np.where(profile >= 0.5 * level, profile, 0.0)
+    core = runs[int(np.argmax([strong[r].sum() for r in runs]))]
     return int(core[0]), int(core[-1]) + 1
 
 

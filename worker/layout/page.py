@@ -75,13 +75,14 @@ def analyze_page(image: np.ndarray, params: LayoutParams = LayoutParams()) -> Pa
     """Layout of a page image (grey, colour or binary numpy array)."""
     gray = binarize_mod.to_gray(image)
     H, W = gray.shape
+    binary_input = binarize_mod.is_binary(gray)
     mask, flat = binarize_mod.binarize_with_flat(gray)
     comps = find_components(mask)
     h = estimate_text_height(comps, H)
     if comps.count == 0 or h <= 0:
         return PageAnalysis(size=(H, W), skew_deg=0.0, text_height=0.0, regions=[])
     paper = binarize_mod.background(gray, max(31, min(H, W) // 2), factor=8).astype(np.float32)
-    dark_src = flat if binarize_mod.is_binary(gray) else np.clip(gray / np.maximum(paper, 1.0) * 255.0, 0, 255)
+    dark_src = flat if binary_input else np.clip(gray / np.maximum(paper, 1.0) * 255.0, 0, 255)
     dark = dark_area_mask(dark_src, mask, h)
     classes = classify(comps, h, (H, W), dark)
     text = classes.text
@@ -113,7 +114,8 @@ def analyze_page(image: np.ndarray, params: LayoutParams = LayoutParams()) -> Pa
                     min_col_width=params.min_column_width * h,
                     min_col_height=params.min_column_height * h,
                     short_col_height=params.short_column_height * h,
-                    short_col_gap=params.short_column_gap * h, tolerance=0.6 * h)
+                    short_col_gap=params.short_column_gap * h, tolerance=0.6 * h,
+                    fine_row_gap=0.25 * h)
     blocks = xy_cut(boxes, cut, idx)
 
     regions: list[Region] = []

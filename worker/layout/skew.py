@@ -35,13 +35,17 @@ def estimate_skew(points: np.ndarray, text_height: float, max_angle: float = 3.0
     x = points[:, 0].astype(np.float64)
     y = points[:, 1].astype(np.float64)
     x = x - x.mean()
-    bin_size = max(1.0, text_height / 4.0)
+    coarse_bin = max(1.0, text_height / 4.0)
+    fine_bin = max(0.5, text_height / 12.0)
     coarse = np.arange(-max_angle, max_angle + 1e-9, 0.1)
-    s = _sharpness(x, y, np.deg2rad(coarse), bin_size)
+    s = _sharpness(x, y, np.deg2rad(coarse), coarse_bin)
     best = float(coarse[int(np.argmax(s))])
     fine = np.arange(best - 0.1, best + 0.1 + 1e-9, 0.01)
-    s = _sharpness(x, y, np.deg2rad(fine), bin_size)
-    # The flat top of the score is usually several fine steps wide: take its middle.
+    # Fine bins against the quantisation of the coarse ones; smoothing the score over
+    # neighbouring angles removes what is left of the bin-phase jitter.
+    s = _sharpness(x, y, np.deg2rad(fine), fine_bin)
+    s = np.convolve(s, np.ones(5) / 5.0, mode="same")
+    s[:2] = s[-2:] = 0
     top = fine[s >= s.max() * 0.999]
     return float(np.round(np.mean(top), 3))
 

@@ -7,12 +7,13 @@ completely:
    the whole node, the node is split into columns, read left to right.
    Pieces narrower than `min_col_width` are not columns (a list's numbers, a
    stray mark): their gap is ignored.
-2. Otherwise a row cut: horizontal gaps at least `row_gap` high split the node
-   into bands, read top to bottom.  A full-width block (a title, a caption
-   across columns) has no column gap, so it stops the column flow exactly
-   there.  Consecutive bands that share a column structure are merged back
-   first, so that paragraph breaks that happen to line up in both columns do
-   not make us read the columns band by band.
+2. Otherwise a row cut (`row_groups`): the node is cut between its lines,
+   consecutive lines that share a column structure are joined (so paragraph
+   breaks that happen to line up in both columns do not make us read the
+   columns band by band), and the other lines are joined back into blocks
+   unless a gap of `row_gap` separates them.  A full-width block (a title, a
+   caption across columns) has no column gap, so it stops the column flow
+   exactly there, even when it is set close above the columns.
 3. A node with no gap is a block (a leaf).
 
 Gaps are found on a coverage profile with a small tolerance, so one speck of
@@ -34,6 +35,7 @@ class CutParams:
     min_col_width: float    # narrower pieces are not columns
     min_col_height: float   # lower nodes are never split into columns (a line's word gaps are not columns)
     tolerance: float        # coverage (summed box extent) still counted as empty
+    fine_row_gap: float = 0.0       # gaps between lines: tried when a node has no block gap (see xy_cut)
     short_col_height: float = 0.0   # nodes lower than this need a wider gap ...
     short_col_gap: float = 0.0      # ... this wide (word gaps of justified text line up over a few lines)
 
@@ -73,11 +75,15 @@ def _split(boxes: np.ndarray, idx: np.ndarray, cuts: list[tuple[float, float]], 
     return [idx[which == k] for k in range(len(cuts) + 1) if np.any(which == k)]
 
 
-def column_cuts(boxes: np.ndarray, idx: np.ndarray, p: CutParams) -> list[tuple[float, float]]:
-    """Column gaps through the whole node, without the ones that would make too narrow columns."""
+def column_cuts(boxes: np.ndarray, idx: np.ndarray, p: CutParams, any_height: bool = False) \
+        -> list[tuple[float, float]]:
+    """Column gaps through the whole node, without the ones that would make too narrow columns.
+
+    A node lower than `min_col_height` has none unless `any_height` (used when checking
+    whether bands continue each other's columns)."""
     b = boxes[idx]
     height = b[:, 3].max() - b[:, 1].min()
-    if height < p.min_col_height:
+    if height < p.min_col_height and not any_height:
         return []
     gap = max(p.col_gap, p.short_col_gap) if height < p.short_col_height else p.col_gap
     cuts = find_gaps(b[:, 0], b[:, 2], b[:, 3] - b[:, 1], gap, p.tolerance)
@@ -100,24 +106,44 @@ def column_cuts(boxes: np.ndarray, idx: np.ndarray, p: CutParams) -> list[tuple[
     return cuts
 
 
-def row_cuts(boxes: np.ndarray, idx: np.ndarray, p: CutParams) -> list[tuple[float, float]]:
-    b = boxes[idx]
-    return find_gaps(b[:, 1], b[:, 3], b[:, 2] - b[:, 0], p.row_gap, p.tolerance)
-
-
 def _merge_column_bands(boxes: np.ndarray, bands: list[np.ndarray], p: CutParams) -> list[np.ndarray]:
+    """Join consecutive bands while their union keeps a column gap (a band may hold a line
+    of one column only: a paragraph break in the other), unless a very large gap separates them."""
     groups: list[np.ndarray] = []
-    group_cols = False
     for band in bands:
-        band_cols = bool(column_cuts(boxes, band, p))
-        if groups and group_cols and band_cols:
+        if groups:
+            gap = boxes[band, 1].min() - boxes[groups[-1], 3].max()
             union = np.concatenate([groups[-1], band])
-            if column_cuts(boxes, union, p):
+            if gap <= 4 * p.row_gap and column_cuts(boxes, union, p, any_height=True):
                 groups[-1] = union
                 continue
         groups.append(band)
-        group_cols = band_cols
     return groups
+
+
+def row_groups(boxes: np.ndarray, node: np.ndarray, p: CutParams) -> list[np.ndarray]:
+    """Children of a node without a column gap, top to bottom.
+
+    The node is cut between all its lines (gaps of at least `fine_row_gap`); runs of lines
+    that form columns are joined into one child (so columns are read whole even when their
+    paragraph breaks line up, and a heading set close above columns comes off them); the
+    remaining lines are joined back into blocks unless `row_gap` separates them.
+    """
+    min_gap = p.fine_row_gap if p.fine_row_gap > 0 else p.row_gap
+    rows = find_gaps(boxes[node, 1], boxes[node, 3], boxes[node, 2] - boxes[node, 0], min_gap, p.tolerance)
+    if not rows:
+        return [node]
+    groups = _merge_column_bands(boxes, _split(boxes, node, rows, axis=1), p)
+    cols = [bool(column_cuts(boxes, g, p)) for g in groups]
+    out: list[np.ndarray] = []
+    prev_cols = True
+    for g, c in zip(groups, cols):
+        if out and not c and not prev_cols and boxes[g, 1].min() - boxes[out[-1], 3].max() < p.row_gap:
+            out[-1] = np.concatenate([out[-1], g])
+        else:
+            out.append(g)
+        prev_cols = c
+    return out
 
 
 def xy_cut(boxes: np.ndarray, p: CutParams, idx: np.ndarray | None = None) -> list[np.ndarray]:
@@ -141,11 +167,7 @@ def xy_cut(boxes: np.ndarray, p: CutParams, idx: np.ndarray | None = None) -> li
                 out.append(node)
                 continue
         else:
-            rows = row_cuts(boxes, node, p)
-            if not rows:
-                out.append(node)
-                continue
-            children = _merge_column_bands(boxes, _split(boxes, node, rows, axis=1), p)
+            children = row_groups(boxes, node, p)
             if len(children) == 1:
                 out.append(node)
                 continue

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Scheduling quality of the watchdog: a fixed mixed workload arriving in waves.
+
+Real services (`make services`), real worker processes and one real watchdog process.
+Three DUMMY stages take a fixed 0.05 s, 0.2 s and 0.5 s per request (TIME_SCALE 0,
+TIME_DIFF_MIN = TIME_DIFF_MAX) and every stage set-up costs 2 s (`SWITCH_DELAY = 2`,
+standing in for a model load), so each move of a worker has a real price.  Four workers
+start idle; the waves below are published at their times (later waves arrive while
+earlier ones are still queued, so a perfect scheduler never idles).
+
+Figures, printed last as `RESULT <name> <value> <unit>`:
+  makespan             first publish -> last request finished (StageLog end)
+  lower_bound          total work / workers (ignores switching and arrivals)
+  efficiency           lower_bound / makespan (target >= 0.85)
+  switches             worker moves onto a stage (the 4 initial assignments included)
+  idle_assign_latency  first publish -> the last of the 4 idle workers assigned
+  starving_latency     worst wait of a stage that had work and no worker (new stage in a wave,
+                       every worker busy elsewhere) until a worker was assigned to it
+
+A switch is counted from the workers' `queue` nodes, polled every 20 ms.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from opsplane import (  # noqa: E402
+    Process, dummy_stage_config, make_stage, request_body, start_watchdog, start_worker, wait_for,
+    worker_connected,
+)
+from pero_worker.libs import zk_paths  # noqa: E402
+from pero_worker.libs.addresses import Address  # noqa: E402
+from pero_worker.libs.config import ConnectionConfig  # noqa: E402
+from pero_worker.libs.message_pb2 import ProcessingRequest  # noqa: E402
+from pero_worker.libs.mq import Delivery, MQSession, MQSettings  # noqa: E402
+from pero_worker.libs.zk import ZooKeeper  # noqa: E402
+from pero_worker.scripts.local_services import ensure_services, write_server_lists  # noqa: E402
+
+STAGE_TIMES = {"fast": 0.05, "mid": 0.2, "slow": 0.5}
+SWITCH_DELAY = 2.0
+WORKERS = 4
+# (arrival s, stage, requests): 210 s of work in four waves.
+WAVES = [
+    (0.0, "fast", 800), (0.0, "mid", 100),
+    (8.0, "slow", 80), (8.0, "fast", 200),
+    (16.0, "mid", 150), (16.0, "slow", 40),
+    (24.0, "fast", 400), (24.0, "mid", 50), (24.0, "slow", 40),
+]
+
+
+@dataclass
+class Assignment:
+    at: float          # monotonic
+    worker: str
+    stage: str
+
+
+class QueueWatcher(threading.Thread):
+    """Polls the workers' queue nodes and records every change (with its monotonic time)."""
+
+    def __init__(self, zk: ZooKeeper, workers: list[str], interval: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.zk, self.workers, self.interval = zk, workers, interval
+        self.current = {w: "" for w in workers}
+        self.changes: list[Assignment] = []
+        self.stop_event = threading.Event()
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            for worker in self.workers:
+                stage = self.zk.get_text(zk_paths.worker_queue(worker))
+                if stage != self.current[worker]:
+                    with self.lock:
+                        self.current[worker] = stage
+                        self.changes.append(Assignment(time.monotonic(), worker, stage))
+            self.stop_event.wait(self.interval)
+
+    def serving(self, stage: str) -> bool:
+        with self.lock:
+            return stage in self.current.values()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every wave's request count")
+    parser.add_argument("--keep", action="store_true", help="keep the logs folder (printed)")
+    args = parser.parse_args(argv)
+
+    services = ensure_services()
+    chroot = f"/bench_sched_{uuid.uuid4().hex[:8]}"
+    root_conn = ConnectionConfig(zookeeper_servers=(Address(services.zk_host, services.zk_port),))
+    admin = ZooKeeper(root_conn).start()
+    admin.ensure_path(chroot)
+    conn = ConnectionConfig(zookeeper_servers=root_conn.zookeeper_servers, zookeeper_chroot=chroot)
+    zk = ZooKeeper(conn).start()
+    write_server_lists(zk, services)
+    zk_root = f"{services.zk_address}{chroot}"
+    folder = Path(f"/tmp/{chroot.strip('/')}")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    mq = MQSession(MQSettings.from_zookeeper(zk, conn), name="bench-scheduling")
+    mq.open(retry_for=10)
+    suffix = uuid.uuid4().hex[:6]
+    stages = {kind: f"sched_{kind}_{suffix}" for kind in STAGE_TIMES}
+    out = f"sched_out_{suffix}"
+    processes: list[Process] = []
+    try:
+        for kind, name in stages.items():
+            make_stage(zk, mq, name, dummy_stage_config(STAGE_TIMES[kind], SWITCH_DELAY))
+        make_stage(zk, mq, out, None)
+        waves = [(at, kind, max(1, round(count * args.scale))) for at, kind, count in WAVES]
+        total_work = sum(count * STAGE_TIMES[kind] for _at, kind, count in waves)
+        total_requests = sum(count for _at, _kind, count in waves)
+
+        workers = [f"bench_w{i}_{suffix}" for i in range(WORKERS)]
+        for worker in workers:
+            processes.append(start_worker(zk_root, worker, folder))
+        for worker in workers:
+            wait_for(lambda w=worker: worker_connected(zk, w)
+                     and zk.get_text(zk_paths.worker_status(w)) == zk_paths.IDLE, 60, f"worker {worker} idle")
+        watchdog = start_watchdog(zk_root, folder, "bench")
+        processes.append(watchdog)
+        wait_for(lambda: "is now ACTIVE" in watchdog.log(), 30, "the watchdog active")
+        watcher = QueueWatcher(zk, workers)
+        watcher.start()
+
+        ends: dict[str, float] = {}
+        failed = 0
+
+        def on_output(delivery: Delivery) -> None:
+            nonlocal failed
+            request = ProcessingRequest.FromString(delivery.body)
+            if request.uuid not in ends and request.logs:
+                ends[request.uuid] = request.logs[-1].end.ToNanoseconds() / 1e9
+                failed += any(entry.status != "OK" for entry in request.logs)
+            mq.ack(delivery.delivery_tag)
+
+        mq.consume(out, on_output, prefetch=500)
+        print(f"workload: {total_requests} requests, {total_work:.0f} s of work, {WORKERS} workers, "
+              f"switch cost {SWITCH_DELAY:.0f} s", file=sys.stderr)
+        t0_wall = time.time()
+        t0 = time.monotonic()
+        starving_probes: list[tuple[str, float]] = []
+        pending = sorted(waves)
+        while pending or len(ends) < total_requests:
+            now = time.monotonic() - t0
+            while pending and pending[0][0] <= now:
+                _at, kind, count = pending.pop(0)
+                stage = stages[kind]
+                if not watcher.serving(stage):
+                    starving_probes.append((stage, time.monotonic()))
+                for _ in range(count):
+                    mq.publish(stage, request_body([stage, out]))
+                mq.wait_for_confirms(timeout=60)
+                print(f"t={now:5.1f} s: {count} requests -> {kind}", file=sys.stderr)
+            mq.pump(0.05)
+            if now > 600:
+                raise SystemExit(f"workload not finished after 600 s ({len(ends)}/{total_requests} done)")
+        watcher.stop_event.set()
+        watcher.join()
+
+        makespan = max(ends.values()) - t0_wall
+        lower_bound = total_work / WORKERS
+        changes = watcher.changes
+        switches = sum(1 for change in changes if change.stage)
+        first_assignment = {}
+        for change in changes:
+            if change.stage and change.worker not in first_assignment:
+                first_assignment[change.worker] = change.at - t0
+        idle_latency = max(first_assignment.values()) if len(first_assignment) == WORKERS else float("inf")
+        starving = []
+        for stage, published in starving_probes:
+            served = [c.at for c in changes if c.stage == stage and c.at >= published - 0.5]
+            starving.append((min(served) - published) if served else float("inf"))
+        per_worker = {w: sum(1 for c in changes if c.worker == w and c.stage) for w in workers}
+        print(f"done: {len(ends)} requests, {failed} failed; switches per worker {per_worker}; "
+              f"starving probes {[round(s, 2) for s in starving]}", file=sys.stderr)
+        if failed:
+            print(f"WARNING: {failed} requests failed", file=sys.stderr)
+        print(f"RESULT makespan {makespan:.1f} s")
+        print(f"RESULT lower_bound {lower_bound:.1f} s")
+        print(f"RESULT efficiency {lower_bound / makespan:.3f} ratio")
+        print(f"RESULT switches {switches} count")
+        print(f"RESULT idle_assign_latency {idle_latency:.2f} s")
+        print(f"RESULT starving_latency {max(starving) if starving else 0.0:.2f} s")
+        return 0
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        for name in list(stages.values()) + [out]:
+            try:
+                if not mq.is_open:
+                    mq.open(retry_for=5)
+                mq.delete_queue(name)
+            except Exception as error:  # cleanup must not hide the result
+                print(f"cleanup: cannot delete queue {name}: {error}", file=sys.stderr)
+        mq.close()
+        zk.stop()
+        admin.delete(chroot, recursive=True)
+        admin.stop()
+        if args.keep:
+            print(f"logs kept in {folder}", file=sys.stderr)
+        else:
+            import shutil
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -635,3 +635,25 @@ def test_throughput_of_a_cheap_stage(start_worker, zk: ZooKeeper, mq: MQSession,
     # Far below the target on purpose: this box is shared, but per-message confirms or acks (~100/s) would fail it.
     assert rate > 150, f"{rate:.0f} requests/s"
     mq.purge_queue(out)
+
+
+def test_ini_config_and_generated_id(zk_root: str, zk: ZooKeeper, tmp_path: Path) -> None:
+    ini = tmp_path / "worker.ini"
+    ini.write_text(f"[WORKER]\nzookeeper_servers = {zk_root}\nlog_queue = unused\n", encoding="utf-8")
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, str(RUN_WORKER), "-c", str(ini), "--disable-remote-logging",
+                                 "--cache-directory", str(tmp_path / "cache")], stdout=log_file,
+                                stderr=subprocess.STDOUT, cwd=REPO)
+        try:
+            worker_id = wait_for(lambda: zk.children(zk_paths.WORKER_STATUS_ROOT), 20, "registration")[0]
+            assert len(worker_id) == 32 and int(worker_id, 16) >= 0
+            wait_for(lambda: zk.get_text(zk_paths.worker_status(worker_id)) == zk_paths.IDLE, 20, "IDLE")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert zk.get_text(zk_paths.worker_status(worker_id)) == zk_paths.DEAD
+    assert list((tmp_path / "cache" / ".workers").iterdir()) == []   # a one-off id leaves nothing behind

@@ -62,8 +62,12 @@ class SessionStore:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
-    def release(self) -> None:
+    def release(self, *, remove: bool = False) -> None:
+        """remove=True for one-off ids (fresh uuid): nobody will look for this lock again."""
         if self._lock_fd is not None:
+            if remove:
+                with contextlib.suppress(OSError):
+                    self.lock_path.unlink()
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)
             self._lock_fd = None

@@ -117,7 +117,7 @@ def run(config: WorkerConfig, stop: _Stop) -> int:
             zk.stop()   # closes the session: ZooKeeper deletes the `connected` node at once
             if clean_exit:
                 store.clear()
-        store.release()
+        store.release(remove=clean_exit and not config.worker_id_given)
         if shipper is not None:
             shipper.stop(timeout=0.5)
 

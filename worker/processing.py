@@ -144,7 +144,14 @@ class ProcessingThread:
         ready: list[Outcome] = []
         last_handoff = time.monotonic()
         while (item := self._next_delivery()) is not None:
-            ready.append(self.handle(*item))
+            try:
+                outcome = self.handle(*item)
+            except Exception as error:   # a bug of ours: park the request where an operator sees it
+                log.exception("internal error handling a request from %s", item[0].queue)
+                reason = f"{routing.REASON_INTERNAL_ERROR}: {type(error).__name__}: {error}"
+                outcome = Outcome(item[0], item[1], routing.dead_letter(reason), item[0].body, item[0].priority,
+                                  dead_letter_headers(reason, item[0].queue, self.worker_id))
+            ready.append(outcome)
             if time.monotonic() - last_handoff >= HANDOFF_INTERVAL:
                 self._on_outcomes(ready)
                 ready = []

@@ -36,6 +36,7 @@ REASON_NO_STAGES = "no_stages"
 REASON_WRONG_QUEUE = "wrong_queue"
 REASON_NO_OUTPUT_STAGE = "no_output_stage"
 REASON_OUTPUT_UNROUTABLE = "output_unroutable"
+REASON_INTERNAL_ERROR = "internal_error"   # the worker itself failed on this request (a bug)
 
 
 class RouteKind(enum.Enum):

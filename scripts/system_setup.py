@@ -360,6 +360,10 @@ def _compose(lay: Layout, args: list[str], *, stdin: str | None = None,
 
 
 def start_docker(s: Settings, lay: Layout, passwords: dict[str, str]) -> None:
+    # The atmoz/sftp container's user (uid 1001) owns the upload folder.
+    files = lay.sftp_root / "pero"
+    files.mkdir(parents=True, exist_ok=True)
+    os.chown(files, 1001, 1001)
     # The containers run the engines as their own users: give them their secrets.
     for path, uid in ((lay.server_key("rabbitmq"), 999), (lay.definitions, 999), (lay.jaas, 1000),
                       (lay.keystore, 1000), (lay.keystore_pass, 1000), (lay.truststore_pass, 1000)):

@@ -197,3 +197,21 @@ def test_append_stage_log() -> None:
     entry = request.logs[0]
     assert (entry.host_id, entry.stage, entry.status, entry.log, entry.version) == ("w", "s", "OK", "line", "v3")
     assert (entry.start.seconds, entry.start.nanos, entry.end.seconds, entry.end.nanos) == (1, 500_000_000, 2, 1)
+
+
+# --- log shipping buffer ------------------------------------------------------------------------
+
+def test_log_shipper_drops_oldest_when_nothing_ships() -> None:
+    from pero_worker.worker.log_shipping import LogShipper
+    shipper = LogShipper("log", "w9", capacity=100)   # not started: nothing is shipped
+    logger = logging.getLogger("test_log_shipper")
+    logger.addHandler(shipper)
+    logger.setLevel(logging.INFO)
+    try:
+        for number in range(250):
+            logger.info("line %d", number)
+    finally:
+        logger.removeHandler(shipper)
+    assert shipper.buffered == 100 and shipper.dropped == 150
+    lines = shipper._take(1000)
+    assert "line 150" in lines[0] and "line 249" in lines[-1] and " w9 INFO " in lines[0]

@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 LINE_SPLIT = 0.6     # gap between sorted letter centres that starts a new line, in letter heights
-CORE_RANGE = (0.6, 3.5)
+CORE_RANGE = (0.7, 3.5)
+REAL_LETTER = 0.85   # a line needs at least one component this tall (in letter heights)
 
 
 def group_lines(boxes: np.ndarray, idx: np.ndarray, h: float, split_gap: float) -> list[np.ndarray]:
@@ -47,6 +48,13 @@ def group_lines(boxes: np.ndarray, idx: np.ndarray, h: float, split_gap: float) 
             clusters.append([int(cur)])
         else:
             clusters[-1].append(int(cur))
+
+    # A "line" of accents or punctuation alone is not a line: its marks join the neighbours.
+    real = [c for c in clusters if heights[c].max() >= REAL_LETTER * h]
+    if real and len(real) < len(clusters):
+        dissolved = [k for c in clusters if heights[c].max() < REAL_LETTER * h for k in c]
+        core[dissolved] = False
+        clusters = real
 
     # Core band of every line: the span of its letters' centres, widened a little.
     bands = []

@@ -7,8 +7,9 @@ Each sample is made the way a real line reaches the OCR at run time:
    with PIL on a page-like grey canvas, in a random font, size, ink and paper;
 2. the canvas is degraded like a scan (rotation, horizontal scaling, blur,
    paper texture, noise, binarisation, low resolution, JPEG artefacts);
-3. a baseline and the two line heights are estimated from the rendered ink of
-   the line, as a line detector would, with the detector's kind of errors;
+3. the baseline and the two line heights are computed from the rendered ink of
+   the line by the layout stage's own `line_geometry` (worker/layout/geometry.py),
+   with small random errors on top;
 4. the line is cut out by pero-ocr's own `EngineLineCropper` (40 px high), so
    the text sits in the crop exactly as in `PageParser`'s LINE_CROPPER step.
 
@@ -350,40 +351,45 @@ class FontCache:
 # --------------------------------------------------------------------------------------------
 
 
-def ink_geometry(ink: np.ndarray, baseline_y: float) -> tuple[float, float, float, float]:
-    """(left, right, height above baseline, height below baseline) of a line's ink mask.
+def _load_layout_geometry():
+    """The layout stage's `line_geometry` (worker/layout/geometry.py), loaded by file path.
 
-    Like a detector that sees the ink of one line: the upper height reaches
-    the tops of the tallest letters (capitals, ascenders, accents), the lower
-    one the bottoms of descenders; a line without descenders still gets a
-    small lower height, as detectors report one for every line.
+    Training crops must cover the letters exactly as the crops made from the
+    layout stage's PAGE XML at run time, so both use this one function. Loading
+    by path keeps this script runnable from a bare checkout (no package install).
     """
-    cols = np.flatnonzero(ink.any(axis=0))
-    rows = np.flatnonzero(ink.any(axis=1))
-    if len(cols) == 0:
-        raise ValueError("no ink")
-    left, right = float(cols[0]), float(cols[-1] + 1)
-    up = max(baseline_y - rows[0], 1.0)
-    down = max(rows[-1] + 1 - baseline_y, 0.2 * up)
-    return left, right, up, down
+    import importlib.util
+    path = Path(__file__).resolve().parent.parent / "worker" / "layout" / "geometry.py"
+    spec = importlib.util.spec_from_file_location("pero_worker_layout_geometry", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.line_geometry
 
 
-def detector_errors(rng: random.Random, em: float, up: float, down: float,
-                    left: float, right: float) -> tuple[float, float, float, float, float, float]:
-    """Perturb exact geometry like an imperfect detector: heights, baseline offset/slope, ends."""
-    if rng.random() < 0.7:
-        up *= rng.uniform(0.92, 1.12)
-        down *= rng.uniform(0.88, 1.25)
+line_geometry = _load_layout_geometry()
+
+
+def detector_geometry(ink: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """(baseline points, up, down) of one rendered line's ink mask, as the layout stage reports them."""
+    baseline, (up, down) = line_geometry(ink)
+    return np.asarray(baseline, dtype=np.float64), float(up), float(down)
+
+
+def detector_errors(rng: random.Random, em: float, baseline: np.ndarray, up: float,
+                    down: float) -> tuple[np.ndarray, float, float]:
+    """Perturb the geometry a little: real pages give the detector noisy, binarised ink."""
+    if rng.random() < 0.75:
+        up *= rng.uniform(0.94, 1.07)
+        down *= rng.uniform(0.9, 1.15)
     else:
-        up *= rng.uniform(0.8, 1.3)
-        down *= rng.uniform(0.7, 1.6)
-    up = max(up, 0.35 * em)
-    down = max(down, 0.08 * em)
-    dy_left = rng.gauss(0, 0.035 * em)
-    dy_right = rng.gauss(0, 0.035 * em)
-    left -= rng.uniform(-0.03, 0.35) * em
-    right += rng.uniform(-0.03, 0.35) * em
-    return up, down, dy_left, dy_right, left, right
+        up *= rng.uniform(0.85, 1.2)
+        down *= rng.uniform(0.8, 1.35)
+    bl = baseline.copy()
+    bl[0, 1] += rng.gauss(0, 0.03 * em)
+    bl[-1, 1] += rng.gauss(0, 0.03 * em)
+    bl[0, 0] -= rng.uniform(-0.08, 0.15) * em
+    bl[-1, 0] += rng.uniform(-0.08, 0.15) * em
+    return bl, up, down
 
 
 _CROPPER = None
@@ -491,17 +497,12 @@ def render_sample(text: str, font_file: FontFile, rng: random.Random, fonts: Fon
     img = paper - (paper - ink) * (coverage / 255.0)
     ink_mask = np.asarray(mask) > 96
 
-    left, right, up, down = ink_geometry(ink_mask, base_y)
+    baseline, up, down = detector_geometry(ink_mask)
     if augment:
-        up, down, dy_l, dy_r, left, right = detector_errors(rng, em, up, down, left, right)
-    else:
-        dy_l = dy_r = 0.0
-        left -= 0.1 * em
-        right += 0.1 * em
+        baseline, up, down = detector_errors(rng, em, baseline, up, down)
     n_points = rng.randint(2, 5)
-    xs = np.linspace(left, right, n_points)
-    ys = base_y + np.linspace(dy_l, dy_r, n_points)
-    pts = np.stack([xs, ys], axis=1)
+    t = np.linspace(0.0, 1.0, n_points)[:, None]
+    pts = baseline[0] * (1 - t) + baseline[-1] * t
 
     if augment:
         m = cv2.getRotationMatrix2D((width / 2, base_y), angle, 1.0)

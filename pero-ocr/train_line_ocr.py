@@ -61,20 +61,29 @@ def _conv(cin: int, cout: int) -> nn.Sequential:
 
 
 class LineOCRNet(nn.Module):
-    """Conv feature extractor (x4 horizontal subsampling) + 2-layer BiLSTM + linear CTC head."""
+    """Conv feature extractor (x4 horizontal subsampling) + BiLSTM + linear CTC head.
 
-    def __init__(self, n_classes: int, channels: tuple[int, int, int, int] = (32, 64, 128, 160),
-                 proj: int = 256, hidden: int = 128, dropout: float = 0.1):
+    Four conv stages (`reps[i]` 3x3 convs of `channels[i]` each); after stages 1 and 2
+    a 2x2 max-pool, after stage 3 a vertical-only one, so 40 x W becomes 5 x W/4.
+    """
+
+    def __init__(self, n_classes: int, channels: tuple[int, ...] = (16, 32, 64, 96),
+                 proj: int = 160, hidden: int = 128, dropout: float = 0.1,
+                 reps: tuple[int, ...] = (1, 1, 2, 1), layers: int = 2):
         super().__init__()
-        c1, c2, c3, c4 = channels
-        self.cnn = nn.Sequential(
-            _conv(3, c1), _conv(c1, c1), nn.MaxPool2d(2, 2),                 # 20 x W/2
-            _conv(c1, c2), _conv(c2, c2), nn.MaxPool2d(2, 2),                # 10 x W/4
-            _conv(c2, c3), _conv(c3, c3), nn.MaxPool2d((2, 1), (2, 1)),      # 5 x W/4
-            _conv(c3, c4), _conv(c4, c4),
-        )
-        self.proj = nn.Sequential(nn.Conv1d(c4 * 5, proj, 1, bias=False), nn.BatchNorm1d(proj), nn.ReLU(inplace=True))
-        self.rnn = nn.LSTM(proj, hidden, num_layers=2, bidirectional=True, batch_first=True, dropout=dropout)
+        pools: list[nn.Module | None] = [nn.MaxPool2d(2, 2), nn.MaxPool2d(2, 2), nn.MaxPool2d((2, 1), (2, 1)), None]
+        mods: list[nn.Module] = []
+        cin = 3
+        for c, r, pool in zip(channels, reps, pools):
+            for _ in range(r):
+                mods.append(_conv(cin, c))
+                cin = c
+            if pool is not None:
+                mods.append(pool)
+        self.cnn = nn.Sequential(*mods)
+        self.proj = nn.Sequential(nn.Conv1d(cin * 5, proj, 1, bias=False), nn.BatchNorm1d(proj), nn.ReLU(inplace=True))
+        self.rnn = nn.LSTM(proj, hidden, num_layers=layers, bidirectional=True, batch_first=True,
+                           dropout=dropout if layers > 1 else 0.0)
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(2 * hidden, n_classes)
 
@@ -95,7 +104,8 @@ class LineOCRNet(nn.Module):
 
 
 def build_model(cfg: dict) -> LineOCRNet:
-    return LineOCRNet(len(CHARACTERS) + 1, tuple(cfg["channels"]), cfg["proj"], cfg["hidden"], cfg["dropout"])
+    return LineOCRNet(len(CHARACTERS) + 1, tuple(cfg["channels"]), cfg["proj"], cfg["hidden"], cfg["dropout"],
+                      tuple(cfg["reps"]), cfg["layers"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,10 +195,43 @@ def render_set(args: tuple[str, str, int, int, bool]) -> list[tuple[np.ndarray, 
     return [sampler.sample() for _ in range(count)]
 
 
-def make_val_set(pool, font_dir: str, seed: int, count: int, augment: bool, chunks: int) -> list:
-    per = math.ceil(count / chunks)
-    parts = pool.map(render_set, [(font_dir, "manifest.json", seed + i, per, augment) for i in range(chunks)])
+VAL_CHUNKS = 8  # fixed, so the validation lines do not depend on the number of workers
+
+
+def make_val_set(pool, font_dir: str, seed: int, count: int, augment: bool) -> list:
+    per = math.ceil(count / VAL_CHUNKS)
+    jobs = [(font_dir, "manifest.json", seed + i, per, augment) for i in range(VAL_CHUNKS)]
+    parts = pool.map(render_set, jobs) if pool is not None else [render_set(j) for j in jobs]
     return [s for p in parts for s in p][:count]
+
+
+class LocalData:
+    """--workers 0: render in the training process and reuse a pool of recent lines.
+
+    Each step renders a few new lines; a batch is a window of similar widths
+    (little padding) from a random sample of the pool.
+    """
+
+    def __init__(self, font_dir: str, seed: int, batch_size: int, pool_size: int, fresh_per_step: int):
+        import render_lines as R
+        self.R = R
+        self.sampler = R.LineSampler(R.load_fonts(Path(font_dir)), seed * 1000)
+        self.pool: deque = deque(maxlen=pool_size)
+        self.rng = random.Random(seed)
+        self.batch_size = batch_size
+        self.fresh = fresh_per_step
+
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        n_new = max(self.fresh, 4 * self.batch_size - len(self.pool))
+        for _ in range(n_new):
+            self.pool.append(self.sampler.sample())
+        cand = sorted(self.rng.sample(range(len(self.pool)), 4 * self.batch_size),
+                      key=lambda i: self.pool[i][0].shape[1])
+        start = self.rng.randrange(len(cand) - self.batch_size + 1)
+        chosen = [self.pool[i] for i in cand[start:start + self.batch_size]]
+        texts = [t for _, t in chosen]
+        labels, lengths = _encode(texts)
+        return self.R.engine_batch([c for c, _ in chosen]), labels, lengths, texts
 
 
 def val_batches(samples: list, batch_size: int) -> list:
@@ -308,15 +351,19 @@ def train(args: argparse.Namespace) -> int:
         log_f.flush()
 
     t_start = time.time()
-    cfg = {"channels": [int(c) for c in args.channels.split(",")], "proj": args.proj, "hidden": args.hidden,
-           "dropout": 0.1}
+    cfg = {"channels": [int(c) for c in args.channels.split(",")], "reps": [int(c) for c in args.reps.split(",")],
+           "proj": args.proj, "hidden": args.hidden, "layers": args.layers, "dropout": 0.1}
 
     ctx = mp.get_context("fork")
     font_dir = str(args.font_dir)
-    with ctx.Pool(max(1, args.workers)) as pool:
-        val_in = make_val_set(pool, font_dir, 10_000_000 + args.seed, args.val_lines, True, max(1, args.workers))
-        val_out = make_val_set(pool, str(Path(font_dir) / "held_out"), 20_000_000 + args.seed, args.val_lines,
-                               True, max(1, args.workers))
+    held_dir = str(Path(font_dir) / "held_out")
+    if args.workers > 0:
+        with ctx.Pool(args.workers) as pool:
+            val_in = make_val_set(pool, font_dir, 10_000_000 + args.seed, args.val_lines, True)
+            val_out = make_val_set(pool, held_dir, 20_000_000 + args.seed, args.val_lines, True)
+    else:
+        val_in = make_val_set(None, font_dir, 10_000_000 + args.seed, args.val_lines, True)
+        val_out = make_val_set(None, held_dir, 20_000_000 + args.seed, args.val_lines, True)
     val_in_b = val_batches(val_in, 64)
     val_out_b = val_batches(val_out, 64)
     log(f"validation sets: {len(val_in)} held-in, {len(val_out)} held-out lines "
@@ -328,6 +375,8 @@ def train(args: argparse.Namespace) -> int:
                            daemon=True) for w in range(args.workers)]
     for w in workers:
         w.start()
+    local = LocalData(font_dir, args.seed, args.batch_size, args.pool_size, args.fresh_per_step) \
+        if args.workers == 0 else None
 
     # The model (and CUDA) only after all forks: the data processes never touch the GPU.
     model = build_model(cfg).to(device)
@@ -371,14 +420,17 @@ def train(args: argparse.Namespace) -> int:
             elapsed = time.time() - t0
             if elapsed >= budget or (args.max_steps and step >= args.max_steps):
                 break
-            while True:
+            while local is None:
                 try:
                     b = data_q.get_nowait()
                 except queue_mod.Empty:
                     break
                 fresh.append(b)
                 replay.append(b)
-            if fresh:
+            if local is not None:
+                images, labels, lengths, _ = local.next_batch()
+                n_fresh += min(1.0, args.fresh_per_step / args.batch_size)
+            elif fresh:
                 images, labels, lengths, _ = fresh.popleft()
                 n_fresh += 1
             elif replay and step > 0:
@@ -446,15 +498,20 @@ def main() -> int:
     ap.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
     ap.add_argument("--minutes", type=float, default=6.0, help="training time budget (the LR schedule spans it)")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0 = time budget only)")
-    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="data processes")
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                    help="data processes; 0 = render in the training process itself (one CPU thread in all)")
+    ap.add_argument("--pool-size", type=int, default=4000, help="--workers 0: rendered lines kept for reuse")
+    ap.add_argument("--fresh-per-step", type=int, default=5, help="--workers 0: lines rendered per step")
     ap.add_argument("--threads", type=int, default=1, help="torch threads when training on the CPU")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--warmup", type=int, default=300, help="warm-up steps")
     ap.add_argument("--replay", type=int, default=1500, help="batches kept for replay when the GPU outruns the CPUs")
-    ap.add_argument("--channels", default="32,64,128,160", help="conv widths of the 4 stages")
-    ap.add_argument("--proj", type=int, default=256)
+    ap.add_argument("--channels", default="16,32,64,96", help="conv widths of the 4 stages")
+    ap.add_argument("--reps", default="1,1,2,1", help="3x3 convs in each of the 4 stages")
+    ap.add_argument("--proj", type=int, default=160)
     ap.add_argument("--hidden", type=int, default=128, help="LSTM units per direction")
+    ap.add_argument("--layers", type=int, default=2, help="BiLSTM layers")
     ap.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     ap.add_argument("--val-lines", type=int, default=512, help="lines in each validation set")
     ap.add_argument("--val-every", type=float, default=60.0, help="seconds between validations")

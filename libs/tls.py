@@ -62,9 +62,12 @@ def _unwrap(error: BaseException) -> BaseException:
     """Reach the ssl/socket error inside library wrappers (pika, requests/urllib3, kazoo)."""
     seen = 0
     current: BaseException | None = error
+    socket_error: BaseException | None = None
     while current is not None and seen < 8:
         if isinstance(current, (ssl.SSLError, ssl.CertificateError)):
             return current
+        if isinstance(current, OSError):
+            socket_error = current          # the innermost one wins (requests' errors are OSErrors too)
         nested = None
         for arg in getattr(current, "args", ()):
             if isinstance(arg, BaseException):
@@ -73,7 +76,7 @@ def _unwrap(error: BaseException) -> BaseException:
         nested = nested or getattr(current, "reason", None) or current.__cause__ or current.__context__
         current = nested if isinstance(nested, BaseException) else None
         seen += 1
-    return error
+    return socket_error or error
 
 
 def is_permanent(error: BaseException) -> bool:

@@ -14,9 +14,9 @@ def W(worker_id, queue="", status=zk_paths.PROCESSING, *, locked_for=0.0, enable
     return WorkerView(worker_id, queue, status, enabled, connected, NOW + locked_for if locked_for else 0.0)
 
 
-def St(name, ready=0, t=1.0, *, unacked=0, prio=0, switch=2.0, waiting_for=None):
+def St(name, ready=0, t=1.0, *, unacked=0, prio=0, switch=2.0, waiting_for=None, empty_for=float("inf")):
     since = None if waiting_for is None else NOW - waiting_for
-    return StageView(name, ready, unacked, t, switch, prio, since)
+    return StageView(name, ready, unacked, t, switch, prio, since, empty_for)
 
 
 def stages(*views):
@@ -83,6 +83,17 @@ CASES = [
     ("locked workers are not rebalanced",
      [W("w1", "a", locked_for=5), W("w2", "a", locked_for=5), W("w3", "b")],
      [St("a", 10, t=0.1), St("b", 1000, t=1.0)], []),
+    ("a worker on a queue that has just run empty is finishing prefetched work: neither free nor a donor",
+     [W("w1", "b")], [St("a", 10), St("b", 0, t=1.0, empty_for=0.5)], []),
+    ("once the queue has been empty for its settle time the worker is free",
+     [W("w1", "b", locked_for=30)], [St("a", 10), St("b", 0, t=1.0, empty_for=4.0)], [("w1", "b", "a")]),
+    ("settle time is at least settle_min even for fast stages",
+     [W("w1", "b")], [St("a", 10), St("b", 0, t=0.01, empty_for=0.5)], []),
+    ("a rebalance gain must also pay for one more switch",
+     [W("w1", "a"), W("w2", "a"), W("w3", "a"), W("w4", "b")], [St("a", 35), St("b", 20, switch=3.0)], []),
+    ("... and moves when it does",
+     [W("w1", "a"), W("w2", "a"), W("w3", "a"), W("w4", "b")], [St("a", 35), St("b", 20, switch=1.5)],
+     [("w1", "a", "b")]),
     ("a small backlog does not pay for a switch",
      [W("w1", "a"), W("w2", "a"), W("w3", "b")], [St("a", 100, t=0.01), St("b", 4, t=1.0, switch=5.0)], []),
 ]
@@ -175,3 +186,14 @@ def test_load_shift_moves_workers_to_the_new_stage():
     loads = stages(St("a", 5, t=0.2), St("b", 400, t=0.2))
     result = plan(workers, loads, NOW, S)
     assert sum(1 for m in result.moves if m.to_queue == "b") >= 2
+
+
+def test_no_rebalancing_against_a_recent_move():
+    workers = [W("w1", "a"), W("w2", "a"), W("w3", "a"), W("w4", "b")]
+    loads = stages(St("a", 100, t=0.05), St("b", 200, t=0.5))
+    recent = (Move("w1", "b", "a", NOW + 5, "earlier"),)
+    assert plan(workers, loads, NOW, S, recent).moves == ()
+    expired = (Move("w1", "b", "a", NOW - 1, "earlier"),)
+    assert len(plan(workers, loads, NOW, S, expired).moves) == 2
+    other_direction = (Move("w1", "a", "b", NOW + 5, "earlier"),)
+    assert len(plan(workers, loads, NOW, S, other_direction).moves) == 2

@@ -19,12 +19,16 @@ is what keeps the watchdog from thrashing workers between queues of similar load
 
 Rules, in the order they are applied:
 
-1. Free workers (no stage, a stage that is empty, deleted or disabled, or a stage whose
-   configuration failed on them) go, one at a time, to the stage that needs them most:
+1. Free workers (no stage, a stage that has been empty for its settle time, deleted or
+   disabled, or a stage whose configuration failed on them) go, one at a time, to the
+   stage that needs them most:
    first stages nobody serves (highest administrative priority, longest waiting),
    then the longest drain time; a stage that already has workers only gets another one
    when its per-worker backlog outlasts the newcomer's switch.  Free workers ignore
-   their unlock time: leaving an empty queue loses nothing.  A worker on a deleted or
+   their unlock time: leaving an empty queue loses nothing.  The settle time matters
+   because workers prefetch: a queue reads empty while its workers still hold a second
+   or two of requests, and moving them then sends those requests back to a queue that
+   nobody serves any more, which pulls another worker in (ping-pong).  A worker on a deleted or
    disabled stage with nothing better to do is sent to '' so the stage stays unserved.
 2. A stage with work and no worker (starving) takes a busy worker from the stage that
    misses it least (one with several workers first).  Only unlocked workers qualify
@@ -32,7 +36,10 @@ Rules, in the order they are applied:
    overridden, so a loaded queue gets a worker within that bound even when every
    worker is busy and locked elsewhere.
 3. Rebalancing: the move with the largest gain in drain time is applied, repeatedly,
-   while a gain exceeds the hysteresis margin.  Only unlocked workers move.
+   while a gain exceeds the hysteresis margin (which includes one more switch cost).
+   Only unlocked workers move, and never against a recent move: while a worker that
+   was moved from b to a is still locked, nobody is rebalanced from a to b (the load
+   estimates are noisy, and moves in both directions only pay switch costs).
 
 Every moved worker is locked for a residence time that grows with the switch cost of
 its new stage (`residence_switch_factor * switch + residence_messages * t`, at least
@@ -78,6 +85,7 @@ class StageView:
     switch_time: float | None = None    # seconds for a worker to take up the stage; None = not measured
     admin_priority: int = 0         # -1 = disabled
     waiting_since: float | None = None  # epoch seconds; None = not waiting
+    empty_for: float = math.inf         # seconds the queue has been seen empty (ready == 0); inf = long/unknown
 
     @property
     def disabled(self) -> bool:
@@ -94,6 +102,9 @@ class PlannerSettings:
     min_gain: float = 1.0                # rebalance only for a gain of at least this many seconds ...
     relative_gain: float = 0.1           # ... and at least this fraction of the longer drain time
     starvation_timeout: float = 7.0      # after this wait a starving stage overrides unlock times (< 10 s with polling)
+    settle_messages: float = 4.0         # an emptied queue frees its workers after this many messages' time ...
+    settle_min: float = 1.0              # ... but at least this long (prefetched requests are still in hand)
+    settle_max: float = 4.0              # ... and at most this long
 
 
 @dataclass(frozen=True)
@@ -138,6 +149,11 @@ def drain_time(work_s: float, workers: int) -> float:
     return math.inf if workers <= 0 else work_s / workers
 
 
+def settle_time(stage: StageView, settings: PlannerSettings) -> float:
+    """How long a queue must read empty before its workers count as free (they finish what they prefetched)."""
+    return min(settings.settle_max, max(settings.settle_min, settings.settle_messages * msg_time(stage, settings)))
+
+
 def residence(stage: StageView, settings: PlannerSettings) -> float:
     return max(settings.min_residence,
                settings.residence_switch_factor * switch_time(stage, settings)
@@ -154,8 +170,10 @@ class _Planner:
     """Mutable working state of one planning round (kept private: `plan` is the API)."""
 
     def __init__(self, workers: list[WorkerView], stages: dict[str, StageView], now: float,
-                 settings: PlannerSettings) -> None:
+                 settings: PlannerSettings, recent_moves: tuple[Move, ...] = ()) -> None:
         self.now = now
+        # (from, to) pairs whose reverse rebalancing is blocked until the moved worker unlocks
+        self.blocked = {(m.to_queue, m.from_queue) for m in recent_moves if m.unlock_time > now}
         self.settings = settings
         self.stages = stages
         self.workers = {w.worker_id: w for w in sorted(workers, key=lambda w: w.worker_id) if is_usable(w)}
@@ -177,7 +195,14 @@ class _Planner:
         return (self.servable(worker.queue) and worker.status != zk_paths.CONFIGURATION_FAILED)
 
     def is_free(self, worker: WorkerView) -> bool:
-        return not self.serves(worker) or self.stages[worker.queue].ready <= 0
+        if not self.serves(worker):
+            return True
+        stage = self.stages[worker.queue]
+        return stage.ready <= 0 and stage.empty_for >= settle_time(stage, self.settings)
+
+    def is_draining(self, worker: WorkerView) -> bool:
+        """On a queue that just ran empty: finishing prefetched requests, neither free nor a donor."""
+        return self.serves(worker) and not self.is_free(worker) and self.stages[worker.queue].ready <= 0
 
     def locked(self, worker: WorkerView) -> bool:
         return worker.unlock_time > self.now
@@ -256,6 +281,7 @@ class _Planner:
     def busy_workers(self, *, allow_locked: bool) -> list[WorkerView]:
         return [w for w in self.workers.values()
                 if w.worker_id not in self.moved and self.serves(w) and not self.is_free(w)
+                and not self.is_draining(w)
                 and (allow_locked or not self.locked(w))]
 
     def donor_for(self, target: str, allow_locked: bool) -> WorkerView | None:
@@ -305,12 +331,15 @@ class _Planner:
                 continue   # moving the only worker would starve the source; rule 2 handles starving stages
             source_after = self.drain(source, extra=-1)
             for target in self.demanding():
-                if target == source or self.count[target] == 0:
+                if target == source or self.count[target] == 0 or (source, target) in self.blocked:
                     continue
                 before = max(self.drain(source), self.drain(target))
                 after = max(source_after, self.drain_with_newcomer(target))
                 gain = before - after
-                margin = max(self.settings.min_gain, self.settings.relative_gain * before)
+                # The gain must also pay for one more switch: estimates are noisy (stale unacked counts,
+                # prefetched requests returning to the queue), and moves for less oscillate.
+                margin = max(self.settings.min_gain, self.settings.relative_gain * before,
+                             switch_time(self.stages[target], self.settings))
                 if gain > margin and (best is None or gain > best[0]):
                     best = (gain, worker, target)
         return best
@@ -336,9 +365,12 @@ class _Planner:
 
 
 def plan(workers: list[WorkerView], stages: dict[str, StageView], now: float,
-         settings: PlannerSettings = PlannerSettings()) -> Plan:
-    """The moves to make now and the waiting_since values to write (see the module docstring)."""
-    planner = _Planner(list(workers), dict(stages), now, settings)
+         settings: PlannerSettings = PlannerSettings(), recent_moves: tuple[Move, ...] = ()) -> Plan:
+    """The moves to make now and the waiting_since values to write (see the module docstring).
+
+    `recent_moves` are the moves of earlier rounds (only those still locked matter).
+    """
+    planner = _Planner(list(workers), dict(stages), now, settings, tuple(recent_moves))
     planner.assign_free_workers()
     planner.feed_starving()
     planner.rebalance()

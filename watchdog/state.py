@@ -11,6 +11,7 @@ When one side is down the other one is used alone; with neither the round is ski
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -142,6 +143,9 @@ class StateReader:
         self._management_read_at = -1e18
         self._mq_retry_at = 0.0
         self._warned: set[str] = set()
+        # stage -> epoch time its queue was first seen empty (-inf: empty since before we looked)
+        self._empty_since: dict[str, float] = {}
+        self._seen: set[str] = set()
 
     def close(self) -> None:
         if self._session is not None:
@@ -230,15 +234,25 @@ class StateReader:
             else:
                 ready, exists = 0, False
             unacked = stats.messages_unacknowledged if stats is not None else 0
+            if ready > 0:
+                self._empty_since.pop(name, None)
+                empty_for = 0.0
+            else:
+                since = self._empty_since.setdefault(name, now if self._seen_before(name) else -math.inf)
+                empty_for = now - since
             snapshot.stages[name] = StageRecord(
                 view=StageView(name, ready, unacked, view.avg_msg_time, view.switch_time, view.admin_priority,
-                               view.waiting_since),
+                               view.waiting_since, empty_for),
                 consumers=stats.consumers if stats is not None else None,
                 publish_rate=stats.publish_rate if stats is not None else None,
                 deliver_rate=stats.deliver_rate if stats is not None else None,
                 queue_exists=exists,
             )
+        self._seen.update(stage_nodes)
         return snapshot
+
+    def _seen_before(self, name: str) -> bool:
+        return name in self._seen
 
 
 def apply_plan(zk: ZooKeeper, plan: Plan, now: float) -> None:

@@ -24,7 +24,7 @@ from typing import Sequence
 from pero_worker.libs.config import ConfigError
 from pero_worker.libs.zk import KazooState, ZkConnectionError, ZooKeeper
 from pero_worker.watchdog import report
-from pero_worker.watchdog.planning import plan
+from pero_worker.watchdog.planning import Move, plan
 from pero_worker.watchdog.settings import ELECTION_PATH, WatchdogSettings, build_parser, build_settings
 from pero_worker.watchdog.state import StateReader, apply_plan
 
@@ -45,6 +45,7 @@ class Watchdog:
         self.zk: ZooKeeper | None = None
         self._election = None
         self.rounds = 0
+        self.recent_moves: tuple[Move, ...] = ()   # this instance's moves still locked (anti-oscillation)
 
     # --- lifecycle ----------------------------------------------------------------
     def stop(self) -> None:
@@ -139,10 +140,12 @@ class Watchdog:
         if not snapshot.depth_source:
             log.debug("no queue depths this round; not moving anybody")
             return
-        result = plan(snapshot.worker_views, snapshot.stage_views, now, self.settings.planner)
+        recent = tuple(m for m in self.recent_moves if m.unlock_time > now)
+        result = plan(snapshot.worker_views, snapshot.stage_views, now, self.settings.planner, recent)
         if self.session_lost.is_set() or self.stopping.is_set():
             return
         apply_plan(self.zk, result, now)
+        self.recent_moves = recent + tuple(m for m in result.moves if m.to_queue)
         self.rounds += 1
 
 

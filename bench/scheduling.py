@@ -22,7 +22,6 @@ A switch is counted from the workers' `queue` nodes, polled every 20 ms.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import threading
 import time

@@ -1,7 +1,6 @@
 """The log daemon against the real broker and ZooKeeper: writes, rotates, prunes, never loses a record."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from opsplane import (
-    REPO, Process, drain, dummy_stage_config, make_stage, publish_requests, start_worker, wait_for,
+    REPO, drain, dummy_stage_config, make_stage, publish_requests, start_worker, wait_for,
     worker_connected, worker_queue,
 )
 from pero_worker.libs import zk_paths

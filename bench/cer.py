@@ -78,13 +78,6 @@ def heldout_specs(n: int, families: list[str], seed: int = 1234) -> list[synth.P
     return specs
 
 
-def page_xml_for(image: np.ndarray, name: str) -> tuple[str, object]:
-    from pero_worker.worker.layout import to_page_layout
-
-    analysis = analyze_page(image)
-    return to_page_layout(analysis, name).to_pagexml_string(), analysis
-
-
 def ground_truth_lines(page: synth.SynthPage) -> list[tuple[np.ndarray, float]]:
     return [(line.baseline, line.x_height) for line in page.lines]
 
@@ -195,6 +188,13 @@ def main(argv: list[str] | None = None) -> int:
 
     ex_edits = ex_len = 0
     examples = sorted(p for p in Path(args.examples_dir).glob("*") if p.suffix.lower() in (".jpg", ".png"))
+    for img_path in examples:
+        gt_path = img_path.with_suffix(".gt.txt")
+        if gt_path.is_file():
+            image = cv2.imdecode(np.frombuffer(img_path.read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE)
+            n_det = len(analyze_page(image).lines)
+            n_gt = len([t for t in gt_path.read_text(encoding="utf-8").splitlines() if t.strip()])
+            print(f"example {img_path.name}: lines det={n_det} gt={n_gt}", flush=True)
     if pipeline is not None:
         for img_path in examples:
             gt_path = img_path.with_suffix(".gt.txt")

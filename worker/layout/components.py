@@ -88,20 +88,40 @@ class Classes:
 
 
 def dark_area_mask(gray_flat: np.ndarray | None, mask: np.ndarray, h: float) -> np.ndarray:
-    """Cells (about 2h wide) where most of the page is dark: pictures, not text.
+    """Picture areas: where most of the page is dark, refined to the picture's own outline.
 
-    Text covers at most about half of any cell even in bold headings, while a
-    photograph is dark (or densely dotted) almost everywhere.
+    Text covers at most about half of any cell (about 2h wide) even in bold
+    headings, while a photograph is dark (or densely dotted) almost everywhere:
+    dense cells, at least 3x3 of them, locate pictures.  Cells are coarse and a
+    photograph has light parts, so the area is then grown, near the dense
+    cells only, over the non-paper pixels connected to them, and each area is
+    filled to its convex hull (pictures are convex, mostly rectangles, possibly
+    slightly rotated).  Text next to a picture is not connected to it by
+    non-paper pixels, so it stays out.
     """
     cell = max(4, int(round(2 * h)))
-    src = mask.astype(np.float32) if gray_flat is None else (gray_flat < 0.75 * 255).astype(np.float32)
     H, W = mask.shape
-    small = cv2.resize(src, (max(1, W // cell), max(1, H // cell)), interpolation=cv2.INTER_AREA)
+    dark = mask if gray_flat is None else gray_flat < 0.75 * 255
+    small = cv2.resize(dark.astype(np.float32), (max(1, W // cell), max(1, H // cell)),
+                       interpolation=cv2.INTER_AREA)
     dense = (small > 0.6).astype(np.uint8)
-    # Keep only dense areas of at least 3x3 cells; a bold word is never that big.
     dense = cv2.morphologyEx(dense, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    dense = cv2.dilate(dense, np.ones((3, 3), np.uint8))
-    return cv2.resize(dense, (W, H), interpolation=cv2.INTER_NEAREST).astype(bool)
+    if not dense.any():
+        return np.zeros((H, W), dtype=bool)
+    core = cv2.resize(dense, (W, H), interpolation=cv2.INTER_NEAREST)
+    zone = cv2.resize(cv2.dilate(dense, np.ones((9, 9), np.uint8)), (W, H), interpolation=cv2.INTER_NEAREST)
+    nonpaper = mask if gray_flat is None else gray_flat < 0.93 * 255
+    nonpaper = (nonpaper & zone.astype(bool)).astype(np.uint8)
+    nonpaper = cv2.morphologyEx(nonpaper, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    n, labels = cv2.connectedComponents(nonpaper | core, connectivity=8)
+    touching = np.unique(labels[core.astype(bool)])
+    lut = np.zeros(n, dtype=np.uint8)
+    lut[touching[touching > 0]] = 1
+    area = lut[labels]
+    contours, _ = cv2.findContours(area, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    for contour in contours:
+        cv2.fillPoly(area, [cv2.convexHull(contour)], 1)
+    return area.astype(bool)
 
 
 def classify(comps: Components, h: float, mask_shape: tuple[int, int],

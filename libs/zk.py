@@ -18,7 +18,7 @@ from kazoo.exceptions import (  # re-exported: callers catch these from here
     BadVersionError, SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
-from kazoo.protocol.states import KazooState
+from kazoo.protocol.states import KazooState, KeeperState
 from kazoo.retry import KazooRetry
 from kazoo.security import make_acl
 
@@ -52,7 +52,7 @@ def _explain_start_failure(config: ConnectionConfig, error: BaseException) -> st
     return f"cannot connect to ZooKeeper at {servers}: {error}"
 
 
-def _translate_enforced_sasl_failure(connection) -> None:
+def _translate_enforced_sasl_failure(connection, on_rejected: Callable[[], None]) -> None:
     """Make a rejected SASL login stop kazoo cleanly.
 
     A server with enforced SASL (sessionRequireClientSASLAuth / enforce.auth.enabled)
@@ -66,7 +66,11 @@ def _translate_enforced_sasl_failure(connection) -> None:
         try:
             return original(host, timeout)
         except SessionClosedRequireSaslError as error:
+            on_rejected()
             raise AuthFailedError("SASL login rejected") from error
+        except AuthFailedError:
+            on_rejected()
+            raise
     connection._authenticate_with_sasl = authenticate
 
 
@@ -121,10 +125,14 @@ class ZooKeeper:
             # after a SASL login is 'sasl:<user>' (a 'digest' ACL would lock the creator out of its own nodes).
             kwargs["default_acl"] = [make_acl("sasl", config.username, all=True)]
         self.client = KazooClient(**kwargs)
-        _translate_enforced_sasl_failure(self.client._connection)
+        self._login_rejected = False
+        _translate_enforced_sasl_failure(self.client._connection, self._note_login_rejected)
         self._start_timeout = timeout
 
     # --- lifecycle ------------------------------------------------------------
+
+    def _note_login_rejected(self) -> None:
+        self._login_rejected = True
 
     def start(self) -> "ZooKeeper":
         if self.config.use_tls:
@@ -135,9 +143,14 @@ class ZooKeeper:
         try:
             self.client.start(timeout=self._start_timeout)
         except Exception as error:  # kazoo raises a timeout, socket or SSL error
+            # A rejected login can land before start() sees CONNECTED; kazoo then reports a time-out.
+            auth_failed = self._login_rejected or self.client.client_state == KeeperState.AUTH_FAILED
             with contextlib.suppress(Exception):
                 self.client.stop()
                 self.client.close()
+            if auth_failed:
+                raise ZkConnectionError(
+                    f"ZooKeeper refused the login of user {self.config.username!r} (wrong password?)") from None
             raise ZkConnectionError(_explain_start_failure(self.config, error)) from None
         if self.config.username and self.config.password:
             # A wrong SASL password only shows on the first request: check now, with one clear line.

@@ -114,6 +114,9 @@ def deployment() -> Deployment:
     dep = Deployment(BASE)
     if (BASE / "data" / "run" / "setup.json").exists():
         dep.stop()                      # an interrupted earlier run
+    busy = [port for port in (ZK_PORT, AMQPS_PORT, MGMT_PORT, SFTP_PORT) if _listening(port)]
+    if busy:
+        pytest.fail(f"ports {busy} are already in use (another secure deployment running?): stop it first")
     shutil.rmtree(BASE, ignore_errors=True)
     BASE.mkdir(parents=True)
     BASE.chmod(0o755)                   # the rabbitmq and zookeeper accounts must reach their files
@@ -495,3 +498,57 @@ def test_pages_flow_end_to_end_over_tls(deployment, tmp_path):
     assert deployment.password not in everything and deployment.admin_password not in everything
     assert deployment.password not in deployment.all_logs()
     assert "Traceback" not in (logs / "worker.log").read_text(), (logs / "worker.log").read_text()[-3000:]
+
+
+# --- the suite's tools and daemons with a wrong password or an untrusted CA -------------------
+
+@pytest.fixture(scope="module")
+def other_ca(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("other-ca")
+    pki.create_ca(folder / "ca.pem", folder / "ca.key", common_name="not the deployment's CA")
+    return str(folder / "ca.pem")
+
+
+BAD = {"wrong password": ("-p", "wrong-password", "refused the login of user 'perosec'"),
+       "untrusted CA": ("-e", None, "TLS certificate is not signed by the CA in")}
+
+
+@pytest.mark.parametrize("problem", list(BAD))
+@pytest.mark.parametrize("tool", [
+    ["scripts/publisher.py", "-c", "{config}/worker.ini", "--download", "sec_nothing", "--directory", "{tmp}/dl"],
+    ["scripts/stage_config_manager.py", "--connection-config", "{config}/worker.ini", "--list"],
+], ids=["publisher", "stage_config_manager"])
+def test_tools_stop_with_one_line_on_bad_credentials(deployment, other_ca, tmp_path, tool, problem):
+    option, value, message = BAD[problem]
+    argv = [part.format(config=deployment.config, tmp=tmp_path) for part in tool] + [option, value or other_ca]
+    started = time.monotonic()
+    done = subprocess.run([PY, *argv], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stdout + done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert time.monotonic() - started < 15
+
+
+def test_daemons_report_bad_credentials_clearly_and_back_off(deployment, other_ca, tmp_path):
+    config = deployment.config
+    daemons = {"worker": [PY, "worker/run_worker.py", "-c", f"{config}/worker.ini", "-i", "sec_probe",
+                          "--cache-directory", str(tmp_path / "cache")],
+               "watchdog": [PY, "watchdog/worker_watchdog.py", "-c", f"{config}/watchdog.ini"],
+               "logd": [PY, "log_daemon/log_daemon.py", "-c", f"{config}/logd.ini", "-o", str(tmp_path / "logd")]}
+    running = {}
+    for name, argv in daemons.items():
+        for problem, (option, value, _message) in BAD.items():
+            log = tmp_path / f"{name}-{problem.replace(' ', '_')}.log"
+            argv_now = [part.replace("sec_probe", f"sec_probe_{problem[:5]}") for part in argv]
+            running[(name, problem)] = (log, _spawn(argv_now + [option, value or other_ca], log, dict(os.environ)))
+    time.sleep(6)
+    for (name, problem), (log, process) in running.items():
+        _stop(process)
+        text = log.read_text(errors="replace")
+        message = BAD[problem][2]
+        errors = [line for line in text.splitlines() if message in line]
+        assert errors, f"{name} with {problem}: {text[-2000:]}"
+        assert "Traceback" not in text, f"{name} with {problem}: {text[-3000:]}"
+        # Backoff, not a storm: in 6 s at most a handful of attempts.
+        assert len(errors) <= 4, f"{name} with {problem} retried {len(errors)} times in 6 s"
+        assert "wrong-password" not in text

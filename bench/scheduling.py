@@ -18,6 +18,12 @@ Figures, printed last as `RESULT <name> <value> <unit>`:
                        every worker busy elsewhere) until a worker was assigned to it
 
 A switch is counted from the workers' `queue` nodes, polled every 20 ms.
+
+`--policy original` replaces the watchdog process by an in-process re-implementation of
+the original system's rule, for comparison: every 10 s, from management-API counts,
+priority = messages * avg_msg_time / (workers + 1) + waiting_time * (admin_priority + 1);
+workers not PROCESSING go to the top queue, otherwise one unlocked worker moves from the
+least to the most important queue; a moved worker is locked for 10 * avg_msg_time + 10 s.
 """
 from __future__ import annotations
 
@@ -43,6 +49,8 @@ from pero_worker.libs.message_pb2 import ProcessingRequest  # noqa: E402
 from pero_worker.libs.mq import Delivery, MQSession, MQSettings  # noqa: E402
 from pero_worker.libs.zk import ZooKeeper  # noqa: E402
 from pero_worker.scripts.local_services import ensure_services, write_server_lists  # noqa: E402
+from pero_worker.watchdog.planning import Move, Plan  # noqa: E402
+from pero_worker.watchdog.state import Snapshot, StateReader, apply_plan  # noqa: E402
 
 STAGE_TIMES = {"fast": 0.05, "mid": 0.2, "slow": 0.5}
 SWITCH_DELAY = 2.0
@@ -89,10 +97,79 @@ class QueueWatcher(threading.Thread):
             return stage in self.current.values()
 
 
+def original_policy(snapshot: Snapshot, now: float) -> Plan:
+    """The original watchdog's decision rule (see the module docstring), for the baseline run."""
+    workers = [r.view for r in snapshot.workers if r.view.connected and r.view.enabled
+               and r.view.status in (zk_paths.PROCESSING, zk_paths.IDLE)]
+    stages = {name: r.view for name, r in snapshot.stages.items()}
+    queue_of = {w.worker_id: w.queue for w in workers}
+    unlock_of = {w.worker_id: w.unlock_time for w in workers}
+    moves: list[Move] = []
+
+    def priorities() -> list[str]:
+        scores = {}
+        for name, stage in stages.items():
+            n = sum(1 for q in queue_of.values() if q == name)
+            waiting = now - stage.waiting_since if stage.waiting_since is not None and n == 0 else 0.0
+            scores[name] = ((stage.ready + stage.unacked) * (stage.avg_msg_time or 100.0) / (n + 1)
+                            + waiting * (stage.admin_priority + 1))
+        return sorted(scores, key=lambda name: scores[name], reverse=True) if any(scores.values()) else []
+
+    def switch(worker_id: str, stage: str) -> None:
+        unlock = now + (stages[stage].avg_msg_time or 100.0) * 10 + 10
+        moves.append(Move(worker_id, queue_of[worker_id], stage, unlock, "original rule"))
+        queue_of[worker_id], unlock_of[worker_id] = stage, unlock
+
+    order = priorities()
+    if not order:
+        return Plan()
+    free = [w.worker_id for w in workers if w.status != zk_paths.PROCESSING]
+    if free:
+        for worker_id in free:
+            switch(worker_id, priorities()[0])
+    else:
+        for stage in reversed(order):
+            candidates = [w for w, q in queue_of.items() if q == stage and unlock_of[w] <= now]
+            if candidates:
+                switch(candidates[0], order[0])
+                break
+    waiting = {}
+    for name, stage in stages.items():
+        served = any(q == name for q in queue_of.values())
+        if stage.ready > 0 and not served and stage.waiting_since is None:
+            waiting[name] = now
+        elif served and stage.waiting_since is not None:
+            waiting[name] = None
+    return Plan(tuple(moves), waiting)
+
+
+class OriginalWatchdog(threading.Thread):
+    def __init__(self, zk: ZooKeeper, conn: ConnectionConfig, interval: float = 10.0) -> None:
+        super().__init__(daemon=True)
+        self.zk, self.conn, self.interval = zk, conn, interval
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        reader = StateReader(self.zk, self.conn, management_interval=0.0)
+        reader._amqp_depths = lambda names: None   # the original read the management API only
+        try:
+            while not self.stop_event.is_set():
+                now = time.time()
+                snapshot = reader.snapshot(now)
+                if snapshot.depth_source:
+                    apply_plan(self.zk, original_policy(snapshot, now), now)
+                self.stop_event.wait(self.interval)
+        finally:
+            reader.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every wave's request count")
     parser.add_argument("--keep", action="store_true", help="keep the logs folder (printed)")
+    parser.add_argument("--policy", choices=("watchdog", "original"), default="watchdog",
+                        help="who assigns workers: our watchdog process (default) or the original rule, in-process")
+    parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     args = parser.parse_args(argv)
 
     services = ensure_services()
@@ -127,9 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         for worker in workers:
             wait_for(lambda w=worker: worker_connected(zk, w)
                      and zk.get_text(zk_paths.worker_status(w)) == zk_paths.IDLE, 60, f"worker {worker} idle")
-        watchdog = start_watchdog(zk_root, folder, "bench")
-        processes.append(watchdog)
-        wait_for(lambda: "is now ACTIVE" in watchdog.log(), 30, "the watchdog active")
+        baseline = None
+        if args.policy == "watchdog":
+            watchdog = start_watchdog(zk_root, folder, "bench")
+            processes.append(watchdog)
+            wait_for(lambda: "is now ACTIVE" in watchdog.log(), 30, "the watchdog active")
+        else:
+            baseline = OriginalWatchdog(zk, conn)
+            baseline.start()
         watcher = QueueWatcher(zk, workers)
         watcher.start()
 
@@ -163,10 +245,14 @@ def main(argv: list[str] | None = None) -> int:
                 mq.wait_for_confirms(timeout=60)
                 print(f"t={now:5.1f} s: {count} requests -> {kind}", file=sys.stderr)
             mq.pump(0.05)
-            if now > 600:
-                raise SystemExit(f"workload not finished after 600 s ({len(ends)}/{total_requests} done)")
+            if now > args.timeout:
+                raise SystemExit(f"workload not finished after {args.timeout:.0f} s "
+                                 f"({len(ends)}/{total_requests} done)")
         watcher.stop_event.set()
         watcher.join()
+        if baseline is not None:
+            baseline.stop_event.set()
+            baseline.join()
 
         makespan = max(ends.values()) - t0_wall
         lower_bound = total_work / WORKERS

@@ -311,9 +311,8 @@ def degrade(img: np.ndarray, spec: PageSpec) -> tuple[np.ndarray, np.ndarray]:
         f = f + rng.normal(0, spec.noise_sigma, f.shape).astype(np.float32)
     out = np.clip(f, 0, 255).astype(np.uint8)
     if spec.binary:
-        # A scanner's 1-bit mode thresholds locally enough to survive the light gradient.
-        blur = cv2.GaussianBlur(out, (0, 0), spec.dpi / 20)
-        out = np.where(out.astype(np.int16) < blur.astype(np.int16) - 40, 0, 255).astype(np.uint8)
+        # A scanner's 1-bit mode: a fixed threshold (photographs become solid blobs).
+        out = np.where(out < 128, 0, 255).astype(np.uint8)
     elif spec.jpeg_quality:
         ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(spec.jpeg_quality)])
         out = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)

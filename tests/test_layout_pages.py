@@ -66,9 +66,10 @@ def test_binary_and_greyscale_pages(binary):
     _check(page)
 
 
-def test_picture_and_rule_are_not_text():
+@pytest.mark.parametrize("binary", [False, True])
+def test_picture_and_rule_are_not_text(binary):
     page = _render(dpi=200, columns=1, title=True, rule=True, picture=True, seed=5, rotation_deg=0.5,
-                   noise_sigma=5, blur_sigma=0.5, jpeg_quality=70)
+                   noise_sigma=5, blur_sigma=0.5, jpeg_quality=None if binary else 70, binary=binary)
     analysis, score = _check(page)
     assert score.det_lines == len(page.lines)       # the rule is no line either
     pic = page.picture_boxes[0]

@@ -25,11 +25,9 @@ The last lines are machine-readable:
 from __future__ import annotations
 
 import argparse
-import configparser
 import random
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import cv2

@@ -479,6 +479,8 @@ def test_pages_flow_end_to_end_over_tls(deployment, tmp_path):
             assert stage in info and "OK" in info, info
         _wait(lambda: any(p.is_file() and p.stat().st_size for p in (logs / "logd").rglob("*")), 30,
               "worker log lines written by the log daemon")
+        # The stage's model came over SFTP (host key checked against the generated known_hosts).
+        assert list((tmp_path / "cache").rglob("readme.txt")), "the model archive was not downloaded"
         for process in daemons:
             assert process.poll() is None, "a daemon exited early"
         # No password on any command line of this machine (daemons read it from the 0600 file).

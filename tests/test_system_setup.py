@@ -366,6 +366,28 @@ def test_a_new_host_name_reissues_only_that_certificate(generated, tmp_path):
     assert (config / "certificates" / "zookeeper.pem").read_bytes() == zk_before
 
 
+def test_docker_variant_writes_the_sftp_users_file_with_a_hash(tmp_path):
+    env = {**os.environ, "PERO_PASSWORD": "docker-password"}
+    args = ["-z", "zk", "-s", "mq", "-f", "files", "-o", str(tmp_path / "config"), "-d", str(tmp_path / "data"),
+            "--no-start", "--docker"]
+    done = _setup(*args, env=env)
+    assert done.returncode == 0, done.stderr
+    users = tmp_path / "config" / "sftp" / "users.conf"
+    assert users.stat().st_mode & 0o777 == 0o600
+    user, crypt_hash, flag, uid = users.read_text().strip().split(":")
+    assert (user, flag, uid) == ("pero", "e", "1001") and crypt_hash.startswith("$6$")
+    salt = crypt_hash.split("$")[2]
+    check = subprocess.run(["openssl", "passwd", "-6", "-salt", salt, "-stdin"], input="docker-password\n",
+                           capture_output=True, text=True)
+    assert check.stdout.strip() == crypt_hash
+    assert "log.console = true" in (tmp_path / "config" / "rabbitmq" / "rabbitmq.conf").read_text()
+    env_file = (tmp_path / "config" / "docker.env").read_text()
+    assert f"PERO_CONFIG_DIR={tmp_path / 'config'}" in env_file and "PERO_ZK_PORT=2281" in env_file
+    # Same password again: the hash (and its salt) is kept.
+    assert _setup(*args, env=env).returncode == 0
+    assert users.read_text().split(":")[1] == crypt_hash
+
+
 @pytest.mark.parametrize("args, message", [
     (["-s", "b", "-f", "c"], "missing -z/--zookeeper-host"),
     (["-z", "a", "-s", "b", "-f", "c", "--mq-port", "70000"], "not a TCP port"),

@@ -139,14 +139,19 @@ def main(argv: list[str] | None = None) -> int:
     families = held_out_families()
     model_dir = None if args.layout_only else find_model_dir(args.model_dir)
     print(f"held-out font families: {', '.join(families)}")
-    print(f"OCR model: {model_dir or 'none (layout only)'}")
+    print(f"OCR model: {model_dir or 'none (layout only)'}", flush=True)
     save = Path(args.save_dir) if args.save_dir else None
     if save:
         save.mkdir(parents=True, exist_ok=True)
 
     pipeline = None
     if model_dir is not None:
-        pipeline = Pipeline(model_dir, args.device)
+        from pero_worker.worker.processors import StageConfigError
+        try:
+            pipeline = Pipeline(model_dir, args.device)
+        except StageConfigError as error:
+            print(f"WARNING: OCR model in {model_dir} cannot be used ({error}); measuring layout only",
+                  file=sys.stderr)
 
     tot_gt = tot_det = tot_match = pages_in_order = 0
     base_errs = []

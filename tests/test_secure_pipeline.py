@@ -437,8 +437,12 @@ def test_pages_flow_end_to_end_over_tls(deployment, tmp_path):
     archive = tmp_path / "model.tar.gz"
     _model_archive(archive)
     manager = [PY, "scripts/stage_config_manager.py", "--connection-config", str(config / "worker.ini"), "-e", ca]
-    for args in (["--name", stage, "-c", str(stage_ini), "--file", str(archive)], ["--name", out]):
-        done = subprocess.run(manager + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    # The password from the INI file's password_file, then from --password-file.
+    explicit = [PY, "scripts/stage_config_manager.py", "-z", f"127.0.0.1:{ZK_PORT}", "-u", USER, "-e", ca,
+                "--password-file", str(config / "secrets" / "service.password")]
+    for command in (manager + ["--name", stage, "-c", str(stage_ini), "--file", str(archive)],
+                    explicit + ["--name", out]):
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
 
     logs = tmp_path / "logs"

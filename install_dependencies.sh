@@ -47,6 +47,10 @@ if [[ $DO_APT == 1 ]]; then
     command -v rabbitmqctl >/dev/null 2>&1 || [[ -x /usr/sbin/rabbitmqctl ]] || missing+=(rabbitmq-server)
     # java runs ZooKeeper; the zookeeper package depends on a JRE, but check anyway.
     command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
+    # Fonts: DejaVu for rendering test pages; Caladea is the family the bundled OCR model never saw
+    # in training, used by the held-out evaluation (bench/cer.py, examples/make_examples.py).
+    [[ -d /usr/share/fonts/truetype/dejavu ]] || missing+=(fonts-dejavu-core)
+    [[ -d /usr/share/fonts/truetype/crosextra ]] || missing+=(fonts-crosextra-caladea)
     if (( ${#missing[@]} )); then
         if [[ $(id -u) != 0 ]]; then
             echo "install_dependencies.sh: need root to install ${missing[*]} (or use --no-apt)" >&2
@@ -57,7 +61,7 @@ if [[ $DO_APT == 1 ]]; then
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${missing[@]}"
     else
-        say "Debian packages present (zookeeper, openssh-server, rabbitmq-server)"
+        say "Debian packages present (zookeeper, openssh-server, rabbitmq-server, fonts)"
     fi
 fi
 

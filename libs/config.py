@@ -35,6 +35,8 @@ class ConnectionConfig:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     ca_cert: str | None = None
+    # OpenSSH known_hosts file with the SFTP servers' keys: unknown or changed keys are refused.
+    known_hosts: str | None = None
 
     @property
     def use_tls(self) -> bool:
@@ -56,6 +58,8 @@ def add_connection_arguments(parser: argparse.ArgumentParser, *, config_required
     group.add_argument("--password-file", metavar="FILE", help="read the password from this file")
     group.add_argument("-e", "--ca-cert", metavar="FILE",
                        help="CA certificate: enables TLS and verifies every server against it")
+    group.add_argument("--known-hosts", metavar="FILE",
+                       help="known_hosts file with the SFTP servers' host keys (unknown or changed keys are refused)")
 
 
 def read_ini_section(path: str | None, sections: tuple[str, ...]) -> dict[str, str]:
@@ -147,12 +151,16 @@ def connection_config(args: argparse.Namespace, ini: dict[str, str]) -> Connecti
     if ca_cert and not os.path.isfile(ca_cert):
         raise ConfigError(f"CA certificate not found: {ca_cert}")
     servers, chroot = _zookeeper_servers(args, ini)
+    known_hosts = getattr(args, "known_hosts", None) or ini.get("known_hosts") or None
+    if known_hosts and not os.path.isfile(known_hosts):
+        raise ConfigError(f"known_hosts file not found: {known_hosts}")
     return ConnectionConfig(
         zookeeper_servers=servers,
         zookeeper_chroot=chroot,
         username=getattr(args, "username", None) or ini.get("username") or None,
         password=resolve_password(getattr(args, "password", None), getattr(args, "password_file", None), ini),
         ca_cert=ca_cert,
+        known_hosts=known_hosts,
     )
 
 

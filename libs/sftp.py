@@ -96,7 +96,7 @@ class SftpSettings:
             raise SftpConnectError(f"no SFTP servers configured in ZooKeeper ({zk_paths.FTP_SERVERS} has no "
                                    "valid children; add them with scripts/server_config_manager.py --add-ftp-servers)")
         return cls(servers=tuple(servers), username=conn.username, password=conn.password,
-                   known_hosts=known_hosts or os.environ.get(KNOWN_HOSTS_ENV) or None)
+                   known_hosts=known_hosts or conn.known_hosts or os.environ.get(KNOWN_HOSTS_ENV) or None)
 
 
 class _LoggingAcceptPolicy(paramiko.MissingHostKeyPolicy):

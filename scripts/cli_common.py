@@ -71,8 +71,11 @@ def setup_logging(debug: bool) -> None:
     )
     if not debug:
         # kazoo and pika are chatty about reconnects the tool already reports itself.
-        for name in ("kazoo", "kazoo.client", "pika", "paramiko"):
+        for name in ("kazoo", "kazoo.client", "paramiko"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        # pika logs a full traceback at ERROR for every failed connection attempt; libs/mq.py
+        # turns those failures into one line of its own.
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
 def build_connection_config(args: argparse.Namespace, ini_path: str | None = None) -> ConnectionConfig:

@@ -51,6 +51,8 @@ if [[ $DO_APT == 1 ]]; then
     # in training, used by the held-out evaluation (bench/cer.py, examples/make_examples.py).
     [[ -d /usr/share/fonts/truetype/dejavu ]] || missing+=(fonts-dejavu-core)
     [[ -d /usr/share/fonts/truetype/crosextra ]] || missing+=(fonts-crosextra-caladea)
+    # docker-compose only validates scripts/services-docker-compose.yaml in the tests (no engine runs here).
+    command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
     if (( ${#missing[@]} )); then
         if [[ $(id -u) != 0 ]]; then
             echo "install_dependencies.sh: need root to install ${missing[*]} (or use --no-apt)" >&2

@@ -19,6 +19,9 @@ Figures, printed last as `RESULT <name> <value> <unit>`:
 
 A switch is counted from the workers' `queue` nodes, polled every 20 ms.
 
+Run: `.venv/bin/python bench/scheduling.py [--scale 0.5] [--policy original] [--keep]`
+(about 90 s; needs the local services, started on demand like the tests do).
+
 `--policy original` replaces the watchdog process by an in-process re-implementation of
 the original system's rule, for comparison: every 10 s, from management-API counts,
 priority = messages * avg_msg_time / (workers + 1) + waiting_time * (admin_priority + 1);
@@ -85,7 +88,10 @@ class QueueWatcher(threading.Thread):
     def run(self) -> None:
         while not self.stop_event.is_set():
             for worker in self.workers:
-                stage = self.zk.get_text(zk_paths.worker_queue(worker))
+                try:
+                    stage = self.zk.get_text(zk_paths.worker_queue(worker))
+                except Exception:   # ZooKeeper closed at the end of the run
+                    return
                 if stage != self.current[worker]:
                     with self.lock:
                         self.current[worker] = stage
@@ -123,7 +129,10 @@ def original_policy(snapshot: Snapshot, now: float) -> Plan:
     order = priorities()
     if not order:
         return Plan()
-    free = [w.worker_id for w in workers if w.status != zk_paths.PROCESSING]
+    # Our workers report PROCESSING whenever they consume; count a worker on an empty queue as free too
+    # (the charitable reading: without it the original rule never frees anybody here).
+    free = [w.worker_id for w in workers if w.status != zk_paths.PROCESSING
+            or w.queue not in stages or stages[w.queue].ready + stages[w.queue].unacked == 0]
     if free:
         for worker_id in free:
             switch(worker_id, priorities()[0])
@@ -190,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     stages = {kind: f"sched_{kind}_{suffix}" for kind in STAGE_TIMES}
     out = f"sched_out_{suffix}"
     processes: list[Process] = []
+    threads: list[threading.Thread] = []
     try:
         for kind, name in stages.items():
             make_stage(zk, mq, name, dummy_stage_config(STAGE_TIMES[kind], SWITCH_DELAY))
@@ -212,8 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             baseline = OriginalWatchdog(zk, conn)
             baseline.start()
+            threads.append(baseline)
         watcher = QueueWatcher(zk, workers)
         watcher.start()
+        threads.append(watcher)
 
         ends: dict[str, float] = {}
         failed = 0
@@ -280,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"RESULT starving_latency {max(starving) if starving else 0.0:.2f} s")
         return 0
     finally:
+        for thread in threads:
+            thread.stop_event.set()
+            thread.join()
         for process in reversed(processes):
             process.stop()
         for name in list(stages.values()) + [out]:

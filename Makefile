@@ -47,5 +47,7 @@ proto: install
 demo: services
 	@echo "TODO(demo): end-to-end demo (stage config, workers, publisher upload/download) is not written yet"
 
-bench: install
-	@echo "TODO(bench): benchmark runner is not written yet (bench/ holds the synthetic data generators)"
+bench: services
+	$(PY) bench/pipeline.py
+	$(PY) bench/scheduling.py
+	$(PY) bench/cer.py

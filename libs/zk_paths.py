@@ -12,6 +12,9 @@ WORKER_STATUS_ROOT = f"{ROOT}/worker/status"
 WORKER_CONFIG_ROOT = f"{ROOT}/worker/config"
 QUEUE_ROOT = f"{ROOT}/queue"
 
+# Additive: where watchdog instances elect the active one (kazoo Election recipe).
+WATCHDOG_ELECTION = f"{ROOT}/watchdog/election"
+
 MQ_SERVERS = f"{WORKER_CONFIG_ROOT}/mq_servers"
 MQ_MONITORING_SERVERS = f"{WORKER_CONFIG_ROOT}/mq_monitoring_servers"
 FTP_SERVERS = f"{WORKER_CONFIG_ROOT}/ftp_servers"

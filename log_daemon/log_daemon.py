@@ -187,8 +187,10 @@ def setup_logging(debug: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     if not debug:
-        for name in ("kazoo", "pika"):
+        for name in ("kazoo",):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # pika logs a traceback per failed connection attempt; our own line says it once.
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from ..libs.config import ConfigError, ConnectionConfig, add_connection_argument
 from .planning import PlannerSettings
 
 # Additive node (not in the original layout): kazoo Election among watchdog instances.
-ELECTION_PATH = f"{zk_paths.ROOT}/watchdog/election"
+ELECTION_PATH = zk_paths.WATCHDOG_ELECTION
 
 DEFAULT_INTERVAL = 0.5            # seconds between planning rounds (AMQP depths are instant)
 DEFAULT_MANAGEMENT_INTERVAL = 5.0 # RabbitMQ's stats interval: polling faster gains nothing

@@ -45,7 +45,7 @@ proto: install
 	libs/generate_proto.sh
 
 demo: services
-	@echo "TODO(demo): end-to-end demo (stage config, workers, publisher upload/download) is not written yet"
+	$(PY) scripts/demo.py
 
 bench: services
 	$(PY) bench/pipeline.py

@@ -119,9 +119,12 @@ def run_worker(pages, xmls, model_dir: Path, device: str) -> float:
     services = ensure_services()
     chroot = f"/bench_ocr_{uuid.uuid4().hex[:8]}"
     zk_arg = f"{services.zk_host}:{services.zk_port}{chroot}"
-    admin = ZooKeeper(ConnectionConfig((Address(services.zk_host, services.zk_port),))).start()
+    # Authenticated like the tools below: nodes they create belong to the SASL user.
+    servers = (Address(services.zk_host, services.zk_port),)
+    admin = ZooKeeper(ConnectionConfig(servers, username=services.user, password=services.password)).start()
     admin.ensure_path(chroot)
-    zk = ZooKeeper(ConnectionConfig((Address(services.zk_host, services.zk_port),), zookeeper_chroot=chroot)).start()
+    zk = ZooKeeper(ConnectionConfig(servers, zookeeper_chroot=chroot, username=services.user,
+                                    password=services.password)).start()
     write_server_lists(zk, services)
     work = Path(tempfile.mkdtemp(prefix="pero-ocr-bench-"))
     stage, out = f"bench_ocr_{uuid.uuid4().hex[:6]}", f"bench_ocr_out_{uuid.uuid4().hex[:6]}"
@@ -159,6 +162,17 @@ def run_worker(pages, xmls, model_dir: Path, device: str) -> float:
             return time.perf_counter()
         started = wait_count(1)
         finished = wait_count(len(pages) + 1)
+        # Where the time went: seconds inside the stage (StageLog) per page vs the wall-clock gap per page.
+        from pero_worker.libs.message_pb2 import ProcessingRequest
+        in_stage = []
+        while (delivery := mq.get(out)) is not None:
+            request = ProcessingRequest.FromString(delivery.body)
+            entry = request.logs[-1]
+            in_stage.append((entry.end.ToNanoseconds() - entry.start.ToNanoseconds()) / 1e9)
+            mq.ack(delivery.delivery_tag)
+        in_stage = sorted(in_stage)[:-1] if len(in_stage) > 1 else in_stage   # drop the warm-up page's time
+        print(f"   worker: {statistics.mean(in_stage):.3f} s/page inside the stage, "
+              f"{(finished - started) / len(pages):.3f} s/page wall clock", flush=True)
         return len(pages) / (finished - started)
     finally:
         zk.set_text(zk_paths.worker_enabled(worker_id), "false")
@@ -191,14 +205,14 @@ def main() -> int:
     pages = load_pages(args.examples, args.repeat)
     xmls = layout_xml(pages)
     runners = {"direct": run_direct, "processor": run_processor, "worker": run_worker}
-    medians: dict[str, float] = {}
-    for mode in args.modes:
-        rates = []
-        for attempt in range(args.runs):
+    # Modes alternate within each run so that drifting machine load hits them alike.
+    rates: dict[str, list[float]] = {mode: [] for mode in args.modes}
+    for attempt in range(args.runs):
+        for mode in args.modes:
             rate = runners[mode](pages, xmls, args.model_dir, args.device)
-            rates.append(rate)
+            rates[mode].append(rate)
             print(f"{mode:>9} run {attempt + 1}: {len(pages)} pages, {rate:.3f} pages/s", flush=True)
-        medians[mode] = statistics.median(rates)
+    medians = {mode: statistics.median(values) for mode, values in rates.items()}
     device = args.device.replace(":", "")
     print()
     for mode, rate in medians.items():

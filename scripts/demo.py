@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.monotonic() - started
 
         print(f"\ndemo: {len(examples)} page(s) processed in {elapsed:.0f} s\n")
-        print(f"{'page':<28} {'lines':>5} {'chars':>6} {'CER':>7}  status")
+        width = max(len(image.name) for image in examples) + 2
+        print(f"{'page':<{width}} {'lines':>5} {'chars':>6} {'CER':>7}  status")
         cers = []
         for image in examples:
             folders = [p for p in results.iterdir() if p.is_dir() and p.name.startswith(image.stem)]
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 info = folders[0] / "request_info.txt"
                 statuses = "ok" if not info.exists() or "FAILED" not in info.read_text(errors="replace") else "FAILED"
             if not xml_files:
-                print(f"{image.name:<28} {'-':>5} {'-':>6} {'-':>7}  {statuses}")
+                print(f"{image.name:<{width}} {'-':>5} {'-':>6} {'-':>7}  {statuses}")
                 continue
             xml = xml_files[0].read_bytes()
             text = page_text(xml)
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             if cer is not None:
                 cers.append(cer)
             cer_text = f"{100 * cer:6.2f}%" if cer is not None else "    n/a"
-            print(f"{image.name:<28} {len(text.splitlines()):>5} {len(text):>6} {cer_text}  {statuses}")
+            print(f"{image.name:<{width}} {len(text.splitlines()):>5} {len(text):>6} {cer_text}  {statuses}")
         if cers:
             print(f"\nmean CER {100 * sum(cers) / len(cers):.2f} %")
         print(f"\nresults: {output}/<page>.xml and <page>.txt; raw downloads in {results}; logs in {logs}")

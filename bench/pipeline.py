@@ -18,7 +18,6 @@ Reference (the original system, this kind of machine, same workload): 99 req/s w
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import subprocess

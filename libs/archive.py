@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import lzma
 import os
-import posixpath
 import shutil
 import stat
 import tarfile

@@ -268,30 +268,26 @@ class MQSession:
         """Durable queue without priority (log and dead-letter queues)."""
         self._ops_call(f"declaring queue {name!r}", lambda ch: ch.queue_declare(queue=name, durable=True))
 
+    def _inspect(self, name: str) -> Any | None:
+        """Passive declare: the queue's current counters, or None when it does not exist."""
+        try:
+            return self._ops().queue_declare(queue=name, passive=True).method
+        except pex.ChannelClosedByBroker as error:
+            self._ops_channel = None
+            if error.reply_code == 404:
+                return None
+            raise MQError(f"RabbitMQ refused inspecting queue {name!r}: {error.reply_text}") from None
+        except pex.AMQPError as error:
+            raise self._translate(error, f"inspecting queue {name!r}") from None
+
     def queue_length(self, name: str) -> int | None:
         """Ready messages in a queue right now (no management-API lag); None when it does not exist."""
-        try:
-            result = self._ops().queue_declare(queue=name, passive=True)
-        except pex.ChannelClosedByBroker as error:
-            self._ops_channel = None
-            if error.reply_code == 404:
-                return None
-            raise MQError(f"RabbitMQ refused inspecting queue {name!r}: {error.reply_text}") from None
-        except pex.AMQPError as error:
-            raise self._translate(error, f"inspecting queue {name!r}") from None
-        return result.method.message_count
+        counters = self._inspect(name)
+        return None if counters is None else counters.message_count
 
     def queue_consumers(self, name: str) -> int | None:
-        try:
-            result = self._ops().queue_declare(queue=name, passive=True)
-        except pex.ChannelClosedByBroker as error:
-            self._ops_channel = None
-            if error.reply_code == 404:
-                return None
-            raise MQError(f"RabbitMQ refused inspecting queue {name!r}: {error.reply_text}") from None
-        except pex.AMQPError as error:
-            raise self._translate(error, f"inspecting queue {name!r}") from None
-        return result.method.consumer_count
+        counters = self._inspect(name)
+        return None if counters is None else counters.consumer_count
 
     def delete_queue(self, name: str) -> None:
         self._ops_call(f"deleting queue {name!r}", lambda ch: ch.queue_delete(queue=name))

@@ -13,11 +13,11 @@ import logging
 import signal
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from pero_worker.libs.daemon_logging import setup_daemon_logging
 from pero_worker.libs.config import (
     ConfigError, ConnectionConfig, add_connection_arguments, connection_config, read_ini_section,
 )
@@ -179,18 +179,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def setup_logging(debug: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    formatter = logging.Formatter("%(asctime)s LOGD %(levelname)s %(message)s")
-    formatter.converter = time.gmtime
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
-    if not debug:
-        for name in ("kazoo",):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        # pika logs a traceback per failed connection attempt; our own line says it once.
-        logging.getLogger("pika").setLevel(logging.CRITICAL)
+    setup_daemon_logging("LOGD", debug)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

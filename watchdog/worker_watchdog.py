@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Sequence
 
+from pero_worker.libs.daemon_logging import setup_daemon_logging
 from pero_worker.libs.config import ConfigError
 from pero_worker.libs.zk import KazooState, ZkConnectionError, ZooKeeper
 from pero_worker.watchdog import report
@@ -171,18 +172,7 @@ def dry_run(settings: WatchdogSettings) -> int:
 
 
 def setup_logging(debug: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    formatter = logging.Formatter("%(asctime)s WATCHDOG %(levelname)s %(message)s")
-    formatter.converter = time.gmtime
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
-    if not debug:
-        for name in ("kazoo", "urllib3"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        # pika logs a traceback per failed connection attempt; our own line says it once.
-        logging.getLogger("pika").setLevel(logging.CRITICAL)
+    setup_daemon_logging("WATCHDOG", debug)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -127,7 +127,6 @@ def dark_area_mask(gray_flat: np.ndarray | None, mask: np.ndarray, h: float) -> 
 def classify(comps: Components, h: float, mask_shape: tuple[int, int],
              dark_mask: np.ndarray | None = None) -> Classes:
     """Split components into text, noise, rules and pictures (thresholds relative to h)."""
-    n = comps.count
     w, ht, area = comps.widths, comps.heights, comps.areas
     hh = max(h, 1.0)
     density = area / np.maximum(w * ht, 1)

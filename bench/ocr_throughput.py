@@ -10,8 +10,9 @@ handling, the StageLog.
   direct     PageParser.process_page(image, layout) in a loop, nothing else
   processor  the worker's PERO_OCR processor in-process (what a worker calls per request)
   worker     a real worker process consuming the stage queue (RabbitMQ, ZooKeeper, SFTP model
-             download; the clock starts when the first result appears, so model loading and
-             the first page's warm-up are excluded as they are for `direct`)
+             download); the clock runs from the end of a warm-up page to the end of the last
+             page, read from the requests' StageLogs, so model loading and warm-up are excluded
+             as they are for `direct`
 
 Last lines: `RESULT ocr_direct_<device> <pages/s> pages/s`, `RESULT ocr_processor_<device> ...`,
 `RESULT ocr_worker_<device> ...` and `RESULT ocr_worker_vs_direct_<device> <percent> %`.
@@ -154,26 +155,29 @@ def run_worker(pages, xmls, model_dir: Path, device: str) -> float:
         zk.set_text(zk_paths.worker_queue(worker_id), stage)
         deadline = time.monotonic() + 1800
 
-        def wait_count(count: int) -> float:
+        def wait_count(count: int) -> None:
+            # Slow polling on purpose: frequent broker round trips would take CPU from the worker
+            # on a small machine; the timing itself comes from the StageLogs below.
             while (mq.queue_length(out) or 0) < count:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise SystemExit("the worker did not finish the OCR pages (see its status in ZooKeeper)")
-                time.sleep(0.02)
-            return time.perf_counter()
-        started = wait_count(1)
-        finished = wait_count(len(pages) + 1)
-        # Where the time went: seconds inside the stage (StageLog) per page vs the wall-clock gap per page.
+                time.sleep(0.5)
+        wait_count(len(pages) + 1)
+        # The clock: from the end of the first (warm-up) page to the end of the last, as the worker's
+        # StageLogs record them; so len(pages) pages were processed in that window.
         from pero_worker.libs.message_pb2 import ProcessingRequest
-        in_stage = []
+        ends, in_stage = [], []
         while (delivery := mq.get(out)) is not None:
-            request = ProcessingRequest.FromString(delivery.body)
-            entry = request.logs[-1]
+            entry = ProcessingRequest.FromString(delivery.body).logs[-1]
+            ends.append(entry.end.ToNanoseconds() / 1e9)
             in_stage.append((entry.end.ToNanoseconds() - entry.start.ToNanoseconds()) / 1e9)
             mq.ack(delivery.delivery_tag)
-        in_stage = sorted(in_stage)[:-1] if len(in_stage) > 1 else in_stage   # drop the warm-up page's time
+        ends.sort()
+        window = ends[-1] - ends[0]
+        in_stage = sorted(in_stage)[:-1]   # without the slowest, i.e. the warm-up page
         print(f"   worker: {statistics.mean(in_stage):.3f} s/page inside the stage, "
-              f"{(finished - started) / len(pages):.3f} s/page wall clock", flush=True)
-        return len(pages) / (finished - started)
+              f"{window / len(pages):.3f} s/page wall clock", flush=True)
+        return len(pages) / window
     finally:
         zk.set_text(zk_paths.worker_enabled(worker_id), "false")
         try:

@@ -459,26 +459,29 @@ def ensure_sftp_user(password: str) -> None:
         if not parent.stat().st_mode & 0o001:
             raise ServiceError(f"{parent} is not traversable by other users, so user {USER} cannot reach "
                                f"{SFTP_HOME}: chmod o+x {parent}")
-    # chpasswd rewrites /etc/shadow: only when the password (or the user) changed since the last time.
+    # chpasswd rewrites /etc/shadow: only when the password changed since we last set it. The stamp
+    # also records the resulting shadow hash, so a change made by anyone else (another checkout's
+    # harness, an admin) is noticed and our password is set again.
     stamp = SECRETS_DIR / "sftp-user.applied"
     applied = hashlib.sha256(f"{entry.pw_uid}:{password}".encode()).hexdigest()
     with contextlib.suppress(OSError):
-        if stamp.read_text().strip() == applied and _shadow_unlocked():
+        if stamp.read_text().strip() == f"{applied} {_shadow_hash()}":
             return
     subprocess.run(["chpasswd"], input=f"{USER}:{password}\n", text=True, check=True, capture_output=True)
-    stamp.write_text(applied + "\n")
+    stamp.write_text(f"{applied} {_shadow_hash()}\n")
 
 
-def _shadow_unlocked() -> bool:
-    """False when the user has no usable password (e.g. recreated by hand since the stamp was written)."""
+def _shadow_hash() -> str:
+    """The user's password hash in /etc/shadow ('' when it has none or it cannot be read)."""
     try:
         with open("/etc/shadow") as shadow:
             for line in shadow:
-                name, _, rest = line.partition(":")
-                if name == USER:
-                    return rest.startswith("$")
+                fields = line.split(":")
+                if fields[0] == USER:
+                    return fields[1] if fields[1].startswith("$") else ""
     except OSError:
-        return False
+        pass
+    return ""
     return False
 
 

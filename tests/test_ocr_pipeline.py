@@ -1,0 +1,161 @@
+"""Real OCR through the real pipeline: the layout stage and the bundled pero-ocr model, served by workers.
+
+The stages are made as a user makes them (stage_config_manager.py uploads the model archive over
+SFTP); the worker downloads, unpacks and loads it (the stage-archive path); a page goes in with
+publisher-format requests and its text comes out in the PAGE XML.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from pathlib import Path
+
+import Levenshtein
+import pytest
+
+from pero_worker.libs import zk_paths
+from pero_worker.libs.message_pb2 import Data, ProcessingRequest
+from pero_worker.libs.mq import MQSession, MQSettings
+from pero_worker.scripts.demo import page_text
+
+PY = sys.executable
+REPO = Path(__file__).resolve().parent.parent
+MODEL_DIR = REPO / "pero-ocr" / "model"
+PAGE = REPO / "examples" / "02_two_columns_title_250dpi.jpg"
+
+pytestmark = pytest.mark.skipif(not (MODEL_DIR / "model.pt.cpu").is_file(), reason="bundled model missing")
+
+
+def _manage(zk_root: str, services, *args: str) -> None:
+    result = subprocess.run([PY, "scripts/stage_config_manager.py", "-z", zk_root, "-u", services.user,
+                             "--password-file", str(services.password_file), *args],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _start_worker(zk_root: str, services, worker_id: str, cache: Path) -> subprocess.Popen:
+    return subprocess.Popen([PY, "worker/run_worker.py", "-z", zk_root, "-u", services.user, "--password-file",
+                             str(services.password_file), "-i", worker_id, "--cache-directory", str(cache),
+                             "--device", "cpu", "--disable-remote-logging"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _wait(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def secured(services, zk_root: str, conn_config):
+    """ZooKeeper and RabbitMQ sessions as user pero (the tools create SASL-owned nodes)."""
+    import dataclasses
+
+    from pero_worker.libs.zk import ZooKeeper
+    from pero_worker.scripts.local_services import write_server_lists
+
+    auth = dataclasses.replace(conn_config, username=services.user, password=services.password)
+    zk = ZooKeeper(auth).start()
+    write_server_lists(zk, services)
+    mq = MQSession(MQSettings.from_zookeeper(zk, auth), name="test_ocr_pipeline")
+    mq.open(retry_for=10)
+    yield zk, mq
+    mq.close()
+    zk.delete("/pero", recursive=True)   # SASL-owned nodes: only the owner can remove them
+    zk.stop()
+
+
+def _archive(folder: Path, target: Path) -> Path:
+    with tarfile.open(target, "w:xz") as tar:
+        for path in sorted(folder.iterdir()):
+            tar.add(path, arcname=path.name)
+    return target
+
+
+def test_page_through_layout_and_bundled_model_stages_reads_the_words(
+        services, zk_root: str, secured, unique_name, tmp_path: Path) -> None:
+    zk, mq = secured
+    layout, ocr, out = unique_name("layout"), unique_name("ocr"), unique_name("out")
+    (tmp_path / "layout.ini").write_text("[WORKER]\nMETHOD = LAYOUT\n")
+    _manage(zk_root, services, "--name", layout, "--config", str(tmp_path / "layout.ini"))
+    _manage(zk_root, services, "--name", ocr, "--config", str(MODEL_DIR / "config.ini"),
+            "--file", str(_archive(MODEL_DIR, tmp_path / "bundled.tar.xz")), "--remote-path", f"pero/{ocr}")
+    _manage(zk_root, services, "--name", out)
+
+    ids = [unique_name("w"), unique_name("w")]
+    workers = [_start_worker(zk_root, services, worker_id, tmp_path / worker_id) for worker_id in ids]
+    try:
+        for worker_id, stage in zip(ids, (layout, ocr)):
+            _wait(lambda w=worker_id: zk.get_text(zk_paths.worker_status(w)) == zk_paths.IDLE, 60, "idle worker")
+            zk.set_text(zk_paths.worker_queue(worker_id), stage)
+        request = ProcessingRequest(uuid=uuid.uuid4().hex, page_uuid=uuid.uuid4().hex,
+                                    processing_stages=[layout, ocr, out],
+                                    results=[Data(name=PAGE.name, content=PAGE.read_bytes())])
+        mq.publish_and_wait(layout, request.SerializeToString())
+        delivery = _wait(lambda: mq.get(out), 180, "the page in the output stage")
+        mq.ack(delivery.delivery_tag)
+    finally:
+        for worker_id in ids:
+            zk.set_text(zk_paths.worker_enabled(worker_id), "false")
+        for proc in workers:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for queue in (layout, ocr, out):
+            mq.delete_queue(queue)
+
+    result = ProcessingRequest.FromString(delivery.body)
+    assert [entry.status for entry in result.logs] == ["OK", "OK"], [entry.log for entry in result.logs]
+    assert [entry.stage for entry in result.logs] == [layout, ocr]
+    names = [data.name for data in result.results]
+    assert names[0] == PAGE.name and f"{PAGE.name}_page.xml" in names and f"{PAGE.name}.logits" in names
+    xml = next(data.content for data in result.results if data.name == f"{PAGE.name}_page.xml")
+    text = " ".join(page_text(xml).split())
+    truth = " ".join(PAGE.with_suffix(".gt.txt").read_text(encoding="utf-8").split())
+    # Reading order is part of the measure: a two-column page read across the columns fails this.
+    cer = Levenshtein.distance(truth, text) / len(truth)
+    assert cer < 0.02, f"CER {cer:.3%}"
+    for word in truth.split()[:12]:
+        assert word in text
+
+
+def test_corrupt_model_archive_is_configuration_failure_and_requests_stay_queued(
+        services, zk_root: str, secured, unique_name, tmp_path: Path) -> None:
+    zk, mq = secured
+    stage, out = unique_name("ocr_broken"), unique_name("out")
+    corrupt = tmp_path / "model.tar.xz"
+    corrupt.write_bytes(b"\xfd7zXZ\x00" + b"not really an xz archive" * 100)
+    _manage(zk_root, services, "--name", stage, "--config", str(MODEL_DIR / "config.ini"),
+            "--file", str(corrupt), "--remote-path", f"pero/{stage}")
+    _manage(zk_root, services, "--name", out)
+    request = ProcessingRequest(uuid=uuid.uuid4().hex, processing_stages=[stage, out],
+                                results=[Data(name="p.jpg", content=PAGE.read_bytes())])
+    mq.publish_and_wait(stage, request.SerializeToString())
+
+    worker_id = unique_name("w")
+    proc = _start_worker(zk_root, services, worker_id, tmp_path / "cache")
+    try:
+        _wait(lambda: zk.get_text(zk_paths.worker_status(worker_id)) == zk_paths.IDLE, 60, "idle worker")
+        zk.set_text(zk_paths.worker_queue(worker_id), stage)
+        _wait(lambda: zk.get_text(zk_paths.worker_status(worker_id)) == zk_paths.CONFIGURATION_FAILED, 60,
+              "CONFIGURATION_FAILED")
+        time.sleep(1.0)
+        assert mq.queue_length(stage) == 1   # nothing consumed, nothing lost
+        assert mq.queue_length(out) == 0
+        assert proc.poll() is None           # the worker keeps running, waiting for a fixed config
+    finally:
+        zk.set_text(zk_paths.worker_enabled(worker_id), "false")
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        for queue in (stage, out):
+            mq.delete_queue(queue)

@@ -12,9 +12,10 @@ Download: consume the output queue and write each request to its own folder.
 Every name in a request is untrusted and goes through libs/safe_names, so no
 file can land outside the download folder.  Requests are acked in batches,
 only after the batch is on disk (files written, folders renamed into place, the
-filesystem synced, uuids appended to the index file), so a crash loses nothing:
-unacked requests come again, and a folder whose uuid never reached the index is
-rewritten rather than trusted.  Requests already in the index are skipped.
+filesystem synced, uuids committed to the on-disk index, scripts/download_index.py),
+so a crash loses nothing: unacked requests come again, and a folder whose uuid
+never reached the index is rewritten rather than trusted.  Requests already in
+the index are skipped.  Symbolic links in the download folder are never followed.
 """
 from __future__ import annotations
 
@@ -39,12 +40,12 @@ from pero_worker.libs.config import add_connection_arguments
 from pero_worker.libs.message_pb2 import ProcessingRequest
 from pero_worker.libs.mq import Delivery, MQConnectionError, MQError, MQSession, PublishOutcome
 from pero_worker.libs.safe_names import dedup_key, deduplicate, request_folder_name, safe_file_name
+from pero_worker.scripts.download_index import INDEX_FILE, DownloadIndex, DownloadIndexError
 from pero_worker.scripts.cli_common import (
     EXIT_CODES_HELP, EXIT_CONNECTION, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError,
     add_debug_argument, build_connection_config, connect_zookeeper, log, open_mq, run_main, validate_stage_name,
 )
 
-INDEX_FILE = ".pero_downloaded"          # one dedup key per line; survives restarts
 TEMP_PREFIX = ".tmp-"                    # half-written request folders (removed at start)
 UNPARSABLE_FOLDER = "_unparsable"        # raw bodies that are not a ProcessingRequest
 INFO_FILE = "request_info.txt"
@@ -72,8 +73,9 @@ download:  --download out --directory DIR [--keep-running]
   Writes DIR/<image name>_<short uuid>/ per request: every result file, request_info.txt
   (uuid, page uuid, priority, start time, stages and their statuses) and <stage>.log per stage.
   Result names are sanitised: nothing is ever written outside DIR. Requests already downloaded
-  (by uuid, remembered in DIR/.pero_downloaded) are skipped. Without --keep-running it stops
-  when the queue is empty; with it, it waits for more until Ctrl-C.
+  (by uuid, remembered in DIR/.pero_downloaded.sqlite3) are skipped. Symbolic links in DIR are
+  never followed (a request whose folder name is taken by one gets the next free name).
+  Without --keep-running it stops when the queue is empty; with it, it waits for more until Ctrl-C.
 """,
         epilog=EXIT_CODES_HELP,
     )
@@ -472,36 +474,6 @@ def _write_file(folder: str, name: str, content: bytes) -> str:
     return path
 
 
-class DownloadIndex:
-    """Keys of requests completely on disk, one per line: the commit record of the download folder.
-
-    A request folder whose key is not here may be incomplete (crash before the
-    batch was made durable); it is rewritten when the request comes again.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.keys: set[str] = set()
-        if os.path.exists(path):
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                self.keys = {line.strip() for line in handle if line.strip()}
-        self._handle = open(path, "a", encoding="utf-8")
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.keys
-
-    def add_all(self, keys: Sequence[str]) -> None:
-        if not keys:
-            return
-        self._handle.write("".join(key + "\n" for key in keys))
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self.keys.update(keys)
-
-    def close(self) -> None:
-        self._handle.close()
-
-
 @dataclass
 class DownloadStats:
     downloaded: int = 0
@@ -520,8 +492,10 @@ class DownloadStats:
 
 
 def _read_info_uuid(folder: str) -> str | None:
+    """The uuid in a request folder's info file; never follows a symbolic link (None then)."""
     try:
-        with open(os.path.join(folder, INFO_FILE), encoding="utf-8", errors="replace") as handle:
+        fd = os.open(os.path.join(folder, INFO_FILE), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
             first = handle.readline()
     except OSError:
         return None
@@ -535,8 +509,12 @@ class Downloader:
     def __init__(self, directory: str) -> None:
         self.directory = os.path.realpath(directory)
         os.makedirs(self.directory, exist_ok=True)
+        unparsable = os.path.join(self.directory, UNPARSABLE_FOLDER)
+        if os.path.islink(unparsable):
+            raise DownloadIndexError(f"{unparsable} is a symbolic link: refusing to follow it; remove it and "
+                                     "run again")
         self._remove_leftovers()
-        self.index = DownloadIndex(os.path.join(self.directory, INDEX_FILE))
+        self.index = DownloadIndex(self.directory)
         self.stats = DownloadStats()
         self._reset_batch()
 
@@ -582,11 +560,19 @@ class Downloader:
         taken: set[str] = set()
         name = base
         while True:
-            final = _inside(self.directory, os.path.join(self.directory, name))
+            candidate = os.path.join(self.directory, name)
+            if os.path.islink(candidate):
+                # Never followed (it may point anywhere): the request takes the next free name.
+                log.warning("%s is a symbolic link: not followed; request %s goes to another folder",
+                            candidate, request.uuid or "(no uuid)")
+                taken.add(name)
+                name = deduplicate(base, taken)
+                continue
+            final = _inside(self.directory, candidate)
             if not os.path.lexists(final):
                 os.rename(temp, final)
                 return final
-            if request.uuid and _read_info_uuid(final) == request.uuid:
+            if request.uuid and os.path.isdir(final) and _read_info_uuid(final) == request.uuid:
                 stale = os.path.join(self.directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
                 os.rename(final, stale)
                 os.rename(temp, final)
@@ -648,6 +634,8 @@ def download(args: argparse.Namespace) -> int:
         raise CliError(str(error), EXIT_USAGE) from None
     try:
         downloader = Downloader(args.directory)
+    except DownloadIndexError as error:
+        raise CliError(f"cannot use download folder {args.directory}: {error}", EXIT_USAGE) from None
     except OSError as error:
         raise CliError(f"cannot use download folder {args.directory}: {error}", EXIT_USAGE) from None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from pero_worker.libs.message_pb2 import ProcessingRequest
 from pero_worker.libs.mq import MQError, MQSession, MQSettings, PublishOutcome
 from pero_worker.libs.safe_names import is_safe_file_name
 from pero_worker.scripts import publisher as pub
+from pero_worker.scripts.download_index import INDEX_FILE, LEGACY_INDEX_FILE, DownloadIndex
 
 NOW = datetime.datetime(2024, 5, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
 
@@ -249,6 +251,20 @@ def test_reconnect_republishes_unconfirmed_requests(env, services):
     assert stats.republished >= 1                # the reconnect path really ran
 
 
+def index_keys(target) -> list[str]:
+    index = DownloadIndex(str(target))
+    try:
+        return list(index)
+    finally:
+        index.close()
+
+
+def forget_index(target) -> None:
+    """What the index looks like when a crash came before the batch was committed."""
+    with sqlite3.connect(target / INDEX_FILE) as db:
+        db.execute("DELETE FROM downloaded")
+
+
 def publish(mq: MQSession, queue: str, request: ProcessingRequest | bytes) -> None:
     body = request if isinstance(request, bytes) else request.SerializeToString()
     assert mq.publish_and_wait(queue, body) is PublishOutcome.CONFIRMED
@@ -276,8 +292,7 @@ def test_download_writes_folders_and_empties_the_queue(env, tmp_path, capsys):
     bad = target / f"bad_{failed.uuid[:8]}"
     assert "status:           FAILED in ocr" in (bad / "request_info.txt").read_text()
     assert "Traceback" in (bad / "ocr.log").read_text()
-    index = (target / pub.INDEX_FILE).read_text().split()
-    assert sorted(index) == sorted([ok.uuid, failed.uuid])
+    assert sorted(index_keys(target)) == sorted([ok.uuid, failed.uuid])
     assert not [p for p in os.listdir(target) if p.startswith(pub.TEMP_PREFIX)]
 
 
@@ -341,14 +356,14 @@ def test_folder_written_but_not_indexed_is_rewritten(env, tmp_path, capsys):
     assert env.run("--download", out, "--directory", str(target)) == 0
     folder = target / f"page_{request.uuid[:8]}"
     (folder / "page.jpg").write_bytes(b"")                 # what an unsynced file may look like after a crash
-    (target / pub.INDEX_FILE).write_text("")
+    forget_index(target)
     publish(env.mq, out, request)
     capsys.readouterr()
     assert env.run("--download", out, "--directory", str(target)) == 0
     assert "downloaded 1 request(s)" in capsys.readouterr().out
     assert [d for d in os.listdir(target) if not d.startswith(".")] == [folder.name]
     assert (folder / "page.jpg").read_bytes() == b"full image content"
-    assert (target / pub.INDEX_FILE).read_text().split() == [request.uuid]
+    assert index_keys(target) == [request.uuid]
 
 
 def test_many_requests_in_batches(env, tmp_path, capsys):
@@ -361,8 +376,7 @@ def test_many_requests_in_batches(env, tmp_path, capsys):
     target = tmp_path / "download"
     assert env.run("--download", out, "--directory", str(target)) == 0
     assert "downloaded 300 request(s)" in capsys.readouterr().out
-    index = (target / pub.INDEX_FILE).read_text().split()
-    assert sorted(index) == sorted(r.uuid for r in sent)
+    assert sorted(index_keys(target)) == sorted(r.uuid for r in sent)
     for i, request in enumerate(sent):
         assert (target / f"p{i}_{request.uuid[:8]}" / f"p{i}.jpg").read_bytes() == bytes([i % 256]) * 100
     assert env.mq.queue_length(out) == 0
@@ -441,3 +455,81 @@ def test_make_durable_without_syncfs(tmp_path, monkeypatch):
     pub.make_durable(str(tmp_path), [str(folder / "a")], [str(folder)])
     with pytest.raises(FileNotFoundError):
         pub.make_durable(str(tmp_path), [str(folder / "missing")], [])
+
+
+# --- symbolic links in the download folder, and the on-disk index ---------------------------
+
+def test_a_symlink_named_like_the_request_folder_is_never_followed(env, tmp_path, capsys, caplog):
+    out = env.queue("out")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = tmp_path / "download"
+    target.mkdir()
+    request = make_request(results=[("page.3B.tif", b"the page")])
+    planted = target / f"page.3B_{request.uuid[:8]}"
+    planted.symlink_to(elsewhere)
+    publish(env.mq, out, request)
+    for _attempt in range(2):                 # the next run works too: nothing is stuck
+        assert env.run("--download", out, "--directory", str(target)) == 0
+    captured = capsys.readouterr()
+    assert "downloaded 1 request(s)" in captured.out and "Traceback" not in captured.err
+    warnings = [r.getMessage() for r in caplog.records if "symbolic link" in r.getMessage()]
+    assert len(warnings) == 1 and str(planted) in warnings[0] and request.uuid in warnings[0]
+    assert os.listdir(elsewhere) == [] and planted.is_symlink()
+    stored = target / f"page.3B_{request.uuid[:8]}_2"
+    assert (stored / "page.3B.tif").read_bytes() == b"the page"
+    assert index_keys(target) == [request.uuid]
+    assert env.mq.queue_length(out) == 0
+
+
+@pytest.mark.parametrize("link", [INDEX_FILE, pub.UNPARSABLE_FOLDER, INDEX_FILE + "-wal"])
+def test_a_symlinked_index_or_unparsable_folder_is_refused_at_start(env, tmp_path, capsys, link):
+    out = env.queue("out")
+    publish(env.mq, out, make_request())
+    target = tmp_path / "download"
+    target.mkdir()
+    (target / link).symlink_to(tmp_path / "elsewhere")
+    assert env.run("--download", out, "--directory", str(target)) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "symbolic link" in lines[0] and link in lines[0]
+    assert not (tmp_path / "elsewhere").exists()
+    assert env.mq.queue_length(out) == 1           # the request is still queued
+
+
+def test_a_legacy_text_index_is_imported(tmp_path):
+    (tmp_path / LEGACY_INDEX_FILE).write_text("aaa\nbbb\n\nccc\n")
+    index = DownloadIndex(str(tmp_path))
+    assert sorted(index) == ["aaa", "bbb", "ccc"] and "bbb" in index and "zzz" not in index
+    index.close()
+    assert not (tmp_path / LEGACY_INDEX_FILE).exists()
+    assert (tmp_path / (LEGACY_INDEX_FILE + ".imported")).exists()
+    assert len(DownloadIndex(str(tmp_path))) == 3
+
+
+def test_index_memory_stays_flat_over_many_requests(tmp_path):
+    """60,000 keys in download-sized batches: Python memory must not grow with the number of keys
+    (the in-memory set it replaces grew by ~0.2 KB per request: ~10 MB here)."""
+    import tracemalloc
+
+    index = DownloadIndex(str(tmp_path))
+    keys = (uuid.UUID(int=i).hex for i in range(60_000))
+
+    def batch(n: int) -> list[str]:
+        return [next(keys) for _ in range(n)]
+
+    for _ in range(40):                              # warm up: caches and statements reach their size
+        index.add_all(batch(128))
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    added = 0
+    while added < 50_000:
+        chunk = batch(128)
+        assert not any(key in index for key in chunk)
+        index.add_all(chunk)
+        added += len(chunk)
+    growth = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    index.close()
+    print(f"index: {added} keys added, Python memory grew by {growth / 1024:.1f} KiB")
+    assert growth < 256 * 1024, f"memory grew by {growth} bytes over {added} keys"

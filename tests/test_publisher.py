@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import signal
 import sqlite3
@@ -20,9 +21,14 @@ from pero_worker.libs.message_pb2 import ProcessingRequest
 from pero_worker.libs.mq import MQError, MQSession, MQSettings, PublishOutcome
 from pero_worker.libs.safe_names import is_safe_file_name
 from pero_worker.scripts import publisher as pub
+from pero_worker.libs.message_size import (
+    choose_limit, default_max_message_size, parse_byte_size, parse_size_refusal,
+)
 from pero_worker.scripts.download_index import INDEX_FILE, LEGACY_INDEX_FILE, DownloadIndex
+from pero_worker.scripts.publisher_upload import summary_lines
 
 NOW = datetime.datetime(2024, 5, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # --- pure helpers -----------------------------------------------------------------------
@@ -197,7 +203,7 @@ def test_returned_requests_are_counted_as_not_uploaded(env):
     stats = pub.UploadStats()
     uploader = pub.Uploader(env.mq, lambda: env.mq, f"gone_{uuid.uuid4().hex}", stats, lambda: None)
     for i in range(10):
-        uploader.add(f"file{i}", pub.build_request(f"file{i}", b"x", ["gone"], 0, NOW))
+        uploader.add(i, f"file{i}", pub.build_request(f"file{i}", b"x", ["gone"], 0, NOW))
     assert uploader.finish(timeout=20)
     assert stats.confirmed == 0 and sorted(stats.returned) == sorted(f"file{i}" for i in range(10))
 
@@ -236,12 +242,12 @@ def test_reconnect_republishes_unconfirmed_requests(env, services):
     for i in range(5):
         request = pub.build_request(f"f{i}", b"y" * 100, [first], 0, NOW)
         sent.append(request.uuid)
-        uploader.add(f"f{i}", request)
+        uploader.add(i, f"f{i}", request)
     close_connection_by_name(services, name)
     for i in range(5, 10):                       # keeps publishing through the drop
         request = pub.build_request(f"f{i}", b"y" * 100, [first], 0, NOW)
         sent.append(request.uuid)
-        uploader.add(f"f{i}", request)
+        uploader.add(i, f"f{i}", request)
         time.sleep(0.1)
     assert uploader.finish(timeout=30)
     session.close()
@@ -533,3 +539,145 @@ def test_index_memory_stays_flat_over_many_requests(tmp_path):
     index.close()
     print(f"index: {added} keys added, Python memory grew by {growth / 1024:.1f} KiB")
     assert growth < 256 * 1024, f"memory grew by {growth} bytes over {added} keys"
+
+
+# --- pages over the broker's maximum message size ---------------------------------------------
+
+@pytest.mark.parametrize("version, expected", [
+    ("3.10.8", 128 * 2**20), ("3.8.0", 128 * 2**20), ("3.13.7", 128 * 2**20), ("4.0.5", 16 * 2**20),
+    ("4.1.0-rc.1", 16 * 2**20), ("3.7.28", None), ("", None), ("garbage", None),
+])
+def test_default_max_message_size(version, expected):
+    assert default_max_message_size(version) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("PRECONDITION_FAILED - message size 209715200 is larger than configured max size 134217728",
+     (209715200, 134217728)),
+    ("PRECONDITION_FAILED - message size 600000000 is larger than max size 536870912", (600000000, 536870912)),
+    ("PRECONDITION_FAILED - unknown delivery tag 7", None),
+    ("", None),
+])
+def test_parse_size_refusal(text, expected):
+    assert parse_size_refusal(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("134217728", 134217728), ("128MiB", 128 * 2**20), ("128 mib", 128 * 2**20), ("16M", 16 * 2**20),
+    ("1GiB", 2**30), ("512k", 512 * 1024), ("0", None), ("-5", None), ("12 MB/s", None), ("", None),
+])
+def test_parse_byte_size(text, expected):
+    if expected is None:
+        with pytest.raises(ValueError):
+            parse_byte_size(text)
+    else:
+        assert parse_byte_size(text) == expected
+
+
+def test_choose_limit_prefers_the_operator_then_the_broker_version():
+    assert choose_limit(1000, "3.10.8").limit == 1000
+    from_version = choose_limit(None, "3.10.8")
+    assert from_version.limit == 128 * 2**20 and "RabbitMQ 3.10.8" in from_version.source
+    assert choose_limit(None, None).limit == 512 * 2**20
+
+
+def test_summary_names_every_file_not_uploaded():
+    stats = pub.UploadStats(confirmed=1)
+    stats.refuse(stats.too_large, "big.tif", "too large")
+    stats.refuse(stats.unreadable, "gone.tif", "unreadable: No such file or directory")
+    lines = summary_lines(["a", "big.tif", "gone.tif", "u.tif", "n.tif"], stats, ["u.tif"], ["n.tif"])
+    assert lines[0] == ("NOT uploaded: 1 unreadable file(s), 1 over the broker's maximum message size, "
+                        "1 never confirmed, 1 not sent")
+    assert lines[1:] == ["  big.tif: too large", "  gone.tif: unreadable: No such file or directory",
+                         "  u.tif: sent, but the broker never confirmed it", "  n.tif: not sent (the upload stopped)"]
+    assert summary_lines(["a"], pub.UploadStats(confirmed=1), [], []) == []
+
+
+def _upload_script(env, *args, extra_env=None, timeout=300):
+    environment = {k: v for k, v in os.environ.items() if k != "PERO_MAX_MESSAGE_SIZE"}
+    environment.update(extra_env or {})
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "scripts/publisher.py", "-z", env.zk_root, "--no-progress", *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO, env=environment)
+    return done, time.monotonic() - started
+
+
+def test_a_file_over_the_limit_is_refused_and_the_others_go_on(env, tmp_path):
+    first = env.queue()
+    small = images(tmp_path, 3, size=1000)
+    big = tmp_path / "images" / "big_600dpi.tif"
+    big.write_bytes(os.urandom(5000))
+    missing = str(tmp_path / "images" / "missing.tif")
+    done, _ = _upload_script(env, "--stages", first, "--max-message-size", "3000",
+                             "--images", small[0], str(big), missing, small[1], small[2])
+    assert done.returncode == 1, done.stderr
+    assert "uploaded 3 of 5" in done.stdout
+    refusal = [line for line in done.stderr.splitlines() if "big_600dpi.tif" in line and "3,000 bytes" in line]
+    assert refusal and "5,000 bytes" in refusal[0] and "--max-message-size" in refusal[0]
+    assert "NOT uploaded: 1 unreadable file(s), 1 over the broker's maximum message size" in done.stderr
+    assert f"  {big}: " in done.stderr and f"  {missing}: unreadable" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(r.results[0].name for r in drain(env.mq, first)) == sorted(os.path.basename(p) for p in small)
+
+
+def test_the_limit_comes_from_the_environment_and_the_command_line_wins(env, tmp_path):
+    first = env.queue()
+    paths = images(tmp_path, 2, size=5000)
+    done, _ = _upload_script(env, "--stages", first, "--images", *paths,
+                             extra_env={"PERO_MAX_MESSAGE_SIZE": "4KiB"})
+    assert done.returncode == 1 and "uploaded 0 of 2" in done.stdout and "4,096 bytes" in done.stderr
+    done, _ = _upload_script(env, "--stages", first, "--images", *paths, "--max-message-size", "1MiB",
+                             extra_env={"PERO_MAX_MESSAGE_SIZE": "4KiB"})
+    assert done.returncode == 0 and "uploaded 2 of 2" in done.stdout, done.stderr
+    done, _ = _upload_script(env, "--stages", first, "--images", *paths, extra_env={"PERO_MAX_MESSAGE_SIZE": "lots"})
+    assert done.returncode == 2 and "not a size" in done.stderr
+
+
+def test_without_a_limit_given_the_brokers_is_used_before_reading(env, tmp_path):
+    """A sparse file just over RabbitMQ 3.x's default (128 MiB): refused from its size, never read or sent."""
+    first = env.queue()
+    huge = tmp_path / "a3_colour_600dpi.tif"
+    with open(huge, "wb") as handle:
+        handle.truncate(128 * 2**20 + 1)
+    small = images(tmp_path, 1)
+    done, elapsed = _upload_script(env, "--stages", first, "--images", str(huge), *small)
+    assert done.returncode == 1, done.stderr
+    assert "uploaded 1 of 2" in done.stdout
+    line = next(line for line in done.stderr.splitlines() if "a3_colour_600dpi.tif" in line)
+    assert "134,217,729 bytes" in line and "134,217,728 bytes (128 MiB)" in line and "RabbitMQ 3." in line
+    assert elapsed < 30
+    assert [r.results[0].name for r in drain(env.mq, first)] == [os.path.basename(small[0])]
+
+
+def test_a_refusal_by_the_broker_is_noticed_at_once_and_the_rest_go_on(env, tmp_path):
+    """We claim a higher limit than the broker's (128 MiB): the broker closes the channel on the big page;
+    the publisher notices at once, names the page and the broker's limit, and sends the pages after it."""
+    first = env.queue()
+    paths = images(tmp_path, 4, size=2000)
+    huge = tmp_path / "images" / "page_001b_huge.tif"
+    huge.write_bytes(b"\0" * (128 * 2**20 + 4096))
+    order = [paths[0], str(huge), paths[1], paths[2], paths[3]]
+    done, elapsed = _upload_script(env, "--stages", first, "--max-message-size", "300MiB", "--images", *order)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "uploaded 4 of 5" in done.stdout, done.stdout + done.stderr
+    refusal = [line for line in done.stderr.splitlines() if "page_001b_huge.tif" in line and "134,217,728" in line]
+    assert refusal and "the broker, which refused a message" in refusal[0], done.stderr
+    assert "NOT uploaded: 1 over the broker's maximum message size" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert elapsed < 60, f"took {elapsed:.0f} s: the closed channel was not noticed at once"
+    names = {r.results[0].name for r in drain(env.mq, first)}
+    assert names == {os.path.basename(p) for p in paths}
+
+
+def test_manifest_maps_uuids_to_files(env, tmp_path):
+    first = env.queue()
+    paths = images(tmp_path, 3)
+    manifest = tmp_path / "manifest.jsonl"
+    assert env.run("--stages", first, "--images", *paths, "--manifest", str(manifest)) == 0
+    entries = [json.loads(line) for line in manifest.read_text().splitlines()]
+    by_uuid = {r.uuid: r for r in drain(env.mq, first)}
+    assert sorted(entry["file"] for entry in entries) == sorted(paths)
+    for entry in entries:
+        request = by_uuid[entry["uuid"]]
+        assert request.page_uuid == entry["page_uuid"]
+        assert request.results[0].name == os.path.basename(entry["file"])

@@ -40,6 +40,8 @@ from pero_worker.libs.sftp import SftpAuthError, SftpClient, SftpConnectError, S
 from pero_worker.libs.zk import ZkConnectionError, ZooKeeper
 from pero_worker.scripts.deploy import pki
 
+from needs import require  # tests/ helper: a skip here, a failure with CI=true
+
 REPO = Path(__file__).resolve().parent.parent
 SETUP = REPO / "scripts" / "system_setup.py"
 BASE = Path("/tmp/pero-secure-test")
@@ -49,10 +51,15 @@ PORT_ARGS = ["--zookeeper-port", str(ZK_PORT), "--mq-port", str(AMQPS_PORT), "--
              "--sftp-port", str(SFTP_PORT), "-u", USER]
 PY = sys.executable
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("java") or not os.path.exists("/usr/lib/rabbitmq/bin/rabbitmq-server")
-    or not os.path.exists("/usr/sbin/sshd"),
-    reason="needs root, java (ZooKeeper), Debian's rabbitmq-server and openssh-server")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _requirements() -> None:
+    """Before the deployment fixture: a skip on a partial set-up, a failure with CI=true."""
+    require(os.geteuid() == 0, "needs root (system_setup.py creates a system account and starts sshd)")
+    require(bool(shutil.which("java")), "needs java (ZooKeeper): apt-get install default-jre-headless")
+    require(os.path.exists("/usr/lib/rabbitmq/bin/rabbitmq-server"), "needs Debian's rabbitmq-server")
+    require(os.path.exists("/usr/sbin/sshd"), "needs openssh-server")
 
 
 class Deployment:

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 from pero_worker.libs.addresses import Address  # noqa: E402
 from pero_worker.libs.config import ConnectionConfig  # noqa: E402
 from pero_worker.libs.message_pb2 import Data, ProcessingRequest, StageLog  # noqa: E402
-from pero_worker.libs.mq import MQSession, MQSettings  # noqa: E402
+from pero_worker.libs.mq import MQConnectionError, MQSession, MQSettings  # noqa: E402
 from pero_worker.libs.zk import ZooKeeper  # noqa: E402
 from pero_worker.scripts.local_services import ensure_services, write_server_lists  # noqa: E402
 
@@ -47,12 +47,13 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
+def wait_for(predicate, timeout: float, what: str, mq: MQSession) -> None:
+    """Poll `predicate`, pumping the connection meanwhile (its heartbeats must not starve)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.2)
+        mq.pump(0.2)
     raise TimeoutError(f"timed out waiting for {what}")
 
 
@@ -95,13 +96,15 @@ def main(argv: list[str] | None = None) -> int:
                     mq.pump(0)
             if not mq.wait_for_confirms(timeout=120):
                 raise TimeoutError("the broker did not confirm the requests")
-            wait_for(lambda: mq.queue_length(out) == 0, 300, "the downloader to empty the queue")
-            time.sleep(1.0)                    # the last batch is committed and acked
+            wait_for(lambda: mq.queue_length(out) == 0, 300, "the downloader to empty the queue", mq)
+            settle = time.monotonic() + 1.0    # the last batch is committed and acked
+            while time.monotonic() < settle:
+                mq.pump(0.2)
             if downloader.poll() is not None:
                 raise RuntimeError(f"the downloader exited early ({downloader.returncode})")
             samples.append((sent, rss_kb(downloader.pid)))
             print(f"after {sent:6d} requests: downloader RSS {samples[-1][1] / 1024:.1f} MB", flush=True)
-    except (TimeoutError, RuntimeError) as error:
+    except (TimeoutError, RuntimeError, MQConnectionError) as error:
         failure = str(error)
     finally:
         if downloader.poll() is None:
@@ -112,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             downloader.kill()
             stdout, stderr = downloader.communicate()
         try:
+            mq.delete_queue(out)
+        except MQConnectionError:
+            mq.open(retry_for=10)
             mq.delete_queue(out)
         finally:
             mq.close()

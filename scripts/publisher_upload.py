@@ -370,8 +370,7 @@ def _broker_version(zk: ZooKeeper, conn: ConnectionConfig) -> str | None:
         client.close()
 
 
-def summary_lines(paths: Sequence[str], stats: UploadStats, unconfirmed: Sequence[str],
-                  not_sent: Sequence[str]) -> list[str]:
+def summary_lines(stats: UploadStats, unconfirmed: Sequence[str], not_sent: Sequence[str]) -> list[str]:
     """'NOT uploaded: ...' and one line per file that was not uploaded, with the reason (pure)."""
     counts = [(len(stats.unreadable), "unreadable file(s)"),
               (len(stats.too_large), "over the broker's maximum message size"),
@@ -483,7 +482,7 @@ def upload(args: argparse.Namespace) -> int:
     print(f"uploaded {stats.confirmed} of {len(paths)} request(s) to {stages[0]} in {elapsed:.1f} s "
           f"({stats.confirmed / elapsed:.0f} req/s)"
           + (f"; re-published {stats.republished} after reconnects" if stats.republished else ""))
-    lines = summary_lines(paths, stats, unconfirmed, paths[handled:])
+    lines = summary_lines(stats, unconfirmed, paths[handled:])
     for line in lines:
         print(line, file=sys.stderr)
     if interrupted:

@@ -157,6 +157,8 @@ def deployment() -> Deployment:
         leftovers = [port for port in (ZK_PORT, AMQPS_PORT, MGMT_PORT, SFTP_PORT) if _listening(port)]
         shutil.rmtree(BASE, ignore_errors=True)
         shutil.rmtree(JAIL, ignore_errors=True)
+        if JAIL.parent.is_dir() and not any(JAIL.parent.iterdir()):
+            JAIL.parent.rmdir()
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
         assert not leftovers, f"still listening after --stop: {leftovers}"
         assert not account_left, f"--stop left the system account {USER!r} behind: {stopped.stderr}"

@@ -51,3 +51,4 @@ bench: services
 	$(PY) bench/pipeline.py
 	$(PY) bench/scheduling.py
 	$(PY) bench/cer.py
+	$(PY) bench/download_memory.py

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Pipeline throughput: preloaded requests drained through a zero-time DUMMY stage.
 
+Only requests that come out with every stage log OK are counted (bench/outcomes.py); a run
+with a failed or missing request stops the bench with exit status 1 and no RESULT line.
 Everything runs as users run it: stages created with stage_config_manager.py,
 requests uploaded with publisher.py, real worker processes (worker/run_worker.py)
 on the local services (`make services`).  Workers start idle, the queue is
@@ -32,6 +34,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
+from pero_worker.bench.outcomes import judge  # noqa: E402
 from pero_worker.libs import zk_paths  # noqa: E402
 from pero_worker.libs.addresses import Address  # noqa: E402
 from pero_worker.libs.config import ConnectionConfig  # noqa: E402
@@ -40,6 +43,14 @@ from pero_worker.libs.zk import ZooKeeper  # noqa: E402
 from pero_worker.scripts.local_services import ensure_services, write_server_lists  # noqa: E402
 
 PY = sys.executable
+
+
+class BenchFailure(Exception):
+    """A run saw failed, missing or unconfirmed requests: no figure may come from it."""
+
+    def __init__(self, message: str, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or []
 
 
 def make_images(folder: Path, count: int, size_kb: int) -> None:
@@ -67,6 +78,31 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05) -> No
     raise SystemExit(f"timed out waiting for {what}")
 
 
+def read_output(mq: MQSession, queue: str, expected: int, timeout: float = 120.0) -> list[bytes]:
+    """Every message of the output queue (at least `expected`, or what came within `timeout`), acked."""
+    bodies: list[bytes] = []
+    last_tag = 0
+
+    def on_message(delivery) -> None:
+        nonlocal last_tag
+        bodies.append(delivery.body)
+        last_tag = delivery.delivery_tag
+
+    mq.consume(queue, on_message, prefetch=256)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            mq.pump(0.2)
+            if last_tag:
+                mq.ack(last_tag, multiple=True)
+                last_tag = 0
+            if len(bodies) >= expected and mq.queue_length(queue) == 0:
+                break
+    finally:
+        mq.cancel_consumer()
+    return bodies
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -74,13 +110,16 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--size-kb", type=int, default=50)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    args = parser.parse_args()
+    parser.add_argument("--failing-stage", action="store_true",
+                        help="use a FAILTEST stage (every request fails): shows that the bench then refuses to "
+                             "report a figure and exits 1")
+    args = parser.parse_args(argv)
 
     services = ensure_services()
     chroot = f"/bench_{uuid.uuid4().hex[:8]}"
@@ -92,7 +131,8 @@ def main() -> int:
     write_server_lists(zk, services)
     stage, out = f"bench_dummy_{uuid.uuid4().hex[:6]}", f"bench_out_{uuid.uuid4().hex[:6]}"
     work = Path(tempfile.mkdtemp(prefix="pero-bench-"))
-    (work / "dummy.ini").write_text("[WORKER]\nDUMMY = TRUE\nTIME_SCALE = 0\n")
+    (work / "dummy.ini").write_text("[WORKER]\nFAILTEST = TRUE\n" if args.failing_stage
+                                    else "[WORKER]\nDUMMY = TRUE\nTIME_SCALE = 0\n")
     images = work / "images"
     images.mkdir()
     make_images(images, args.requests, args.size_kb)
@@ -102,6 +142,7 @@ def main() -> int:
                               username="guest", password="guest"), name="bench")
     mq.open(retry_for=10)
 
+    failure: BenchFailure | None = None
     upload_rates: list[float] = []
     results: dict[int, list[float]] = {}
     idle_rss: list[float] = []
@@ -122,9 +163,10 @@ def main() -> int:
 
                 up = run([PY, "scripts/publisher.py", "-z", zk_arg, "--stages", stage, out,
                           "--directory", str(images), "--no-progress"])
-                match = re.search(r"\(([\d.]+) req/s\)", up.stdout)
-                if match:
-                    upload_rates.append(float(match.group(1)))
+                match = re.search(r"uploaded (\d+) of (\d+) .*\(([\d.]+) req/s\)", up.stdout)
+                if not match or match.group(1) != match.group(2):
+                    raise BenchFailure(f"upload incomplete: {up.stdout.strip()} {up.stderr.strip()}")
+                upload_rates.append(float(match.group(3)))
                 wait_for(lambda: mq.queue_length(stage) == args.requests, 30, "the preload to settle")
 
                 started = time.monotonic()
@@ -132,9 +174,14 @@ def main() -> int:
                     zk.set_text(zk_paths.worker_queue(wid), stage)
                 wait_for(lambda: mq.queue_length(out) >= args.requests, 600, "the stage to drain", interval=0.01)
                 elapsed = time.monotonic() - started
-                rate = args.requests / elapsed
+                # Only requests whose every stage log says OK count; any failure voids the bench.
+                outcome = judge(read_output(mq, out, args.requests), args.requests, stages=1)
+                if not outcome.clean:
+                    raise BenchFailure(f"{n_workers} worker(s), run {attempt + 1}: {outcome.describe()}",
+                                       outcome.failed)
+                rate = outcome.ok / elapsed
                 results.setdefault(n_workers, []).append(rate)
-                print(f"{n_workers} worker(s), run {attempt + 1}: {args.requests} requests in {elapsed:.2f} s "
+                print(f"{n_workers} worker(s), run {attempt + 1}: {outcome.describe()} in {elapsed:.2f} s "
                       f"= {rate:.0f} req/s", flush=True)
 
                 for wid in ids:
@@ -144,6 +191,8 @@ def main() -> int:
                 procs = []
                 mq.purge_queue(out)
                 mq.purge_queue(stage)
+    except BenchFailure as error:
+        failure = error
     finally:
         for proc in procs:
             proc.kill()
@@ -157,6 +206,14 @@ def main() -> int:
         admin.delete(chroot, recursive=True)
         admin.stop()
 
+    if failure is not None:
+        print(f"BENCH FAILED: {failure}", file=sys.stderr)
+        for line in failure.details[:5]:
+            print(f"  {line}", file=sys.stderr)
+        if len(failure.details) > 5:
+            print(f"  ... and {len(failure.details) - 5} more", file=sys.stderr)
+        print("no RESULT: figures are computed only from runs in which every request succeeded", file=sys.stderr)
+        return 1
     print()
     for n_workers, rates in results.items():
         label = "pipeline_1_worker" if n_workers == 1 else f"pipeline_{n_workers}_workers"

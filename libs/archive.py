@@ -4,8 +4,10 @@ A stage's model archive comes from SFTP and is untrusted (SPEC.md section 8).
 Two rules keep it harmless:
 
 * every member is judged by the pure function `check_member` (plus the
-  archive-wide `check_totals` bomb limits) and ONE bad member refuses the whole
-  archive: a model is either unpacked completely or not at all;
+  archive-wide `check_totals` bomb limits: members, and unpacked bytes against
+  `size_budget` - an absolute cap, a ratio to the archive's size and the free
+  disk space - counted while the bytes stream out) and ONE bad member refuses
+  the whole archive: a model is either unpacked completely or not at all;
 * unpacking happens in a hidden temporary folder next to the destination that
   is renamed into place only when everything was written and synced, so a
   crash never leaves a half-unpacked folder that looks like a complete model.
@@ -50,10 +52,20 @@ class UnsafeArchiveError(ArchiveError):
 
 @dataclass(frozen=True)
 class ArchiveLimits:
-    """Bomb limits: generous for real OCR models (a few GB, a few hundred files)."""
+    """Bomb limits: generous for real OCR models (a few GB, a few hundred files).
+
+    The unpacked size is bounded three ways, checked while the bytes stream out
+    (a member cannot lie about its size): an absolute cap; `max_ratio` unpacked
+    bytes per archive byte (model weights compress 1-3x; a bomb of zeros 1000x;
+    archives smaller than `ratio_allowance` unpacked are never refused for their
+    ratio); and the free space of the destination's disk less `disk_reserve`.
+    """
     max_members: int = 100_000
     max_total_bytes: int = 64 * 1024 ** 3
     max_name_length: int = 4096
+    max_ratio: float = 10.0
+    ratio_allowance: int = 64 * 1024 ** 2
+    disk_reserve: int = 1024 ** 3
 
 
 DEFAULT_LIMITS = ArchiveLimits()
@@ -111,12 +123,35 @@ def check_member(name: str, kind: str, linkname: str | None = None,
     return None
 
 
-def check_totals(member_count: int, total_bytes: int, limits: ArchiveLimits = DEFAULT_LIMITS) -> str | None:
-    """Archive-wide bomb limits, checked as members are seen (counts so far)."""
+@dataclass(frozen=True)
+class SizeBudget:
+    """How many bytes one archive may unpack to, and what sets that bound (for the refusal message)."""
+    max_bytes: int
+    reason: str
+
+
+def size_budget(archive_bytes: int, free_bytes: int, limits: ArchiveLimits = DEFAULT_LIMITS) -> SizeBudget:
+    """The unpacked-size bound of one archive: the smallest of the absolute cap, the ratio bound and the
+    free disk space less the reserve (pure)."""
+    by_ratio = max(limits.ratio_allowance, int(limits.max_ratio * max(archive_bytes, 0)))
+    candidates = [
+        SizeBudget(limits.max_total_bytes, f"the limit of {limits.max_total_bytes} bytes"),
+        SizeBudget(by_ratio, f"{limits.max_ratio:g} times the {archive_bytes}-byte archive (a decompression bomb?)"),
+        SizeBudget(max(free_bytes - limits.disk_reserve, 0),
+                   f"the free disk space ({free_bytes} bytes, keeping {limits.disk_reserve} free)"),
+    ]
+    return min(candidates, key=lambda budget: budget.max_bytes)
+
+
+def check_totals(member_count: int, total_bytes: int, limits: ArchiveLimits = DEFAULT_LIMITS,
+                 budget: SizeBudget | None = None) -> str | None:
+    """Archive-wide bomb limits, checked as members are seen and bytes are written (counts so far)."""
     if member_count > limits.max_members:
         return f"too many members (more than {limits.max_members})"
-    if total_bytes > limits.max_total_bytes:
-        return f"unpacked size exceeds {limits.max_total_bytes} bytes"
+    if budget is None:
+        budget = SizeBudget(limits.max_total_bytes, f"the limit of {limits.max_total_bytes} bytes")
+    if total_bytes > budget.max_bytes:
+        return f"unpacked size exceeds {budget.reason}"
     return None
 
 
@@ -187,9 +222,10 @@ def _file_mode(mode: int) -> int:
 class _Writer:
     """Writes accepted members under a root folder, counting the bytes really written."""
 
-    def __init__(self, root: Path, limits: ArchiveLimits) -> None:
+    def __init__(self, root: Path, limits: ArchiveLimits, budget: SizeBudget) -> None:
         self.root = root
         self.limits = limits
+        self.budget = budget
         self.members = 0
         self.bytes = 0
 
@@ -197,7 +233,7 @@ class _Writer:
         reason = check_member(member.name, member.kind, member.linkname, self.limits)
         if reason is None:
             self.members += 1
-            reason = check_totals(self.members, self.bytes + max(member.size, 0), self.limits)
+            reason = check_totals(self.members, self.bytes + max(member.size, 0), self.limits, self.budget)
         if reason is not None:
             raise UnsafeArchiveError(f"refusing archive: {reason}")
 
@@ -232,7 +268,7 @@ class _Writer:
                 if not chunk:
                     break
                 self.bytes += len(chunk)
-                reason = check_totals(self.members, self.bytes, self.limits)
+                reason = check_totals(self.members, self.bytes, self.limits, self.budget)
                 if reason is not None:
                     raise UnsafeArchiveError(f"refusing archive: {reason}")
                 try:
@@ -283,7 +319,7 @@ def _zip_members(path: Path, writer: _Writer) -> None:
                 kind = _zip_kind(info)
                 reason = check_member(info.filename, kind, None, writer.limits)
                 declared += info.file_size
-                reason = reason or check_totals(index, declared, writer.limits)
+                reason = reason or check_totals(index, declared, writer.limits, writer.budget)
                 if reason is not None:
                     raise UnsafeArchiveError(f"refusing archive: {reason}")
             for info in infos:
@@ -326,6 +362,11 @@ def temporary_siblings(dest_dir: str | os.PathLike[str]) -> Iterator[Path]:
         yield from dest.parent.glob(f".{dest.name}.unpack-*")
 
 
+def is_temporary(name: str) -> bool:
+    """Whether a folder name is one of safe_extract's temporary folders (pure)."""
+    return name.startswith(".") and ".unpack-" in name
+
+
 def safe_extract(archive_path: str | os.PathLike[str], dest_dir: str | os.PathLike[str],
                  limits: ArchiveLimits = DEFAULT_LIMITS) -> ExtractStats:
     """Unpack the archive into dest_dir (which must not exist yet), all or nothing.
@@ -339,9 +380,13 @@ def safe_extract(archive_path: str | os.PathLike[str], dest_dir: str | os.PathLi
         raise ArchiveError(f"destination already exists: {dest}")
     fmt = archive_format(archive_path)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        budget = size_budget(archive_path.stat().st_size, shutil.disk_usage(dest.parent).free, limits)
+    except OSError as error:
+        raise ArchiveError(f"cannot size archive {archive_path.name}: {error.strerror}") from None
     temporary = dest.parent / f".{dest.name}.unpack-{uuid.uuid4().hex[:12]}"
     temporary.mkdir()
-    writer = _Writer(temporary, limits)
+    writer = _Writer(temporary, limits, budget)
     try:
         if fmt == "zip":
             _zip_members(archive_path, writer)
@@ -368,8 +413,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 __all__ = [
-    "ArchiveError", "UnsafeArchiveError", "ArchiveLimits", "DEFAULT_LIMITS", "ExtractStats",
+    "ArchiveError", "UnsafeArchiveError", "ArchiveLimits", "DEFAULT_LIMITS", "ExtractStats", "SizeBudget",
     "check_member", "check_totals", "detect_format", "archive_format", "normalize_member_name",
-    "safe_extract", "temporary_siblings",
+    "safe_extract", "size_budget", "temporary_siblings", "is_temporary",
     "FILE", "DIRECTORY", "SYMLINK", "HARDLINK", "DEVICE", "FIFO", "OTHER",
 ]

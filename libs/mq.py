@@ -61,6 +61,20 @@ class MQAuthenticationError(MQConnectionError):
     """Wrong user or password, or no access to the vhost: retrying will not help."""
 
 
+class MQChannelClosedError(MQConnectionError):
+    """The broker closed our publish/consume channel (e.g. a message over its size limit).
+
+    The session is closed when this is raised: reopen it.  Unconfirmed publishes
+    have no outcome and unacked deliveries go back to their queue, as after a
+    lost connection; `reply_code` and `reply_text` say why the broker did it.
+    """
+
+    def __init__(self, message: str, reply_code: int, reply_text: str) -> None:
+        super().__init__(message)
+        self.reply_code = reply_code
+        self.reply_text = reply_text
+
+
 class PublishOutcome(enum.Enum):
     CONFIRMED = "confirmed"
     RETURNED = "returned"   # unroutable: the target queue does not exist
@@ -160,6 +174,7 @@ class MQSession:
         self._wakeup_scheduled = False
         self._consumer_tag: str | None = None
         self._consumer_queue: str | None = None
+        self._channel_closed: pex.ChannelClosedByBroker | None = None
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -201,6 +216,8 @@ class MQSession:
         impl = self._channel._impl  # pika's async channel: the only way to get asynchronous confirms
         impl.confirm_delivery(ack_nack_callback=self._on_confirm_frame)
         impl.add_on_return_callback(self._on_return_frame)
+        impl.add_on_close_callback(self._on_channel_close)
+        self._channel_closed = None
         self._publish_seq = 0
         self._pending.clear()
         self._returned.clear()
@@ -215,6 +232,7 @@ class MQSession:
         self._pending.clear()
         self._completed.clear()
         self._consumer_tag = None
+        self._channel_closed = None
         if connection is not None and connection.is_open:
             try:
                 connection.close()
@@ -234,7 +252,26 @@ class MQSession:
             raise MQConnectionError("not connected to RabbitMQ")
         return self._connection, self._channel
 
+    def _on_channel_close(self, _channel: Any, reason: Exception) -> None:
+        # Runs inside pika's I/O loop: only record; pump() and publish() raise it.
+        if isinstance(reason, pex.ChannelClosedByBroker):
+            self._channel_closed = reason
+
+    def _raise_if_channel_closed(self) -> None:
+        """The broker closed the main channel: say so at once (with its reason) instead of waiting for confirms."""
+        reason = self._channel_closed
+        if reason is None:
+            return
+        self.close()
+        raise MQChannelClosedError(f"RabbitMQ closed the channel: {reason.reply_code} {reason.reply_text}",
+                                   reason.reply_code, reason.reply_text)
+
     def _translate(self, error: BaseException, what: str) -> MQError:
+        if self._channel_closed is not None:
+            try:
+                self._raise_if_channel_closed()
+            except MQChannelClosedError as closed:
+                return closed
         if isinstance(error, pex.ChannelClosedByBroker):
             # A closed main channel leaves consumers and confirms in an unknown state: start over.
             self.close()
@@ -304,6 +341,7 @@ class MQSession:
     def publish(self, queue: str, body: bytes, *, priority: int = 0, headers: dict[str, Any] | None = None,
                 on_done: Callable[[PublishOutcome], None] | None = None) -> None:
         """Persistent, mandatory publish to the default exchange; `on_done(outcome)` runs during pump()."""
+        self._raise_if_channel_closed()
         _connection, channel = self._require_open()
         self._publish_seq += 1
         seq = self._publish_seq
@@ -462,6 +500,7 @@ class MQSession:
         except pex.AMQPError as error:
             raise self._translate(error, "waiting for messages") from None
         self._run_completed()
+        self._raise_if_channel_closed()
 
     def wake(self) -> None:
         """Thread-safe: make a pump() in progress return."""

@@ -170,6 +170,12 @@ class ManagementClient:
                                    f"{urllib.parse.quote(name, safe='')}")
         return parse_queue(data) if isinstance(data, dict) else None
 
+    def broker_version(self) -> str | None:
+        """RabbitMQ's version from /api/overview (any user with the management or monitoring tag)."""
+        data = self.request("GET", "/api/overview")
+        version = data.get("rabbitmq_version") if isinstance(data, dict) else None
+        return version if isinstance(version, str) and version else None
+
     def connections(self) -> list[dict[str, Any]]:
         data = self.request("GET", "/api/connections")
         return data if isinstance(data, list) else []

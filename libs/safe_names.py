@@ -130,9 +130,21 @@ def short_id(identifier: str, length: int = 8) -> str:
     return hashlib.sha256((identifier or "").encode("utf-8", "surrogatepass")).hexdigest()[:length]
 
 
+def _strip_last_extension(name: str) -> str:
+    """'page.3B.tif' -> 'page.3B': only the last short, plain suffix is an extension."""
+    match = re.search(r"\.[A-Za-z0-9]{1,10}$", name)
+    if not match or match.start() == 0:
+        return name
+    return name[:match.start()]
+
+
 def request_folder_name(image_name: str, request_uuid: str) -> str:
-    """'<image stem>_<short uuid>' for one downloaded request: recognisable and unique enough."""
-    stem, _extension = _split_extension(safe_file_name(image_name, default="request"))
+    """'<image name without its last extension>_<short uuid>' for one downloaded request.
+
+    Only the last extension goes ('page.3B.tif' -> 'page.3B_<uuid8>'): dots inside
+    scan names often carry meaning (volume.page.side) and must not be lost.
+    """
+    stem = _strip_last_extension(safe_file_name(image_name, default="request"))
     stem = stem.rstrip(". ") or "request"
     suffix = "_" + short_id(request_uuid)
     return safe_file_name(_truncate_utf8(stem, MAX_NAME_BYTES - len(suffix)) + suffix)

@@ -39,6 +39,23 @@ RUNNING_STATUSES = (PROCESSING, IDLE)
 FAILURE_STATUSES = (CONFIGURATION_FAILED, MQ_CONNECTION_FAILED)
 
 
+def zookeeper_refused_character(name: str) -> str | None:
+    """The first character ZooKeeper refuses in a node name, or None (pure).
+
+    ZooKeeper's server checks names as Java (UTF-16) strings and refuses control
+    characters (U+0001..U+001F, U+007F..U+009F), U+D800..U+F8FF (surrogates and
+    the private use area), U+FFF0..U+FFFF, and therefore every character beyond
+    U+FFFF (emoji and the like travel as surrogate pairs).  A name it refuses
+    fails with BadArgumentsError only at the write, so tools check it first.
+    """
+    for char in name:
+        code = ord(char)
+        if (code == 0 or code <= 0x1F or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xF8FF
+                or 0xFFF0 <= code):
+            return char
+    return None
+
+
 def _check_name(name: str, what: str) -> str:
     """Refuse names that would escape their parent node or be ambiguous."""
     if not name or "/" in name or name in (".", "..") or "\x00" in name:

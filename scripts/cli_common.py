@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 from pero_worker.libs.config import ConfigError, ConnectionConfig, connection_config, read_ini_section
 from pero_worker.libs.mq import MQConnectionError, MQError, MQSession, MQSettings
 from pero_worker.libs.zk import KazooException, NoAuthError, ZkConnectionError, ZooKeeper
+from pero_worker.libs.zk_paths import zookeeper_refused_character
 
 EXIT_OK = 0
 EXIT_FAILURE = 1        # the operation ran and failed (nacked publish, missing stage ...)
@@ -52,6 +53,10 @@ def validate_stage_name(name: str) -> str:
         raise ValueError(f"invalid stage name {name!r}: no '/', '.' or '..'")
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise ValueError(f"invalid stage name {name!r}: control characters")
+    refused = zookeeper_refused_character(name)
+    if refused is not None:
+        raise ValueError(f"invalid stage name {name!r}: ZooKeeper does not accept the character "
+                         f"U+{ord(refused):04X} in node names")
     if name.startswith("amq."):
         raise ValueError(f"invalid stage name {name!r}: names starting with 'amq.' are reserved by RabbitMQ")
     if name == "zookeeper":

@@ -8,7 +8,8 @@ What it does, as an operator would by hand:
      and an output stage;
   3. starts a worker, the watchdog (which assigns the worker to whichever stage has work)
      and the log daemon;
-  4. uploads the pages in examples/ with publisher.py and downloads the results;
+  4. uploads the pages in examples/ with publisher.py (its --manifest says which request uuid each
+     page got) and downloads the results, matched to the pages by uuid;
   5. writes PAGE XML and plain text per page to demo-output/ and prints the character error
      rate against each page's known text;
   6. stops the processes it started (and the services, if it started them).
@@ -16,6 +17,7 @@ What it does, as an operator would by hand:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -57,6 +59,36 @@ def character_error_rate(reference: str, hypothesis: str) -> float:
     reference = " ".join(reference.split())
     hypothesis = " ".join(hypothesis.split())
     return Levenshtein.distance(reference, hypothesis) / max(1, len(reference))
+
+
+def read_manifest(path: Path) -> dict[Path, str]:
+    """publisher.py --manifest lines -> {uploaded file (resolved): request uuid}."""
+    entries = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                entries[Path(entry["file"]).resolve()] = entry["uuid"]
+    return entries
+
+
+def results_by_uuid(results: Path) -> dict[str, Path]:
+    """Downloaded request folders by the uuid their request_info.txt names (folder names are not unique
+    enough: 'page.3B.tif' and 'page.tif' both start with 'page')."""
+    found = {}
+    if results.is_dir():
+        for folder in results.iterdir():
+            info = folder / "request_info.txt"
+            if folder.is_dir() and not folder.is_symlink() and info.is_file():
+                key, _, value = info.read_text(encoding="utf-8", errors="replace").partition("\n")[0].partition(":")
+                if key.strip() == "uuid" and value.strip():
+                    found[value.strip()] = folder
+    return found
+
+
+def match_pages(images: list[Path], manifest: dict[Path, str], folders: dict[str, Path]) -> dict[Path, Path | None]:
+    """Each page's result folder, matched by the uuid it was uploaded with (None: not back yet)."""
+    return {image: folders.get(manifest.get(image.resolve(), "")) for image in images}
 
 
 def _run(cmd: list[str], what: str) -> None:
@@ -128,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
                                           start_new_session=True))
 
         print(f"demo: uploading {len(examples)} page(s) ...", flush=True)
+        manifest_path = work / "manifest.jsonl"
         _run([PY, "scripts/publisher.py", "-z", zk, *auth, "--stages", *STAGES, "--no-progress",
-              "--images", *map(str, examples)], "uploading the pages")
+              "--manifest", str(manifest_path), "--images", *map(str, examples)], "uploading the pages")
+        manifest = read_manifest(manifest_path)
 
         results = output / "results"
         deadline = time.monotonic() + args.timeout
@@ -137,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             _run([PY, "scripts/publisher.py", "-z", zk, *auth, "--download", STAGES[2], "--directory",
                   str(results)], "downloading results")
-            done = [p for p in results.iterdir() if p.is_dir()] if results.exists() else []
+            matched = match_pages(examples, manifest, results_by_uuid(results))
+            done = [image for image, folder in matched.items() if folder is not None]
             if len(done) >= len(examples):
                 break
             if time.monotonic() > deadline:
@@ -150,13 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         width = max(len(image.name) for image in examples) + 2
         print(f"{'page':<{width}} {'lines':>5} {'chars':>6} {'CER':>7}  status")
         cers = []
-        for image in examples:
-            folders = [p for p in results.iterdir() if p.is_dir() and p.name.startswith(image.stem)]
-            xml_files = [f for folder in folders for f in folder.glob("*_page.xml")]
+        for image, folder in matched.items():
+            xml_files = sorted(folder.glob("*_page.xml")) if folder is not None else []
             statuses = "missing"
-            if folders:
-                info = folders[0] / "request_info.txt"
-                statuses = "ok" if not info.exists() or "FAILED" not in info.read_text(errors="replace") else "FAILED"
+            if folder is not None:
+                info = folder / "request_info.txt"
+                statuses = "ok" if "FAILED" not in info.read_text(errors="replace") else "FAILED"
             if not xml_files:
                 print(f"{image.name:<{width}} {'-':>5} {'-':>6} {'-':>7}  {statuses}")
                 continue

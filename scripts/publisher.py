@@ -1,20 +1,19 @@
 #!/usr/bin/env python3
 """Upload images as processing requests, and download finished requests.
 
-Upload: one ProcessingRequest per image, published persistent to the first
-stage's queue.  Confirms are asynchronous (the broker acknowledges batches while
-we keep publishing) and files are read ahead by a thread, so the rate is set by
-the broker, not by round trips.  A request is counted as uploaded only when the
-broker confirmed it; if the connection drops, the unconfirmed requests are
-published again with the same uuid (the downloader removes such duplicates).
+Upload (scripts/publisher_upload.py): one ProcessingRequest per image, published
+persistent to the first stage's queue, counted only when the broker confirmed
+it; files over the broker's maximum message size are refused one by one, and
+every file not uploaded is named.
 
 Download: consume the output queue and write each request to its own folder.
 Every name in a request is untrusted and goes through libs/safe_names, so no
 file can land outside the download folder.  Requests are acked in batches,
 only after the batch is on disk (files written, folders renamed into place, the
-filesystem synced, uuids appended to the index file), so a crash loses nothing:
-unacked requests come again, and a folder whose uuid never reached the index is
-rewritten rather than trusted.  Requests already in the index are skipped.
+filesystem synced, uuids committed to the on-disk index, scripts/download_index.py),
+so a crash loses nothing: unacked requests come again, and a folder whose uuid
+never reached the index is rewritten rather than trusted.  Requests already in
+the index are skipped.  Symbolic links in the download folder are never followed.
 """
 from __future__ import annotations
 
@@ -23,7 +22,6 @@ import ctypes
 import datetime
 import hashlib
 import os
-import queue as queue_module
 import shutil
 import signal
 import sys
@@ -37,22 +35,23 @@ from google.protobuf.message import DecodeError
 
 from pero_worker.libs.config import add_connection_arguments
 from pero_worker.libs.message_pb2 import ProcessingRequest
-from pero_worker.libs.mq import Delivery, MQConnectionError, MQError, MQSession, PublishOutcome
+from pero_worker.libs.message_size import parse_byte_size
+from pero_worker.libs.mq import Delivery, MQConnectionError, MQError
 from pero_worker.libs.safe_names import dedup_key, deduplicate, request_folder_name, safe_file_name
+from pero_worker.scripts.download_index import INDEX_FILE, DownloadIndex, DownloadIndexError  # noqa: F401
+from pero_worker.scripts.publisher_upload import (  # noqa: F401  (re-exported: the upload half of this tool)
+    UploadStats, Uploader, build_request, list_upload_files, upload,
+)
 from pero_worker.scripts.cli_common import (
-    EXIT_CODES_HELP, EXIT_CONNECTION, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError,
+    EXIT_CODES_HELP, EXIT_CONNECTION, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError,
     add_debug_argument, build_connection_config, connect_zookeeper, log, open_mq, run_main, validate_stage_name,
 )
 
-INDEX_FILE = ".pero_downloaded"          # one dedup key per line; survives restarts
 TEMP_PREFIX = ".tmp-"                    # half-written request folders (removed at start)
 UNPARSABLE_FOLDER = "_unparsable"        # raw bodies that are not a ProcessingRequest
 INFO_FILE = "request_info.txt"
-MAX_IN_FLIGHT = 1000                     # unconfirmed requests held in memory for a re-publish
-READ_AHEAD = 16                          # batches read ahead of the publisher
-READ_BATCH = 32                          # files per batch
-PUMP_EVERY = 32                          # publishes between two runs of the I/O loop
 PREFETCH = 128                           # download: deliveries in flight = largest batch made durable at once
+MAX_MESSAGE_SIZE_ENV = "PERO_MAX_MESSAGE_SIZE"
 
 
 # --- command line -----------------------------------------------------------------
@@ -66,14 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
 upload:    --stages S1 [S2 ...] out  (--images FILE ... | --directory DIR)  [-y PRIORITY]
   One request per image, sent to the queue of the first stage; the last stage is the output
   stage you download from. Every stage queue must exist (stage_config_manager.py --name STAGE).
-  Exit code 1 when any image could not be read or any request was not accepted by the broker.
+  A file over the broker's maximum message size is refused (one line naming it and the limit)
+  and the others go on; the limit is --max-message-size, else learnt from the broker (its
+  version's default, read from the management API, or the limit it names when it refuses a
+  message). Every file not uploaded is named at the end, with the reason.
+  Exit code 1 when any file was not uploaded (unreadable, too large, refused by the broker).
 
 download:  --download out --directory DIR [--keep-running]
   Writes DIR/<image name>_<short uuid>/ per request: every result file, request_info.txt
   (uuid, page uuid, priority, start time, stages and their statuses) and <stage>.log per stage.
   Result names are sanitised: nothing is ever written outside DIR. Requests already downloaded
-  (by uuid, remembered in DIR/.pero_downloaded) are skipped. Without --keep-running it stops
-  when the queue is empty; with it, it waits for more until Ctrl-C.
+  (by uuid, remembered in DIR/.pero_downloaded.sqlite3) are skipped. Symbolic links in DIR are
+  never followed (a request whose folder name is taken by one gets the next free name).
+  Without --keep-running it stops when the queue is empty; with it, it waits for more until Ctrl-C.
 """,
         epilog=EXIT_CODES_HELP,
     )
@@ -90,59 +94,26 @@ download:  --download out --directory DIR [--keep-running]
                         help="download: keep waiting for new requests until Ctrl-C")
     parser.add_argument("--idle-timeout", type=float, default=2.0, metavar="SECONDS",
                         help="download: stop after the queue has been empty this long (default 2)")
+    parser.add_argument("--max-message-size", type=_byte_size, metavar="BYTES",
+                        default=os.environ.get(MAX_MESSAGE_SIZE_ENV) or None,
+                        help="upload: the broker's max_message_size, when it is not the default of its version "
+                             f"(bytes, or e.g. 256MiB; default ${MAX_MESSAGE_SIZE_ENV}, else read from the broker)")
+    parser.add_argument("--manifest", metavar="FILE",
+                        help="upload: append one JSON line per uploaded file to FILE: "
+                             '{"uuid": ..., "page_uuid": ..., "file": ...} (find a file\'s results by uuid)')
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_debug_argument(parser)
     return parser
 
 
+def _byte_size(text: str) -> int:
+    try:
+        return parse_byte_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 # --- pure helpers -------------------------------------------------------------------
-
-class UuidSource:
-    """uuid4 hex strings drawn from one os.urandom call per batch.
-
-    uuid.uuid4() asks the kernel for 16 bytes each time; at thousands of
-    requests per second (two uuids each) those system calls were a tenth of the
-    upload time on a loaded machine.
-    """
-
-    def __init__(self, batch: int = 512) -> None:
-        self._batch = batch
-        self._pool: list[str] = []
-
-    def __call__(self) -> str:
-        if not self._pool:
-            data = os.urandom(16 * self._batch)
-            self._pool = [uuid.UUID(bytes=data[i:i + 16], version=4).hex for i in range(0, len(data), 16)]
-        return self._pool.pop()
-
-
-_new_uuid = UuidSource()
-
-
-def build_request(image_name: str, content: bytes, stages: Sequence[str], priority: int,
-                  now: datetime.datetime) -> ProcessingRequest:
-    request = ProcessingRequest()
-    request.uuid = _new_uuid()
-    request.page_uuid = _new_uuid()
-    request.priority = priority
-    request.start_time.FromDatetime(now.astimezone(datetime.timezone.utc))
-    request.processing_stages.extend(stages)
-    result = request.results.add()
-    result.name = image_name
-    result.content = content
-    return request
-
-
-def list_upload_files(images: Sequence[str], directory: str | None) -> list[str]:
-    files = list(images)
-    if directory:
-        try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
-        except OSError as error:
-            raise CliError(f"cannot read directory {directory}: {error.strerror}", EXIT_USAGE) from None
-        files += [entry.path for entry in entries if not entry.name.startswith(".") and entry.is_file()]
-    return files
-
 
 def _timestamp_text(timestamp) -> str:
     if not timestamp.seconds and not timestamp.nanos:
@@ -207,209 +178,6 @@ def plan_request_files(request: ProcessingRequest) -> list[tuple[str, str, bytes
     return ([(INFO_FILE, INFO_FILE, info)] + [(name, name, content) for name, content in logs] + results)
 
 
-# --- upload ---------------------------------------------------------------------------
-
-def _read_ahead(paths: Sequence[str], out: "queue_module.Queue", stop: threading.Event) -> None:
-    """Reader thread: lists of (path, bytes or OSError), then None.
-
-    Batches, because handing items between threads one by one cost more (GIL
-    hand-offs) than reading the files.
-    """
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.5)
-                return True
-            except queue_module.Full:
-                continue
-        return False
-
-    batch: list[tuple[str, bytes | OSError]] = []
-    for path in paths:
-        if stop.is_set():
-            return
-        try:
-            with open(path, "rb") as handle:
-                batch.append((path, handle.read()))
-        except OSError as error:
-            batch.append((path, error))
-        if len(batch) >= READ_BATCH:
-            if not put(batch):
-                return
-            batch = []
-    if batch and not put(batch):
-        return
-    put(None)
-
-
-@dataclass
-class UploadStats:
-    confirmed: int = 0
-    returned: list[str] = field(default_factory=list)
-    nacked: list[str] = field(default_factory=list)
-    unreadable: list[str] = field(default_factory=list)
-    republished: int = 0
-
-
-class Uploader:
-    """Publishes with a bounded window of unconfirmed requests; re-publishes them after a reconnect."""
-
-    def __init__(self, session: MQSession, reopen: Callable[[], MQSession], queue: str,
-                 stats: UploadStats, on_confirmed: Callable[[], None]) -> None:
-        self.session = session
-        self._reopen = reopen
-        self.queue = queue
-        self.stats = stats
-        self._on_confirmed = on_confirmed
-        self._outstanding: dict[str, tuple[str, bytes, int]] = {}   # uuid -> (path, body, priority)
-        self._since_pump = 0
-
-    def _done(self, key: str, outcome: PublishOutcome) -> None:
-        entry = self._outstanding.pop(key, None)
-        if entry is None:      # outcome of a publish from before a reconnect that was re-published
-            return
-        path = entry[0]
-        if outcome is PublishOutcome.CONFIRMED:
-            self.stats.confirmed += 1
-            self._on_confirmed()
-        elif outcome is PublishOutcome.RETURNED:
-            self.stats.returned.append(path)
-            log.error("request for %s was returned: queue %r does not exist (any more)", path, self.queue)
-        else:
-            self.stats.nacked.append(path)
-            log.error("request for %s was not accepted (nacked) by RabbitMQ", path)
-
-    def _publish(self, key: str, body: bytes, priority: int) -> None:
-        self.session.publish(self.queue, body, priority=priority,
-                             on_done=lambda outcome, key=key: self._done(key, outcome))
-
-    def _with_reconnect(self, action: Callable[[], None]) -> None:
-        """Run `action`; after a lost connection, reopen and re-publish everything unconfirmed, then retry."""
-        for _attempt in range(5):
-            try:
-                action()
-                return
-            except MQConnectionError as error:
-                log.warning("%s; reconnecting and re-publishing %d unconfirmed request(s)",
-                            error, len(self._outstanding))
-                self.session = self._reopen()
-                try:
-                    for key, (_path, body, priority) in list(self._outstanding.items()):
-                        self._publish(key, body, priority)
-                        self.stats.republished += 1
-                except MQConnectionError:
-                    continue
-        raise CliError("lost the connection to RabbitMQ repeatedly; giving up", EXIT_CONNECTION)
-
-    def add(self, path: str, request: ProcessingRequest) -> None:
-        body = request.SerializeToString()
-        self._outstanding[request.uuid] = (path, body, request.priority)
-        self._with_reconnect(lambda: self._publish(request.uuid, body, request.priority))
-        self._since_pump += 1
-        if self._since_pump >= PUMP_EVERY:
-            self._since_pump = 0
-            self._with_reconnect(lambda: self.session.pump(0))
-        while len(self._outstanding) >= MAX_IN_FLIGHT:
-            self._with_reconnect(lambda: self.session.pump(0.05))
-
-    def finish(self, timeout: float = 120.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while self._outstanding and time.monotonic() < deadline:
-            self._with_reconnect(lambda: self.session.pump(0.2))
-        return not self._outstanding
-
-
-def upload(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    stages = list(args.stages)
-    for stage in stages:
-        try:
-            validate_stage_name(stage)
-        except ValueError as error:
-            raise CliError(str(error), EXIT_USAGE) from None
-    paths = list_upload_files(args.images, args.directory)
-    if not paths:
-        raise CliError("nothing to upload: give --images FILE ... or --directory DIR with files", EXIT_USAGE)
-    if not 0 <= args.priority <= 2**31 - 1:
-        raise CliError(f"priority must be between 0 and {2**31 - 1} (the queues honour 0 and 1)", EXIT_USAGE)
-    if len(stages) < 2:
-        log.warning("only one stage given: requests will stay in %r (the output stage is normally last)", stages[0])
-
-    conn = build_connection_config(args)
-    zk = connect_zookeeper(conn)
-    try:
-        session = open_mq(zk, conn, name="publisher")
-
-        def reopen() -> MQSession:
-            session.close()
-            try:
-                session.open(retry_for=60.0)
-            except MQConnectionError as error:
-                raise CliError(str(error), EXIT_CONNECTION) from None
-            return session
-    finally:
-        zk.stop()
-    try:
-        for position, stage in enumerate(stages):
-            if session.queue_length(stage) is None:
-                what = "first stage" if position == 0 else "stage"
-                raise CliError(f"the {what} queue {stage!r} does not exist; create it first with "
-                               f"stage_config_manager.py --name {stage}", EXIT_FAILURE)
-        stats = UploadStats()
-        stop = threading.Event()
-        files: queue_module.Queue = queue_module.Queue(maxsize=READ_AHEAD)
-        reader = threading.Thread(target=_read_ahead, args=(paths, files, stop), daemon=True, name="read-ahead")
-        reader.start()
-        started = time.monotonic()
-        interrupted = False
-        with tqdm(total=len(paths), unit="req", desc=f"upload to {stages[0]}", file=sys.stderr,
-                  disable=True if args.no_progress else None) as bar:
-            uploader = Uploader(session, reopen, stages[0], stats, lambda: bar.update(1))
-            try:
-                while (batch := files.get()) is not None:
-                    for path, content in batch:
-                        if isinstance(content, OSError):
-                            stats.unreadable.append(path)
-                            log.error("cannot read %s: %s", path, content.strerror)
-                            continue
-                        now = datetime.datetime.now(datetime.timezone.utc)
-                        request = build_request(os.path.basename(path), content, stages, args.priority, now)
-                        uploader.add(path, request)
-                confirmed_all = uploader.finish()
-            except KeyboardInterrupt:
-                # Stop reading, but still collect the outcomes of what was sent, for an honest summary.
-                interrupted = True
-                stop.set()
-                confirmed_all = uploader.finish(timeout=10.0)
-            finally:
-                stop.set()
-        elapsed = max(time.monotonic() - started, 1e-6)
-    finally:
-        session.close()
-    print(f"uploaded {stats.confirmed} of {len(paths)} request(s) to {stages[0]} in {elapsed:.1f} s "
-          f"({stats.confirmed / elapsed:.0f} req/s)"
-          + (f"; re-published {stats.republished} after reconnects" if stats.republished else ""))
-    if interrupted:
-        print(f"interrupted: {len(paths) - stats.confirmed} image(s) not uploaded", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    problems = []
-    if stats.unreadable:
-        problems.append(f"{len(stats.unreadable)} unreadable file(s)")
-    if stats.returned:
-        problems.append(f"{len(stats.returned)} returned (queue missing)")
-    if stats.nacked:
-        problems.append(f"{len(stats.nacked)} nacked by the broker")
-    if not confirmed_all:
-        problems.append(f"{len(paths) - stats.confirmed - len(stats.unreadable)} never confirmed")
-    if problems:
-        print("NOT uploaded: " + ", ".join(problems), file=sys.stderr)
-        for path in (stats.unreadable + stats.returned + stats.nacked)[:20]:
-            print(f"  {path}", file=sys.stderr)
-        return EXIT_FAILURE
-    return EXIT_OK
-
-
 # --- download -------------------------------------------------------------------------
 
 def _fsync_dir(path: str) -> None:
@@ -472,36 +240,6 @@ def _write_file(folder: str, name: str, content: bytes) -> str:
     return path
 
 
-class DownloadIndex:
-    """Keys of requests completely on disk, one per line: the commit record of the download folder.
-
-    A request folder whose key is not here may be incomplete (crash before the
-    batch was made durable); it is rewritten when the request comes again.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.keys: set[str] = set()
-        if os.path.exists(path):
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                self.keys = {line.strip() for line in handle if line.strip()}
-        self._handle = open(path, "a", encoding="utf-8")
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.keys
-
-    def add_all(self, keys: Sequence[str]) -> None:
-        if not keys:
-            return
-        self._handle.write("".join(key + "\n" for key in keys))
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self.keys.update(keys)
-
-    def close(self) -> None:
-        self._handle.close()
-
-
 @dataclass
 class DownloadStats:
     downloaded: int = 0
@@ -520,8 +258,10 @@ class DownloadStats:
 
 
 def _read_info_uuid(folder: str) -> str | None:
+    """The uuid in a request folder's info file; never follows a symbolic link (None then)."""
     try:
-        with open(os.path.join(folder, INFO_FILE), encoding="utf-8", errors="replace") as handle:
+        fd = os.open(os.path.join(folder, INFO_FILE), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
             first = handle.readline()
     except OSError:
         return None
@@ -535,8 +275,12 @@ class Downloader:
     def __init__(self, directory: str) -> None:
         self.directory = os.path.realpath(directory)
         os.makedirs(self.directory, exist_ok=True)
+        unparsable = os.path.join(self.directory, UNPARSABLE_FOLDER)
+        if os.path.islink(unparsable):
+            raise DownloadIndexError(f"{unparsable} is a symbolic link: refusing to follow it; remove it and "
+                                     "run again")
         self._remove_leftovers()
-        self.index = DownloadIndex(os.path.join(self.directory, INDEX_FILE))
+        self.index = DownloadIndex(self.directory)
         self.stats = DownloadStats()
         self._reset_batch()
 
@@ -582,11 +326,19 @@ class Downloader:
         taken: set[str] = set()
         name = base
         while True:
-            final = _inside(self.directory, os.path.join(self.directory, name))
+            candidate = os.path.join(self.directory, name)
+            if os.path.islink(candidate):
+                # Never followed (it may point anywhere): the request takes the next free name.
+                log.warning("%s is a symbolic link: not followed; request %s goes to another folder",
+                            candidate, request.uuid or "(no uuid)")
+                taken.add(name)
+                name = deduplicate(base, taken)
+                continue
+            final = _inside(self.directory, candidate)
             if not os.path.lexists(final):
                 os.rename(temp, final)
                 return final
-            if request.uuid and _read_info_uuid(final) == request.uuid:
+            if request.uuid and os.path.isdir(final) and _read_info_uuid(final) == request.uuid:
                 stale = os.path.join(self.directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
                 os.rename(final, stale)
                 os.rename(temp, final)
@@ -648,6 +400,8 @@ def download(args: argparse.Namespace) -> int:
         raise CliError(str(error), EXIT_USAGE) from None
     try:
         downloader = Downloader(args.directory)
+    except DownloadIndexError as error:
+        raise CliError(f"cannot use download folder {args.directory}: {error}", EXIT_USAGE) from None
     except OSError as error:
         raise CliError(f"cannot use download folder {args.directory}: {error}", EXIT_USAGE) from None
 
@@ -746,6 +500,8 @@ def _run(args: argparse.Namespace) -> int:
             raise CliError("--download needs --directory DIR", EXIT_USAGE)
         if args.images:
             raise CliError("--images only works with --stages (upload)", EXIT_USAGE)
+        if args.manifest:
+            raise CliError("--manifest only works with --stages (upload)", EXIT_USAGE)
         return download(args)
     if args.keep_running:
         raise CliError("--keep-running only works with --download", EXIT_USAGE)

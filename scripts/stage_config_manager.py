@@ -5,9 +5,11 @@ A stage is three things that must agree: a RabbitMQ queue named as the stage,
 the nodes under /pero/queue/<stage> in ZooKeeper (config text, model path,
 config version, administrative priority, statistics), and optionally a model
 archive on the SFTP server.  Order matters because workers and the watchdog
-react to ZooKeeper at once: the model is uploaded first, then the queue is
-declared, then the nodes are written, and the config version goes last, since
-a new version is what makes workers reload.
+react to ZooKeeper at once: the model is uploaded first, then the nodes are
+written (a name ZooKeeper refuses stops here, before any queue exists), then
+the queue is declared (a new stage's nodes are removed again if that fails),
+and the config version goes last, since a new version is what makes workers
+reload.
 """
 from __future__ import annotations
 
@@ -270,6 +272,21 @@ def _require_remote(zk: ZooKeeper, conn: ConnectionConfig, remote: str) -> None:
         raise CliError(f"{remote} does not exist on the SFTP server (upload it with --file)", EXIT_FAILURE)
 
 
+def _write_stage_nodes(zk: ZooKeeper, stage: str, update: StageUpdate) -> None:
+    """Every node of the update except the version (written last, once the queue exists)."""
+    if update.config is not None:
+        zk.set_text(zk_paths.stage_config(stage), update.config)
+    if update.config_path is not None:
+        zk.set_text(zk_paths.stage_config_path(stage), update.config_path)
+    if update.priority is not None:
+        zk.set(zk_paths.stage_admin_priority(stage), zk_paths.encode_priority(update.priority))
+    if update.init_stats or not zk.exists(zk_paths.stage_avg_msg_time(stage)):
+        if not zk.exists(zk_paths.stage_avg_msg_time(stage)):
+            zk.set(zk_paths.stage_avg_msg_time(stage), zk_paths.encode_float(0.0))
+        if not zk.exists(zk_paths.stage_waiting_since(stage)):
+            zk.set_text(zk_paths.stage_waiting_since(stage), "")
+
+
 def _create_or_update(args: argparse.Namespace) -> int:
     try:
         stage = validate_stage_name(args.name)
@@ -296,26 +313,23 @@ def _create_or_update(args: argparse.Namespace) -> int:
                     _upload_model(zk, conn, args.file, remote)
                 else:
                     _require_remote(zk, conn, remote)
-            mq.declare_stage_queue(stage)
+            exists = zk.exists(zk_paths.stage_root(stage))
+            update = plan_update(
+                exists=exists, current_version=zk.get_text(zk_paths.stage_config_version(stage)),
+                config_text=config_text, config_path=remote, priority=args.administrative_priority,
+                requested_version=args.version, keep_version=args.keep_version,
+                now=datetime.datetime.now(datetime.timezone.utc))
+            # ZooKeeper first: a name or value it refuses must not leave an orphan queue behind.
+            _write_stage_nodes(zk, stage, update)
+            try:
+                mq.declare_stage_queue(stage)
+            except MQError:
+                if not exists:      # nor a stage without its queue
+                    zk.delete(zk_paths.stage_root(stage), recursive=True)
+                raise
         finally:
             mq.close()
-        exists = zk.exists(zk_paths.stage_root(stage))
-        update = plan_update(
-            exists=exists, current_version=zk.get_text(zk_paths.stage_config_version(stage)),
-            config_text=config_text, config_path=remote, priority=args.administrative_priority,
-            requested_version=args.version, keep_version=args.keep_version,
-            now=datetime.datetime.now(datetime.timezone.utc))
-        if update.config is not None:
-            zk.set_text(zk_paths.stage_config(stage), update.config)
-        if update.config_path is not None:
-            zk.set_text(zk_paths.stage_config_path(stage), update.config_path)
-        if update.priority is not None:
-            zk.set(zk_paths.stage_admin_priority(stage), zk_paths.encode_priority(update.priority))
-        if update.init_stats or not zk.exists(zk_paths.stage_avg_msg_time(stage)):
-            if not zk.exists(zk_paths.stage_avg_msg_time(stage)):
-                zk.set(zk_paths.stage_avg_msg_time(stage), zk_paths.encode_float(0.0))
-            if not zk.exists(zk_paths.stage_waiting_since(stage)):
-                zk.set_text(zk_paths.stage_waiting_since(stage), "")
+        # The version last: a new version is what makes workers (re)load the stage.
         if update.version is not None:
             zk.set_text(zk_paths.stage_config_version(stage), update.version)
     finally:

@@ -21,7 +21,13 @@ Then it starts the engines natively (Debian's rabbitmq-server as its own node, Z
 with its own config) or with --docker through docker-compose, and configures them: the `pero` vhost, the
 service user with its permissions, no guest user, and the server lists in ZooKeeper (nodes readable only by
 the service user).  Re-running keeps existing passwords, keys, certificates and data.  --stop stops what it
-started.  Passwords are never printed: read them from the files under secrets/.
+started and removes the system account it created.  Passwords are never printed: read them from the files
+under secrets/.
+
+Hardening: the SFTP user is always jailed (ChrootDirectory) in a root-owned folder (--sftp-root, else
+DATA_DIR/sftp/root, else /var/lib/pero-worker/sftp-<hash>) or setup refuses; an existing system account that
+this deployment did not create is never given a new password without --reset-account-password; every TLS
+port offers TLS 1.3 and 1.2 with AEAD cipher suites only; ZooKeeper's data files are private to it.
 
 Exit status: 0 done, 1 a step failed (the message says which), 2 bad arguments.
 """
@@ -96,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     users.add_argument("--admin-password-file",
                        help=f"read the admin password from this file (or {ADMIN_PASSWORD_ENV}); default: kept or "
                             "generated")
+    users.add_argument("--reset-account-password", action="store_true",
+                       help="-u names a system account that exists already and that this deployment did not "
+                            "create: use it and set its password (without this flag setup refuses)")
     users.add_argument("--ca-cert", type=Path, help="use this CA certificate (PEM) instead of creating one")
     users.add_argument("--ca-key", type=Path, help="the key of --ca-cert (PEM, unencrypted)")
     where = parser.add_argument_group("files")
@@ -103,12 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where generated configuration goes (default ./config)")
     where.add_argument("-d", "--data-dir", type=Path, default=Path("data"),
                        help="where the engines keep their data and logs (default ./data)")
+    where.add_argument("--sftp-root", type=Path, metavar="DIR",
+                       help="folder the SFTP user is jailed in (sshd ChrootDirectory: every component root-owned, "
+                            "not group/world-writable); default DATA_DIR/sftp/root when it qualifies, else "
+                            "/var/lib/pero-worker/sftp-<hash of DATA_DIR>; setup refuses rather than leave the "
+                            "user unconfined")
     where.add_argument("--log-queue", default="log", help="queue of the workers' log lines (default %(default)s)")
     mode = parser.add_argument_group("what to do")
     mode.add_argument("--docker", action="store_true",
                       help="start the engines with docker-compose (scripts/services-docker-compose.yaml)")
     mode.add_argument("--no-start", action="store_true", help="only generate the files")
-    mode.add_argument("--stop", action="store_true", help="stop the engines an earlier run started")
+    mode.add_argument("--stop", action="store_true",
+                      help="stop the engines an earlier run started and remove the system account it created")
     mode.add_argument("--zookeeper-heap", type=int, default=512, metavar="MB", help="ZooKeeper JVM heap (MB)")
     mode.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
@@ -129,7 +144,7 @@ def _port(value: int, option: str) -> int:
     return value
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
+def settings_from_args(args: argparse.Namespace, sftp_root: str = "") -> Settings:
     amqps = _port(args.mq_port, "--mq-port")
     dist = _port(args.erlang_dist_port if args.erlang_dist_port else amqps + DIST_PORT_OFFSET, "--erlang-dist-port")
     ports = {"--zookeeper-port": _port(args.zookeeper_port, "--zookeeper-port"), "--mq-port": amqps,
@@ -148,7 +163,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         management_port=ports["--management-port"], sftp_port=ports["--sftp-port"], dist_port=dist,
         service_user=args.user, admin_user=args.admin_user, log_queue=args.log_queue, bind_address=args.bind,
         rabbitmq_node=args.rabbitmq_node or f"pero_{amqps}@localhost", zk_heap_mb=args.zookeeper_heap,
-        extra_names=tuple(args.extra_name))
+        extra_names=tuple(args.extra_name), sftp_root=sftp_root)
 
 
 def _given_password(cli: str | None, cli_file: str | None, env_name: str, what: str) -> str | None:
@@ -199,6 +214,8 @@ def sftp_host_key(lay: Layout) -> tuple[str, str]:
 
 
 def chroot_problem_for(path: Path) -> str | None:
+    """Why sshd would refuse `path` as ChrootDirectory (None: it qualifies; missing folders are created
+    root-owned 0755)."""
     components = []
     current = path.resolve()
     chain = [current, *current.parents]
@@ -278,10 +295,7 @@ def generate(s: Settings, lay: Layout, args: argparse.Namespace) -> dict[str, st
     key_type, key_b64 = sftp_host_key(lay)
     _write(lay.known_hosts, render.known_hosts_lines(pki.subject_alt_names(s.sftp_host, s.extra_names),
                                                      s.sftp_port, key_type, key_b64))
-    problem = chroot_problem_for(lay.sftp_root)
-    if problem:
-        log.info("SFTP: no ChrootDirectory (%s); the user is limited to SFTP instead", problem)
-    _write(lay.sshd_config, render.sshd_config(s, lay, chroot=problem is None), 0o600)
+    _write(lay.sshd_config, render.sshd_config(s, lay), 0o600)
     if args.docker:
         previous = None
         if lay.sftp_users_conf.exists():
@@ -323,13 +337,14 @@ def _check_reachable(lay: Layout) -> None:
                                      f"{st.st_mode & 0o777:03o}); choose directories it can reach or chmod o+x")
 
 
-def start_native(s: Settings, lay: Layout, passwords: dict[str, str]) -> None:
+def start_native(s: Settings, lay: Layout, passwords: dict[str, str], *, reset_account: bool = False) -> None:
     _check_reachable(lay)
     try:
+        # The account first: refusing to touch someone else's account must not leave engines running.
+        for action in postconfig.ensure_sftp_account(s, lay, passwords["service"], reset_existing=reset_account):
+            log.info("SFTP: %s", action)
         log.info("ZooKeeper on port %d: %s", s.zk_port, native.start_zookeeper(s, lay))
         log.info("RabbitMQ on ports %d/%d: %s", s.amqps_port, s.management_port, native.start_rabbitmq(s, lay))
-        for action in postconfig.ensure_sftp_account(s, lay, passwords["service"]):
-            log.info("SFTP: %s", action)
         log.info("SFTP on port %d: %s", s.sftp_port, native.start_sshd(s, lay))
         for action in postconfig.configure_rabbitmq(
                 lambda a, stdin=None: native.rabbitmqctl(s, lay, a, stdin=stdin), lay):
@@ -342,6 +357,12 @@ def stop_native(s: Settings, lay: Layout) -> None:
     log.info("sshd: %s", native.stop_sshd(lay))
     log.info("RabbitMQ: %s", native.stop_rabbitmq(s, lay))
     log.info("ZooKeeper: %s", native.stop_zookeeper(lay))
+    try:
+        removed = postconfig.remove_created_account(lay)
+    except postconfig.PostConfigError as error:
+        raise SetupError(str(error)) from None
+    log.info("SFTP: %s", removed or f"system account {s.service_user!r} kept (this deployment did not create it)")
+    log.info("SFTP files stay in %s", lay.sftp_root)
 
 
 # --- docker --------------------------------------------------------------------------
@@ -392,6 +413,19 @@ def stop_docker(lay: Layout) -> None:
 
 # --- main ----------------------------------------------------------------------------
 
+def sftp_jail(base: Layout, given: Path | None) -> tuple[Layout, str | None]:
+    """The layout with the SFTP user's jail decided (see render.choose_sftp_root); SetupError when no
+    folder qualifies: the account is never left unconfined."""
+    try:
+        root, note = render.choose_sftp_root(str(given.resolve()) if given else None, str(base.default_sftp_root),
+                                             str(base.fallback_sftp_root()),
+                                             lambda path: chroot_problem_for(Path(path)))
+    except ValueError as error:
+        raise SetupError(str(error)) from None
+    jail = None if root == str(base.default_sftp_root) else Path(root)
+    return Layout(base.config_dir, base.data_dir, jail), note
+
+
 def run(args: argparse.Namespace) -> None:
     lay = Layout(args.config_dir.resolve(), args.data_dir.resolve())
     if args.stop:
@@ -399,17 +433,29 @@ def run(args: argparse.Namespace) -> None:
         if saved is None:
             raise SetupError(f"nothing to stop: {lay.run_dir / SETTINGS_FILE} not found (wrong -d?)")
         docker = saved.pop("docker", False)
-        s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+        s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()
+                        if k in Settings.__dataclass_fields__})
+        if s.sftp_root and s.sftp_root != str(lay.default_sftp_root):
+            lay = Layout(lay.config_dir, lay.data_dir, Path(s.sftp_root))
         stop_docker(lay) if docker else stop_native(s, lay)
         return
-    s = settings_from_args(args)
+    if not args.docker:            # the containers jail the SFTP user themselves
+        lay, note = sftp_jail(lay, args.sftp_root)
+        if note:
+            log.info("SFTP: %s", note)
+    s = settings_from_args(args, str(lay.sftp_root))
+    if not args.docker and not args.no_start:
+        try:       # before anything is written or started
+            postconfig.check_account(s, lay, reset_existing=args.reset_account_password)
+        except postconfig.PostConfigError as error:
+            raise SetupError(str(error)) from None
     passwords = generate(s, lay, args)
     if args.no_start:
         return
     if args.docker:
         start_docker(s, lay, passwords)
     else:
-        start_native(s, lay, passwords)
+        start_native(s, lay, passwords, reset_account=args.reset_account_password)
     try:
         log.info("RabbitMQ: %s", postconfig.check_management(s, lay, passwords["service"]))
         for action in postconfig.configure_zookeeper(s, lay, passwords["service"]):

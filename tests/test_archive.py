@@ -215,3 +215,61 @@ def test_destination_must_not_exist(tmp_path):
     (tmp_path / "out").mkdir()
     with pytest.raises(ArchiveError, match="already exists"):
         safe_extract(src, tmp_path / "out")
+
+
+# --- decompression bombs: ratio and free disk, checked while streaming ------------------------
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize("archive_bytes, free, expected_bytes, word", [
+    (10 * MIB, 100 * 1024 * MIB, 100 * MIB, "10 times"),                  # the ratio binds
+    (1000, 100 * 1024 * MIB, 64 * MIB, "10 times"),                      # a small archive: the allowance
+    (1024 * MIB, 5 * 1024 * MIB, 4 * 1024 * MIB, "free disk space"),     # the disk binds (1 GiB kept free)
+    (10 * 1024 * MIB, 1024 * 1024 * MIB, 64 * 1024 * MIB, "limit of"),   # the absolute cap binds
+    (10 * MIB, 512 * MIB, 0, "free disk space"),                         # less free than the reserve
+])
+def test_size_budget_table(archive_bytes, free, expected_bytes, word):
+    budget = archive.size_budget(archive_bytes, free, archive.DEFAULT_LIMITS)
+    assert budget.max_bytes == expected_bytes and word in budget.reason
+
+
+def _zero_bomb(path: Path, unpacked: int) -> Path:
+    """A .tar.gz of one member of `unpacked` zero bytes, written without holding it in memory."""
+    class Zeros(io.RawIOBase):
+        def __init__(self, size: int) -> None:
+            self.left = size
+
+        def readinto(self, buffer) -> int:
+            n = min(len(buffer), self.left)
+            buffer[:n] = b"\0" * n
+            self.left -= n
+            return n
+
+        def readable(self) -> bool:
+            return True
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        info = tarfile.TarInfo("model/weights.bin")
+        info.size = unpacked
+        tar.addfile(info, io.BufferedReader(Zeros(unpacked)))
+    return path
+
+
+def test_a_bomb_is_refused_by_its_ratio_while_streaming(tmp_path):
+    bomb = _zero_bomb(tmp_path / "bomb.tar.gz", 48 * MIB)
+    assert bomb.stat().st_size < MIB                 # ratio over 100:1
+    limits = ArchiveLimits(max_ratio=10, ratio_allowance=4 * MIB)
+    with pytest.raises(UnsafeArchiveError, match="10 times the .*-byte archive"):
+        safe_extract(bomb, tmp_path / "out", limits)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.tar.gz"]   # nothing half-unpacked left
+
+
+def test_an_archive_larger_than_the_free_disk_is_refused(tmp_path):
+    import os
+    import shutil
+    src = _tar(tmp_path / "noise.tar", [("noise.bin", os.urandom(8 * MIB), tarfile.REGTYPE)], "w")
+    free = shutil.disk_usage(tmp_path).free
+    limits = ArchiveLimits(disk_reserve=free - MIB)  # pretend only ~1 MiB may be used
+    with pytest.raises(UnsafeArchiveError, match="free disk space"):
+        safe_extract(src, tmp_path / "out", limits)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["noise.tar"]

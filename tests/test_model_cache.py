@@ -242,3 +242,128 @@ def test_hostile_stage_names_stay_inside_the_cache(tmp_path, sftp_settings, remo
         assert model.resolve().is_relative_to(root.resolve())
         assert (model / "a").read_bytes() == b"1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
+
+# --- decompression bombs and interrupted unpacks -----------------------------------------------
+
+def _zeros_tar_gz(unpacked: int) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
+        info = tarfile.TarInfo("weights.bin")
+        info.size = unpacked
+        chunk = b"\0" * (1024 * 1024)
+
+        class Zeros(io.RawIOBase):
+            left = unpacked
+
+            def readinto(self, view) -> int:
+                n = min(len(view), self.left, len(chunk))
+                view[:n] = chunk[:n]
+                self.left -= n
+                return n
+
+            def readable(self) -> bool:
+                return True
+        tar.addfile(info, io.BufferedReader(Zeros()))
+    return buffer.getvalue()
+
+
+def test_a_decompression_bomb_from_sftp_is_refused_and_leaves_nothing(tmp_path, sftp_settings, remote):
+    """100 MiB of zeros in a ~100 KB archive: over 10:1 and over the 64 MiB allowance, refused mid-stream."""
+    data = _zeros_tar_gz(100 * 1024 * 1024)
+    assert len(data) < 1024 * 1024
+    bomb = remote("bomb.tar.gz", data)
+    cache = ModelCache(tmp_path / "cache")
+    started = time.monotonic()
+    with pytest.raises(ModelCacheError, match="decompression bomb") as info:
+        cache.get("s", "1", bomb, CountingFactory(sftp_settings))
+    assert not info.value.transient
+    assert time.monotonic() - started < 60
+    stage_dir = cache.stage_dir("s")
+    assert [p.name for p in stage_dir.iterdir() if p.is_dir() and p.name != "downloads"] == []
+    assert sum(f.stat().st_size for f in (tmp_path / "cache").rglob("*") if f.is_file()) < 1024 * 1024
+
+
+KILLED_UNPACK = """
+import os, signal, sys
+from pero_worker.libs import archive
+original = archive._Writer.file
+def file(self, member, source):
+    original(self, member, source)
+    os.kill(os.getpid(), signal.SIGKILL)      # die with one member written: a worker killed mid-unpack
+archive._Writer.file = file
+archive.safe_extract(sys.argv[1], sys.argv[2])
+"""
+
+
+def _killed_unpack(tmp_path: Path, root: Path, stage: str = "ocr") -> Path:
+    """A real process killed while unpacking into the cache layout; returns the version folder."""
+    import subprocess
+    import sys
+    src = tmp_path / "model.tar.xz"
+    src.write_bytes(_archive_bytes({"a.bin": os.urandom(1000), "b.bin": os.urandom(1000)}))
+    version_dir = root / stage / version_key("v1", "pero/model.tar.xz")
+    done = subprocess.run([sys.executable, "-c", KILLED_UNPACK, str(src), str(version_dir / "model")],
+                          capture_output=True, timeout=60)
+    assert done.returncode == -9, done.stderr
+    leftovers = [p for p in version_dir.iterdir() if p.name.startswith(".model.unpack-")]
+    assert leftovers and list(leftovers[0].iterdir()), "the killed unpack left no partial folder"
+    return version_dir
+
+
+def test_partial_unpacks_are_removed_at_start_and_complete_models_kept(tmp_path):
+    from pero_worker.worker.model_cache import clean_interrupted
+    root = tmp_path / "cache"
+    (root / "ocr" / "v0~keep" / "model").mkdir(parents=True)
+    (root / "ocr" / "v0~keep" / "model" / "weights").write_bytes(b"complete")
+    version_dir = _killed_unpack(tmp_path, root)
+    removed = clean_interrupted(root)
+    assert version_dir in removed and not version_dir.exists()
+    assert (root / "ocr" / "v0~keep" / "model" / "weights").read_bytes() == b"complete"
+
+
+def test_a_stage_being_filled_by_another_process_is_left_alone(tmp_path):
+    import subprocess
+    import sys
+    from pero_worker.worker.model_cache import clean_interrupted
+    root = tmp_path / "cache"
+    version_dir = _killed_unpack(tmp_path, root)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time\n"
+                               "h = open(sys.argv[1], 'a+'); fcntl.flock(h, fcntl.LOCK_EX)\n"
+                               "print('locked', flush=True); time.sleep(60)", str(root / "ocr" / ".lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert clean_interrupted(root) == [] and version_dir.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert version_dir in clean_interrupted(root)
+
+
+def test_the_worker_removes_partial_unpacks_when_it_starts(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    root = tmp_path / "cache"
+    version_dir = _killed_unpack(tmp_path, root)
+    with socket.socket() as sock:                    # no ZooKeeper there: the worker keeps trying to connect
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    repo = Path(__file__).resolve().parent.parent
+    worker = subprocess.Popen([sys.executable, "worker/run_worker.py", "-z", f"127.0.0.1:{port}", "-i", "cleaner",
+                               "--cache-directory", str(root), "--disable-remote-logging"], cwd=repo,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while version_dir.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not version_dir.exists(), "the worker did not remove the partial unpack at start"
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            _out, err = worker.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            _out, err = worker.communicate()
+    assert "interrupted" in err and "Traceback" not in err

@@ -21,12 +21,15 @@ from pero_worker.libs.message_pb2 import Data, ProcessingRequest
 from pero_worker.libs.mq import MQSession, MQSettings
 from pero_worker.scripts.demo import page_text
 
+from needs import require, require_module  # tests/ helper: a skip here, a failure with CI=true
+
 PY = sys.executable
 REPO = Path(__file__).resolve().parent.parent
 MODEL_DIR = REPO / "pero-ocr" / "model"
 PAGE = REPO / "examples" / "02_two_columns_title_250dpi.jpg"
 
-pytestmark = pytest.mark.skipif(not (MODEL_DIR / "model.pt.cpu").is_file(), reason="bundled model missing")
+require((MODEL_DIR / "model.pt.cpu").is_file(), f"bundled model missing ({MODEL_DIR / 'model.pt.cpu'})")
+require_module("pero_ocr")
 
 
 def _manage(zk_root: str, services, *args: str) -> None:
@@ -151,6 +154,54 @@ def test_corrupt_model_archive_is_configuration_failure_and_requests_stay_queued
         assert mq.queue_length(stage) == 1   # nothing consumed, nothing lost
         assert mq.queue_length(out) == 0
         assert proc.poll() is None           # the worker keeps running, waiting for a fixed config
+    finally:
+        zk.set_text(zk_paths.worker_enabled(worker_id), "false")
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        for queue in (stage, out):
+            mq.delete_queue(queue)
+
+
+def test_a_model_whose_engine_json_points_outside_its_folder_is_refused_by_the_worker(
+        services, zk_root: str, secured, unique_name, tmp_path: Path) -> None:
+    """ocr_engine.json's `checkpoint` leads out of the unpacked model; weights really lie there (so plain
+    pero-ocr would load them): the worker refuses the stage (CONFIGURATION_FAILED), the request stays queued."""
+    import json
+    import shutil
+
+    zk, mq = secured
+    stage, out = unique_name("ocr_escape"), unique_name("out")
+    model = tmp_path / "model"
+    shutil.copytree(MODEL_DIR, model)
+    engine = json.loads((model / "ocr_engine.json").read_text())
+    engine["checkpoint"] = "../../../planted/model.pt"
+    (model / "ocr_engine.json").write_text(json.dumps(engine))
+    (model / "model.pt").unlink()
+    (model / "model.pt.cpu").unlink()
+    _manage(zk_root, services, "--name", stage, "--config", str(model / "config.ini"),
+            "--file", str(_archive(model, tmp_path / "escape.tar.xz")), "--remote-path", f"pero/{stage}")
+    _manage(zk_root, services, "--name", out)
+    cache = tmp_path / "cache"
+    planted = cache / "planted"                       # <cache>/<stage>/<version>/model/../../../planted
+    planted.mkdir(parents=True)
+    for name in ("model.pt", "model.pt.cpu"):
+        shutil.copy(MODEL_DIR / name, planted / name)
+    request = ProcessingRequest(uuid=uuid.uuid4().hex, processing_stages=[stage, out],
+                                results=[Data(name="p.jpg", content=PAGE.read_bytes())])
+    mq.publish_and_wait(stage, request.SerializeToString())
+
+    worker_id = unique_name("w")
+    proc = _start_worker(zk_root, services, worker_id, cache)
+    try:
+        _wait(lambda: zk.get_text(zk_paths.worker_status(worker_id)) == zk_paths.IDLE, 60, "idle worker")
+        zk.set_text(zk_paths.worker_queue(worker_id), stage)
+        _wait(lambda: zk.get_text(zk_paths.worker_status(worker_id)) == zk_paths.CONFIGURATION_FAILED, 120,
+              "CONFIGURATION_FAILED")
+        time.sleep(1.0)
+        assert mq.queue_length(stage) == 1 and mq.queue_length(out) == 0
+        assert proc.poll() is None
     finally:
         zk.set_text(zk_paths.worker_enabled(worker_id), "false")
         try:

@@ -424,6 +424,53 @@ def test_pero_ocr_build_errors(ocr_model, config_text, model, match):
         build_processor(config_text, ocr_model if model else None, device="cpu")
 
 
+@pytest.mark.parametrize("engine,problem", [
+    ({"checkpoint": "model.pt"}, None),
+    ({"checkpoint": "sub/../model.pt"}, None),
+    ({"net_name": "x"}, None),
+    ({"checkpoint": "../outside/model.pt"}, "leaves the model folder"),
+    ({"checkpoint": "../../../etc/passwd"}, "leaves the model folder"),
+    ({"checkpoint": "/etc/passwd"}, "not a path relative"),
+    ({"checkpoint": "C:/weights.pt"}, "not a path relative"),
+    ({"checkpoint": 7}, "not a file name"),
+    (["not", "an", "object"], "not a JSON object"),
+])
+def test_check_engine_json_table(engine, problem):
+    problems = pero_ocr_stage.check_engine_json(engine, "ocr_engine.json")
+    assert problems == [] if problem is None else (len(problems) == 1 and problem in problems[0])
+    # A JSON in a subfolder may point one level up, but not out of the model folder.
+    assert pero_ocr_stage.check_engine_json({"checkpoint": "../model.pt"}, "ocr/engine.json") == []
+
+
+def _model_copy(ocr_model, tmp_path):
+    import shutil
+    model = tmp_path / "pack" / "model"
+    shutil.copytree(ocr_model, model)
+    outside = tmp_path / "pack" / "outside"
+    outside.mkdir()
+    for name in ("model.pt", "model.pt.cpu"):
+        shutil.copy(model / name, outside / name)
+    return model
+
+
+def test_a_checkpoint_outside_the_model_folder_is_refused(ocr_model, tmp_path):
+    """The weights pero-ocr would load from the JSON's 'checkpoint' must be inside the model folder too."""
+    model = _model_copy(ocr_model, tmp_path)
+    engine = json.loads((model / "ocr_engine.json").read_text())
+    engine["checkpoint"] = "../outside/model.pt"          # loads fine with plain pero-ocr: that is the hole
+    (model / "ocr_engine.json").write_text(json.dumps(engine))
+    with pytest.raises(StageConfigError, match="checkpoint = '../outside/model.pt' leaves the model folder"):
+        build_processor(ocr_model_factory.stage_config_text(decoder=False), model, device="cpu")
+
+
+def test_a_symlink_out_of_the_model_folder_is_refused(ocr_model, tmp_path):
+    model = _model_copy(ocr_model, tmp_path)
+    (model / "model.pt.cpu").unlink()
+    (model / "model.pt.cpu").symlink_to(tmp_path / "pack" / "outside" / "model.pt.cpu")
+    with pytest.raises(StageConfigError, match="model.pt.cpu .*resolves outside the model folder"):
+        build_processor(ocr_model_factory.stage_config_text(decoder=False), model, device="cpu")
+
+
 def test_bad_device_is_a_stage_config_error(ocr_model):
     with pytest.raises(StageConfigError, match="device"):
         build_processor(ocr_model_factory.stage_config_text(), ocr_model, device="tpu:0")

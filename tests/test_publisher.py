@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,8 +21,14 @@ from pero_worker.libs.message_pb2 import ProcessingRequest
 from pero_worker.libs.mq import MQError, MQSession, MQSettings, PublishOutcome
 from pero_worker.libs.safe_names import is_safe_file_name
 from pero_worker.scripts import publisher as pub
+from pero_worker.libs.message_size import (
+    choose_limit, default_max_message_size, parse_byte_size, parse_size_refusal,
+)
+from pero_worker.scripts.download_index import INDEX_FILE, LEGACY_INDEX_FILE, DownloadIndex
+from pero_worker.scripts.publisher_upload import summary_lines
 
 NOW = datetime.datetime(2024, 5, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # --- pure helpers -----------------------------------------------------------------------
@@ -195,7 +203,7 @@ def test_returned_requests_are_counted_as_not_uploaded(env):
     stats = pub.UploadStats()
     uploader = pub.Uploader(env.mq, lambda: env.mq, f"gone_{uuid.uuid4().hex}", stats, lambda: None)
     for i in range(10):
-        uploader.add(f"file{i}", pub.build_request(f"file{i}", b"x", ["gone"], 0, NOW))
+        uploader.add(i, f"file{i}", pub.build_request(f"file{i}", b"x", ["gone"], 0, NOW))
     assert uploader.finish(timeout=20)
     assert stats.confirmed == 0 and sorted(stats.returned) == sorted(f"file{i}" for i in range(10))
 
@@ -234,12 +242,12 @@ def test_reconnect_republishes_unconfirmed_requests(env, services):
     for i in range(5):
         request = pub.build_request(f"f{i}", b"y" * 100, [first], 0, NOW)
         sent.append(request.uuid)
-        uploader.add(f"f{i}", request)
+        uploader.add(i, f"f{i}", request)
     close_connection_by_name(services, name)
     for i in range(5, 10):                       # keeps publishing through the drop
         request = pub.build_request(f"f{i}", b"y" * 100, [first], 0, NOW)
         sent.append(request.uuid)
-        uploader.add(f"f{i}", request)
+        uploader.add(i, f"f{i}", request)
         time.sleep(0.1)
     assert uploader.finish(timeout=30)
     session.close()
@@ -247,6 +255,20 @@ def test_reconnect_republishes_unconfirmed_requests(env, services):
     assert set(received) == set(sent)            # every request arrived; re-sends are duplicates at most
     assert stats.confirmed == 10
     assert stats.republished >= 1                # the reconnect path really ran
+
+
+def index_keys(target) -> list[str]:
+    index = DownloadIndex(str(target))
+    try:
+        return list(index)
+    finally:
+        index.close()
+
+
+def forget_index(target) -> None:
+    """What the index looks like when a crash came before the batch was committed."""
+    with sqlite3.connect(target / INDEX_FILE) as db:
+        db.execute("DELETE FROM downloaded")
 
 
 def publish(mq: MQSession, queue: str, request: ProcessingRequest | bytes) -> None:
@@ -276,8 +298,7 @@ def test_download_writes_folders_and_empties_the_queue(env, tmp_path, capsys):
     bad = target / f"bad_{failed.uuid[:8]}"
     assert "status:           FAILED in ocr" in (bad / "request_info.txt").read_text()
     assert "Traceback" in (bad / "ocr.log").read_text()
-    index = (target / pub.INDEX_FILE).read_text().split()
-    assert sorted(index) == sorted([ok.uuid, failed.uuid])
+    assert sorted(index_keys(target)) == sorted([ok.uuid, failed.uuid])
     assert not [p for p in os.listdir(target) if p.startswith(pub.TEMP_PREFIX)]
 
 
@@ -341,14 +362,14 @@ def test_folder_written_but_not_indexed_is_rewritten(env, tmp_path, capsys):
     assert env.run("--download", out, "--directory", str(target)) == 0
     folder = target / f"page_{request.uuid[:8]}"
     (folder / "page.jpg").write_bytes(b"")                 # what an unsynced file may look like after a crash
-    (target / pub.INDEX_FILE).write_text("")
+    forget_index(target)
     publish(env.mq, out, request)
     capsys.readouterr()
     assert env.run("--download", out, "--directory", str(target)) == 0
     assert "downloaded 1 request(s)" in capsys.readouterr().out
     assert [d for d in os.listdir(target) if not d.startswith(".")] == [folder.name]
     assert (folder / "page.jpg").read_bytes() == b"full image content"
-    assert (target / pub.INDEX_FILE).read_text().split() == [request.uuid]
+    assert index_keys(target) == [request.uuid]
 
 
 def test_many_requests_in_batches(env, tmp_path, capsys):
@@ -361,8 +382,7 @@ def test_many_requests_in_batches(env, tmp_path, capsys):
     target = tmp_path / "download"
     assert env.run("--download", out, "--directory", str(target)) == 0
     assert "downloaded 300 request(s)" in capsys.readouterr().out
-    index = (target / pub.INDEX_FILE).read_text().split()
-    assert sorted(index) == sorted(r.uuid for r in sent)
+    assert sorted(index_keys(target)) == sorted(r.uuid for r in sent)
     for i, request in enumerate(sent):
         assert (target / f"p{i}_{request.uuid[:8]}" / f"p{i}.jpg").read_bytes() == bytes([i % 256]) * 100
     assert env.mq.queue_length(out) == 0
@@ -441,3 +461,223 @@ def test_make_durable_without_syncfs(tmp_path, monkeypatch):
     pub.make_durable(str(tmp_path), [str(folder / "a")], [str(folder)])
     with pytest.raises(FileNotFoundError):
         pub.make_durable(str(tmp_path), [str(folder / "missing")], [])
+
+
+# --- symbolic links in the download folder, and the on-disk index ---------------------------
+
+def test_a_symlink_named_like_the_request_folder_is_never_followed(env, tmp_path, capsys, caplog):
+    out = env.queue("out")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = tmp_path / "download"
+    target.mkdir()
+    request = make_request(results=[("page.3B.tif", b"the page")])
+    planted = target / f"page.3B_{request.uuid[:8]}"
+    planted.symlink_to(elsewhere)
+    publish(env.mq, out, request)
+    for _attempt in range(2):                 # the next run works too: nothing is stuck
+        assert env.run("--download", out, "--directory", str(target)) == 0
+    captured = capsys.readouterr()
+    assert "downloaded 1 request(s)" in captured.out and "Traceback" not in captured.err
+    warnings = [r.getMessage() for r in caplog.records if "symbolic link" in r.getMessage()]
+    assert len(warnings) == 1 and str(planted) in warnings[0] and request.uuid in warnings[0]
+    assert os.listdir(elsewhere) == [] and planted.is_symlink()
+    stored = target / f"page.3B_{request.uuid[:8]}_2"
+    assert (stored / "page.3B.tif").read_bytes() == b"the page"
+    assert index_keys(target) == [request.uuid]
+    assert env.mq.queue_length(out) == 0
+
+
+@pytest.mark.parametrize("link", [INDEX_FILE, pub.UNPARSABLE_FOLDER, INDEX_FILE + "-wal"])
+def test_a_symlinked_index_or_unparsable_folder_is_refused_at_start(env, tmp_path, capsys, link):
+    out = env.queue("out")
+    publish(env.mq, out, make_request())
+    target = tmp_path / "download"
+    target.mkdir()
+    (target / link).symlink_to(tmp_path / "elsewhere")
+    assert env.run("--download", out, "--directory", str(target)) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "symbolic link" in lines[0] and link in lines[0]
+    assert not (tmp_path / "elsewhere").exists()
+    assert env.mq.queue_length(out) == 1           # the request is still queued
+
+
+def test_a_legacy_text_index_is_imported(tmp_path):
+    (tmp_path / LEGACY_INDEX_FILE).write_text("aaa\nbbb\n\nccc\n")
+    index = DownloadIndex(str(tmp_path))
+    assert sorted(index) == ["aaa", "bbb", "ccc"] and "bbb" in index and "zzz" not in index
+    index.close()
+    assert not (tmp_path / LEGACY_INDEX_FILE).exists()
+    assert (tmp_path / (LEGACY_INDEX_FILE + ".imported")).exists()
+    assert len(DownloadIndex(str(tmp_path))) == 3
+
+
+def test_index_memory_stays_flat_over_many_requests(tmp_path):
+    """60,000 keys in download-sized batches: Python memory must not grow with the number of keys
+    (the in-memory set it replaces grew by ~0.2 KB per request: ~10 MB here)."""
+    import tracemalloc
+
+    index = DownloadIndex(str(tmp_path))
+    keys = (uuid.UUID(int=i).hex for i in range(60_000))
+
+    def batch(n: int) -> list[str]:
+        return [next(keys) for _ in range(n)]
+
+    for _ in range(40):                              # warm up: caches and statements reach their size
+        index.add_all(batch(128))
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    added = 0
+    while added < 50_000:
+        chunk = batch(128)
+        assert not any(key in index for key in chunk)
+        index.add_all(chunk)
+        added += len(chunk)
+    growth = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    index.close()
+    print(f"index: {added} keys added, Python memory grew by {growth / 1024:.1f} KiB")
+    assert growth < 256 * 1024, f"memory grew by {growth} bytes over {added} keys"
+
+
+# --- pages over the broker's maximum message size ---------------------------------------------
+
+@pytest.mark.parametrize("version, expected", [
+    ("3.10.8", 128 * 2**20), ("3.8.0", 128 * 2**20), ("3.13.7", 128 * 2**20), ("4.0.5", 16 * 2**20),
+    ("4.1.0-rc.1", 16 * 2**20), ("3.7.28", None), ("", None), ("garbage", None),
+])
+def test_default_max_message_size(version, expected):
+    assert default_max_message_size(version) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("PRECONDITION_FAILED - message size 209715200 is larger than configured max size 134217728",
+     (209715200, 134217728)),
+    ("PRECONDITION_FAILED - message size 600000000 is larger than max size 536870912", (600000000, 536870912)),
+    ("PRECONDITION_FAILED - unknown delivery tag 7", None),
+    ("", None),
+])
+def test_parse_size_refusal(text, expected):
+    assert parse_size_refusal(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("134217728", 134217728), ("128MiB", 128 * 2**20), ("128 mib", 128 * 2**20), ("16M", 16 * 2**20),
+    ("1GiB", 2**30), ("512k", 512 * 1024), ("0", None), ("-5", None), ("12 MB/s", None), ("", None),
+])
+def test_parse_byte_size(text, expected):
+    if expected is None:
+        with pytest.raises(ValueError):
+            parse_byte_size(text)
+    else:
+        assert parse_byte_size(text) == expected
+
+
+def test_choose_limit_prefers_the_operator_then_the_broker_version():
+    assert choose_limit(1000, "3.10.8").limit == 1000
+    from_version = choose_limit(None, "3.10.8")
+    assert from_version.limit == 128 * 2**20 and "RabbitMQ 3.10.8" in from_version.source
+    assert choose_limit(None, None).limit == 512 * 2**20
+
+
+def test_summary_names_every_file_not_uploaded():
+    stats = pub.UploadStats(confirmed=1)
+    stats.refuse(stats.too_large, "big.tif", "too large")
+    stats.refuse(stats.unreadable, "gone.tif", "unreadable: No such file or directory")
+    lines = summary_lines(stats, ["u.tif"], ["n.tif"])
+    assert lines[0] == ("NOT uploaded: 1 unreadable file(s), 1 over the broker's maximum message size, "
+                        "1 never confirmed, 1 not sent")
+    assert lines[1:] == ["  big.tif: too large", "  gone.tif: unreadable: No such file or directory",
+                         "  u.tif: sent, but the broker never confirmed it", "  n.tif: not sent (the upload stopped)"]
+    assert summary_lines(pub.UploadStats(confirmed=1), [], []) == []
+
+
+def _upload_script(env, *args, extra_env=None, timeout=300):
+    environment = {k: v for k, v in os.environ.items() if k != "PERO_MAX_MESSAGE_SIZE"}
+    environment.update(extra_env or {})
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "scripts/publisher.py", "-z", env.zk_root, "--no-progress", *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO, env=environment)
+    return done, time.monotonic() - started
+
+
+def test_a_file_over_the_limit_is_refused_and_the_others_go_on(env, tmp_path):
+    first = env.queue()
+    small = images(tmp_path, 3, size=1000)
+    big = tmp_path / "images" / "big_600dpi.tif"
+    big.write_bytes(os.urandom(5000))
+    missing = str(tmp_path / "images" / "missing.tif")
+    done, _ = _upload_script(env, "--stages", first, "--max-message-size", "3000",
+                             "--images", small[0], str(big), missing, small[1], small[2])
+    assert done.returncode == 1, done.stderr
+    assert "uploaded 3 of 5" in done.stdout
+    refusal = [line for line in done.stderr.splitlines() if "big_600dpi.tif" in line and "3,000 bytes" in line]
+    assert refusal and "5,000 bytes" in refusal[0] and "--max-message-size" in refusal[0]
+    assert "NOT uploaded: 1 unreadable file(s), 1 over the broker's maximum message size" in done.stderr
+    assert f"  {big}: " in done.stderr and f"  {missing}: unreadable" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(r.results[0].name for r in drain(env.mq, first)) == sorted(os.path.basename(p) for p in small)
+
+
+def test_the_limit_comes_from_the_environment_and_the_command_line_wins(env, tmp_path):
+    first = env.queue()
+    paths = images(tmp_path, 2, size=5000)
+    done, _ = _upload_script(env, "--stages", first, "--images", *paths,
+                             extra_env={"PERO_MAX_MESSAGE_SIZE": "4KiB"})
+    assert done.returncode == 1 and "uploaded 0 of 2" in done.stdout and "4,096 bytes" in done.stderr
+    done, _ = _upload_script(env, "--stages", first, "--images", *paths, "--max-message-size", "1MiB",
+                             extra_env={"PERO_MAX_MESSAGE_SIZE": "4KiB"})
+    assert done.returncode == 0 and "uploaded 2 of 2" in done.stdout, done.stderr
+    done, _ = _upload_script(env, "--stages", first, "--images", *paths, extra_env={"PERO_MAX_MESSAGE_SIZE": "lots"})
+    assert done.returncode == 2 and "not a size" in done.stderr
+
+
+def test_without_a_limit_given_the_brokers_is_used_before_reading(env, tmp_path):
+    """A sparse file just over RabbitMQ 3.x's default (128 MiB): refused from its size, never read or sent."""
+    first = env.queue()
+    huge = tmp_path / "a3_colour_600dpi.tif"
+    with open(huge, "wb") as handle:
+        handle.truncate(128 * 2**20 + 1)
+    small = images(tmp_path, 1)
+    done, elapsed = _upload_script(env, "--stages", first, "--images", str(huge), *small)
+    assert done.returncode == 1, done.stderr
+    assert "uploaded 1 of 2" in done.stdout
+    line = next(line for line in done.stderr.splitlines() if "a3_colour_600dpi.tif" in line)
+    assert "134,217,729 bytes" in line and "134,217,728 bytes (128 MiB)" in line and "RabbitMQ 3." in line
+    assert elapsed < 30
+    assert [r.results[0].name for r in drain(env.mq, first)] == [os.path.basename(small[0])]
+
+
+def test_a_refusal_by_the_broker_is_noticed_at_once_and_the_rest_go_on(env, tmp_path):
+    """We claim a higher limit than the broker's (128 MiB): the broker closes the channel on the big page;
+    the publisher notices at once, names the page and the broker's limit, and sends the pages after it."""
+    first = env.queue()
+    paths = images(tmp_path, 4, size=2000)
+    huge = tmp_path / "images" / "page_001b_huge.tif"
+    huge.write_bytes(b"\0" * (128 * 2**20 + 4096))
+    order = [paths[0], str(huge), paths[1], paths[2], paths[3]]
+    done, elapsed = _upload_script(env, "--stages", first, "--max-message-size", "300MiB", "--images", *order)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "uploaded 4 of 5" in done.stdout, done.stdout + done.stderr
+    refusal = [line for line in done.stderr.splitlines() if "page_001b_huge.tif" in line and "134,217,728" in line]
+    assert refusal and "the broker, which refused a message" in refusal[0], done.stderr
+    assert "NOT uploaded: 1 over the broker's maximum message size" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert elapsed < 60, f"took {elapsed:.0f} s: the closed channel was not noticed at once"
+    names = {r.results[0].name for r in drain(env.mq, first)}
+    assert names == {os.path.basename(p) for p in paths}
+
+
+def test_manifest_maps_uuids_to_files(env, tmp_path):
+    first = env.queue()
+    paths = images(tmp_path, 3)
+    manifest = tmp_path / "manifest.jsonl"
+    assert env.run("--stages", first, "--images", *paths, "--manifest", str(manifest)) == 0
+    entries = [json.loads(line) for line in manifest.read_text().splitlines()]
+    by_uuid = {r.uuid: r for r in drain(env.mq, first)}
+    assert sorted(entry["file"] for entry in entries) == sorted(paths)
+    for entry in entries:
+        request = by_uuid[entry["uuid"]]
+        assert request.page_uuid == entry["page_uuid"]
+        assert request.results[0].name == os.path.basename(entry["file"])

@@ -144,7 +144,11 @@ def test_short_id(identifier: str, expected_len: int, plain: bool) -> None:
 
 @pytest.mark.parametrize("image, uuid, expected", [
     ("page.jpg", "0123456789abcdef0123456789abcdef", "page_01234567"),
-    ("scan.tar.gz", "fedcba98", "scan_fedcba98"),
+    ("scan.tar.gz", "fedcba98", "scan.tar_fedcba98"),
+    ("page.3B.tif", "0123456789abcdef", "page.3B_01234567"),
+    ("vol1.p0007.r.jpeg", "0123456789abcdef", "vol1.p0007.r_01234567"),
+    ("noextension", "0123456789abcdef", "noextension_01234567"),
+    ("name.with space.png", "0123456789abcdef", "name.with space_01234567"),
     ("../../evil.jpg", "0123456789abcdef", "_.._evil_01234567"),
     ("", "0123456789abcdef", "request_01234567"),
     ("..", "0123456789abcdef", "request_01234567"),

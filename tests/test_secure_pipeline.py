@@ -39,6 +39,9 @@ from pero_worker.libs.mq import MQAuthenticationError, MQConnectionError, MQSess
 from pero_worker.libs.sftp import SftpAuthError, SftpClient, SftpConnectError, SftpSettings
 from pero_worker.libs.zk import ZkConnectionError, ZooKeeper
 from pero_worker.scripts.deploy import pki
+from pero_worker.scripts.deploy.layout import Layout
+
+from needs import require  # tests/ helper: a skip here, a failure with CI=true
 
 REPO = Path(__file__).resolve().parent.parent
 SETUP = REPO / "scripts" / "system_setup.py"
@@ -49,10 +52,15 @@ PORT_ARGS = ["--zookeeper-port", str(ZK_PORT), "--mq-port", str(AMQPS_PORT), "--
              "--sftp-port", str(SFTP_PORT), "-u", USER]
 PY = sys.executable
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("java") or not os.path.exists("/usr/lib/rabbitmq/bin/rabbitmq-server")
-    or not os.path.exists("/usr/sbin/sshd"),
-    reason="needs root, java (ZooKeeper), Debian's rabbitmq-server and openssh-server")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _requirements() -> None:
+    """Before the deployment fixture: a skip on a partial set-up, a failure with CI=true."""
+    require(os.geteuid() == 0, "needs root (system_setup.py creates a system account and starts sshd)")
+    require(bool(shutil.which("java")), "needs java (ZooKeeper): apt-get install default-jre-headless")
+    require(os.path.exists("/usr/lib/rabbitmq/bin/rabbitmq-server"), "needs Debian's rabbitmq-server")
+    require(os.path.exists("/usr/sbin/sshd"), "needs openssh-server")
 
 
 class Deployment:
@@ -109,11 +117,26 @@ def _remove_account() -> None:
     subprocess.run(["userdel", USER], capture_output=True)
 
 
+def _account_exists() -> bool:
+    import pwd
+    try:
+        pwd.getpwnam(USER)
+        return True
+    except KeyError:
+        return False
+
+
+# BASE is under /tmp (world-writable), where sshd cannot jail anyone: setup moves the jail here.
+JAIL = Layout(BASE / "config", BASE / "data").fallback_sftp_root()
+
+
 @pytest.fixture(scope="module")
 def deployment() -> Deployment:
     dep = Deployment(BASE)
     if (BASE / "data" / "run" / "setup.json").exists():
         dep.stop()                      # an interrupted earlier run
+    _remove_account()                   # ... which may have left its account behind
+    shutil.rmtree(JAIL, ignore_errors=True)
     busy = [port for port in (ZK_PORT, AMQPS_PORT, MGMT_PORT, SFTP_PORT) if _listening(port)]
     if busy:
         pytest.fail(f"ports {busy} are already in use (another secure deployment running?): stop it first")
@@ -129,11 +152,17 @@ def deployment() -> Deployment:
         yield dep
     finally:
         stopped = dep.stop()
+        account_left = _account_exists()
         _remove_account()
         leftovers = [port for port in (ZK_PORT, AMQPS_PORT, MGMT_PORT, SFTP_PORT) if _listening(port)]
         shutil.rmtree(BASE, ignore_errors=True)
+        shutil.rmtree(JAIL, ignore_errors=True)
+        if JAIL.parent.is_dir() and not any(JAIL.parent.iterdir()):
+            JAIL.parent.rmdir()
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
         assert not leftovers, f"still listening after --stop: {leftovers}"
+        assert not account_left, f"--stop left the system account {USER!r} behind: {stopped.stderr}"
+        assert f"system account {USER!r} removed" in stopped.stderr
 
 
 def _listening(port: int, host: str = "127.0.0.1") -> bool:
@@ -195,6 +224,77 @@ def test_engines_listen_only_on_tls_ports(deployment):
     ss = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
     ports = {int(line.split()[3].rsplit(":", 1)[1]) for line in ss.splitlines() if f"pid={pid}," in line}
     assert ports == {AMQPS_PORT, MGMT_PORT, AMQPS_PORT + 20000}, ss
+
+
+# --- hardening: the SFTP jail, TLS suites and versions, private ZooKeeper data ---------------------
+
+def test_the_sftp_user_is_jailed(deployment):
+    """It sees only pero/: not /, not /etc/passwd, not the generated files, and cannot write outside pero/;
+    a symbolic link it plants resolves inside the jail."""
+    sshd = (deployment.config / "sftp" / "sshd_config").read_text()
+    assert f"ChrootDirectory {JAIL}\n" in sshd
+    assert "jailed in" in deployment.setup_output
+    assert JAIL.stat().st_uid == 0 and JAIL.stat().st_mode & 0o022 == 0
+    with SftpClient(deployment.sftp_settings()) as client:
+        assert client.listdir("/") == ["pero"] and client.listdir("..") == ["pero"]
+        for outside in ("/etc/passwd", str(deployment.config / "worker.ini"),
+                        str(deployment.config / "rabbitmq" / "rabbitmq.conf"),
+                        str(deployment.data / "run" / "setup.json"), str(deployment.data / "zookeeper")):
+            assert not client.exists(outside), outside
+        sftp = client._session()
+        for target in ("/planted.txt", "/tmp/planted.txt"):
+            with pytest.raises(IOError):
+                sftp.open(target, "w").close()
+        link = f"pero/passwd_{uuid.uuid4().hex[:6]}"
+        sftp.symlink("/etc/passwd", link)
+        try:
+            with pytest.raises(IOError):
+                sftp.open(link).read()
+        finally:
+            sftp.remove(link)
+    assert not Path("/planted.txt").exists() and not Path("/tmp/planted.txt").exists()
+
+
+CBC_SHA1 = ("ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA:ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:"
+            "DHE-RSA-AES128-SHA:DHE-RSA-AES256-SHA:AES128-SHA:AES256-SHA:@SECLEVEL=0")
+TLS_PORTS = {"ZooKeeper": ZK_PORT, "AMQPS": AMQPS_PORT, "HTTPS management": MGMT_PORT}
+
+
+def _handshake(port: int, context: ssl.SSLContext) -> tuple[str, str]:
+    """(TLS version, cipher suite) that the server at 127.0.0.1:port agrees to with this client context."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls_socket:
+            return tls_socket.version(), tls_socket.cipher()[0]
+
+
+@pytest.mark.parametrize("service", list(TLS_PORTS))
+def test_no_cbc_sha1_suite_is_accepted(deployment, service):
+    weak = ssl.create_default_context(cafile=deployment.ca)
+    weak.maximum_version = ssl.TLSVersion.TLSv1_2
+    weak.set_ciphers(CBC_SHA1)
+    with pytest.raises(ssl.SSLError):
+        _handshake(TLS_PORTS[service], weak)
+    tls12 = ssl.create_default_context(cafile=deployment.ca)
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    version, cipher = _handshake(TLS_PORTS[service], tls12)
+    assert version == "TLSv1.2" and ("GCM" in cipher or "CHACHA20" in cipher), cipher
+
+
+@pytest.mark.parametrize("service", list(TLS_PORTS))
+def test_tls_1_3_is_offered(deployment, service):
+    modern = ssl.create_default_context(cafile=deployment.ca)
+    modern.minimum_version = ssl.TLSVersion.TLSv1_3
+    assert _handshake(TLS_PORTS[service], modern)[0] == "TLSv1.3"
+
+
+def test_zookeeper_data_is_private(deployment):
+    data = deployment.data / "zookeeper"
+    with ZooKeeper(deployment.zk_conn()) as zk:        # make sure it has written something
+        zk.set_text(f"{zk_paths.ROOT}/private_{uuid.uuid4().hex[:6]}", "x")
+    entries = [data, *data.rglob("*")]
+    assert any(path.is_file() for path in entries)
+    exposed = [f"{path} {path.stat().st_mode & 0o777:o}" for path in entries if path.stat().st_mode & 0o077]
+    assert not exposed, exposed
 
 
 def test_plain_text_clients_are_refused(deployment):

@@ -32,6 +32,9 @@ CONFIG = "[PAGE_PARSER]\nRUN_LAYOUT_PARSER = yes\n\n[WORKER]\nDUMMY = TRUE\nTIME
     ("ocr", True), ("layout_cz-2", True), ("out", True), ("Stage.v2", True), ("ž-stage", True),
     ("", False), (" ocr", False), ("ocr ", False), ("a/b", False), ("..", False), (".", False),
     ("amq.gen", False), ("zookeeper", False), ("tab\there", False), ("x" * 201, False),
+    # ZooKeeper refuses these at the write (BadArgumentsError): emoji (beyond U+FFFF), private use, C1 controls.
+    ("stage\U0001F600", False), ("priv\ue000", False), ("c1\x85", False), ("x\ufff0", False),
+    ("nbsp\xa0x", True),
 ])
 def test_validate_stage_name(name, ok):
     if ok:
@@ -327,6 +330,41 @@ def test_delete_keeps_a_model_another_stage_uses(env, model, capsys):
 def test_usage_errors(env, args, capsys):
     assert env.run(*args) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_name_zookeeper_refuses_leaves_no_queue(env, capsys):
+    name = env.stage("emoji") + "\U0001F600"
+    assert env.run("--name", name) == 2
+    err = capsys.readouterr().err
+    assert "ZooKeeper does not accept the character U+1F600" in err and "Traceback" not in err
+    assert env.mq.queue_length(name) is None
+
+
+def test_zookeeper_is_written_before_the_queue_is_declared(env, services, capsys):
+    from kazoo.security import ACL, Id, Permissions
+    # /pero/queue readable but not writable by the tool's user: the ZooKeeper write fails ...
+    name = env.stage("readonly")
+    env.zk.ensure_path(zk_paths.QUEUE_ROOT)
+    before, _ = env.zk.client.get_acls(zk_paths.QUEUE_ROOT)
+    env.zk.client.set_acls(zk_paths.QUEUE_ROOT, [ACL(Permissions.READ | Permissions.ADMIN,
+                                                     Id("sasl", services.user))])
+    try:
+        assert env.run("--name", name) == 1
+        err = capsys.readouterr().err
+        assert "ZooKeeper refused access" in err and "Traceback" not in err
+        # ... and no queue was declared for it.
+        assert env.mq.queue_length(name) is None
+    finally:
+        env.zk.client.set_acls(zk_paths.QUEUE_ROOT, before)
+
+
+def test_a_refused_queue_declare_removes_the_new_stage_nodes(env, capsys):
+    name = env.stage("clash")
+    env.mq.declare_plain_queue(name)        # a queue of that name without the stage arguments
+    assert env.run("--name", name) == 1
+    err = capsys.readouterr().err
+    assert "PRECONDITION_FAILED" in err and "Traceback" not in err
+    assert not env.zk.exists(zk_paths.stage_root(name))
 
 
 def test_runs_as_a_script(env, repo_root):

@@ -156,16 +156,53 @@ def test_chroot_problem(components, problem):
     assert render.chroot_problem(stats) == problem
 
 
-@pytest.mark.parametrize("chroot", [True, False])
-def test_sshd_config_is_sftp_only_for_one_user(chroot):
-    text = render.sshd_config(S, LAY, chroot=chroot)
+@pytest.mark.parametrize("jail", [None, Path("/var/lib/pero-worker/sftp-x")])
+def test_sshd_config_is_sftp_only_for_one_jailed_user(jail):
+    text = render.sshd_config(S, Layout(LAY.config_dir, LAY.data_dir, jail))
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     assert "AllowUsers pero" in lines and "PasswordAuthentication yes" in lines
     assert "PermitRootLogin no" in lines and "AllowTcpForwarding no" in lines and "PermitTTY no" in lines
     assert "Subsystem sftp internal-sftp" in lines
-    assert lines[-2:-1] == ["Match User pero"] or "Match User pero" in lines
-    assert ("ChrootDirectory /srv/pero/sftp/root" in lines) is chroot
-    assert any(line.startswith("ForceCommand internal-sftp") for line in lines)
+    assert lines[-3:] == ["Match User pero", f"ChrootDirectory {jail or '/srv/pero/sftp/root'}",
+                          "ForceCommand internal-sftp -d /"]
+
+
+def _problems(bad: dict[str, str]):
+    return lambda path: bad.get(path)
+
+
+@pytest.mark.parametrize("given, bad, expected, note_word", [
+    (None, {}, "/d/sftp/root", None),                                          # the default qualifies
+    (None, {"/d/sftp/root": "/tmp is writable by group or others"}, "/var/lib/j", "jailed in /var/lib/j"),
+    ("/srv/jail", {"/d/sftp/root": "x"}, "/srv/jail", None),                    # the operator's choice
+])
+def test_choose_sftp_root(given, bad, expected, note_word):
+    root, note = render.choose_sftp_root(given, "/d/sftp/root", "/var/lib/j", _problems(bad))
+    assert root == expected
+    assert (note is None) if note_word is None else (note_word in note)
+
+
+@pytest.mark.parametrize("given, bad, word", [
+    ("/tmp/jail", {"/tmp/jail": "/tmp is writable by group or others (mode 1777)"}, "--sftp-root /tmp/jail cannot"),
+    (None, {"/d/sftp/root": "a", "/var/lib/j": "b"}, "no folder can jail the SFTP user"),
+])
+def test_choose_sftp_root_refuses_rather_than_leave_the_user_unconfined(given, bad, word):
+    with pytest.raises(ValueError, match=word):
+        render.choose_sftp_root(given, "/d/sftp/root", "/var/lib/j", _problems(bad))
+
+
+def test_tls_is_aead_only_and_zookeeper_offers_tls_1_3():
+    zoo = _cfg_lines(render.zoo_cfg(S, LAY))
+    assert zoo["ssl.protocol"] == "TLSv1.3" and zoo["ssl.enabledProtocols"] == "TLSv1.3,TLSv1.2"
+    suites = zoo["ssl.ciphersuites"].split(",")
+    assert "TLS_AES_256_GCM_SHA384" in suites and "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" in suites
+    assert not [suite for suite in suites if "CBC" in suite or suite.endswith("_SHA")]
+    conf = _cfg_lines(render.rabbitmq_conf(S, LAY, log_file=None))
+    for prefix in ("ssl_options", "management.ssl"):
+        ciphers = [value for key, value in conf.items() if key.startswith(f"{prefix}.ciphers.")]
+        assert "TLS_AES_128_GCM_SHA256" in ciphers and "ECDHE-RSA-AES256-GCM-SHA384" in ciphers
+        assert all("GCM" in c or "CHACHA20" in c for c in ciphers), ciphers
+        assert conf[f"{prefix}.honor_cipher_order"] == "true"
 
 
 def test_known_hosts_lines():
@@ -403,6 +440,27 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message):
     assert not (tmp_path / "c").exists()
 
 
+def test_a_data_folder_under_tmp_gets_a_root_owned_jail(generated):
+    """/tmp is world-writable, so sshd cannot jail the user under it: the jail moves, it is never dropped."""
+    base, output = generated
+    jail = Layout(base / "config", (base / "data").resolve()).fallback_sftp_root()
+    assert str(jail).startswith("/var/lib/pero-worker/sftp-")
+    sshd = (base / "config" / "sftp" / "sshd_config").read_text()
+    assert f"    ChrootDirectory {jail}\n" in sshd
+    assert "is writable by group or others" in output and f"jailed in {jail} instead" in output
+    saved = json.loads((base / "data" / "run" / "setup.json").read_text())
+    assert saved["sftp_root"] == str(jail)
+
+
+def test_an_sftp_root_that_cannot_jail_is_refused(tmp_path):
+    done = _setup("-z", "a", "-s", "b", "-f", "c", "-o", str(tmp_path / "c"), "-d", str(tmp_path / "d"),
+                  "--no-start", "--sftp-root", str(tmp_path / "jail"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if "ERROR" in line or "cannot be the SFTP jail" in line]
+    assert len(lines) == 1 and "is writable by group or others" in lines[0], done.stderr
+    assert not (tmp_path / "c" / "sftp" / "sshd_config").exists()
+
+
 def test_stop_without_an_earlier_run_is_a_clear_error(tmp_path):
     done = _setup("--stop", "-o", str(tmp_path / "c"), "-d", str(tmp_path / "d"))
     assert done.returncode == 1 and "nothing to stop" in done.stderr
@@ -468,3 +526,73 @@ def test_describe_error(error, expected, permanent):
     assert tls.is_permanent(error) is permanent
     wrapped = RuntimeError("library wrapper", error)
     assert tls.describe_error(wrapped, service="RabbitMQ", address="mq:5671", ca_cert="/ca.pem", host="mq") == text
+
+
+# --- system accounts: never take over someone else's, remove our own ---------------------------
+
+def _shadow_entry(user: str) -> str:
+    return next(line for line in Path("/etc/shadow").read_text().splitlines() if line.startswith(user + ":"))
+
+
+@pytest.fixture
+def foreign_account():
+    """A system account that no deployment created (as a person's, or local_services.py's, would be)."""
+    import uuid
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a system account")
+    name = f"perot{uuid.uuid4().hex[:8]}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True,
+                   capture_output=True)
+    subprocess.run(["chpasswd"], input=f"{name}:its-own-password\n", text=True, check=True, capture_output=True)
+    yield name
+    subprocess.run(["userdel", name], capture_output=True)
+
+
+def test_an_existing_account_keeps_its_password_unless_told(foreign_account, tmp_path):
+    from pero_worker.scripts.deploy import postconfig
+    s = Settings("a", "b", "c", service_user=foreign_account)
+    lay = Layout(tmp_path / "config", tmp_path / "data", tmp_path / "jail")
+    before = _shadow_entry(foreign_account)
+    with pytest.raises(postconfig.PostConfigError, match="already exists and this deployment did not create it"):
+        postconfig.ensure_sftp_account(s, lay, "new-password")
+    assert _shadow_entry(foreign_account) == before and not (tmp_path / "jail").exists()
+    actions = postconfig.ensure_sftp_account(s, lay, "new-password", reset_existing=True)
+    assert any("password set" in action for action in actions)
+    assert _shadow_entry(foreign_account) != before
+    assert (tmp_path / "jail" / "pero").stat().st_uid == __import__("pwd").getpwnam(foreign_account).pw_uid
+    assert postconfig.remove_created_account(lay) is None          # not ours: --stop leaves it alone
+
+
+def test_an_account_the_deployment_created_is_removed_by_stop(tmp_path):
+    import pwd
+    import uuid
+    from pero_worker.scripts.deploy import postconfig
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a system account")
+    name = f"perot{uuid.uuid4().hex[:8]}"
+    s = Settings("a", "b", "c", service_user=name)
+    lay = Layout(tmp_path / "config", tmp_path / "data", tmp_path / "jail")
+    try:
+        actions = postconfig.ensure_sftp_account(s, lay, "a-password")
+        assert any("created" in action for action in actions) and pwd.getpwnam(name)
+        postconfig.ensure_sftp_account(s, lay, "a-password")      # a re-run: ours, so no flag needed
+        assert postconfig.remove_created_account(lay) == f"system account {name!r} removed"
+        with pytest.raises(KeyError):
+            pwd.getpwnam(name)
+        assert postconfig.remove_created_account(lay) is None
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+
+
+def test_default_user_pero_is_not_taken_over(services, tmp_path):
+    """The machine already has an account `pero` (local_services.py made it): setup refuses before it writes
+    or starts anything, and pero's password stays what it was."""
+    before = _shadow_entry("pero")
+    done = _setup("-z", "127.0.0.1", "-s", "127.0.0.1", "-f", "127.0.0.1", "-o", str(tmp_path / "c"),
+                  "-d", str(tmp_path / "d"), "--zookeeper-port", "12999", "--mq-port", "25999",
+                  "--management-port", "25998", "--sftp-port", "2399")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "a system account 'pero' already exists" in done.stderr and "--reset-account-password" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert _shadow_entry("pero") == before
+    assert not (tmp_path / "c").exists()

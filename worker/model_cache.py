@@ -28,11 +28,13 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from ..libs import archive as archive_lib
 from ..libs.safe_names import is_reserved, safe_file_name
-from ..libs.sftp import SftpClient, SftpConnectError, SftpError, SftpNotFoundError
+
+if TYPE_CHECKING:
+    from ..libs.sftp import SftpClient
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,45 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def clean_interrupted(root: str | os.PathLike[str]) -> list[Path]:
+    """Remove what unpacking left behind when a worker was killed mid-way (run at worker start).
+
+    A model folder appears only by an atomic rename, so a killed extraction
+    leaves a hidden `.model.unpack-*` folder (possibly gigabytes) and a version
+    folder without `model/`: both are deleted.  A stage whose lock another
+    process holds is filling right now and is left alone.  Returns what was removed.
+    """
+    removed: list[Path] = []
+    root = Path(root)
+    if not root.is_dir():
+        return removed
+    for stage_dir in root.iterdir():
+        if stage_dir.name.startswith(".") or stage_dir.is_symlink() or not stage_dir.is_dir():
+            continue
+        with open(stage_dir / ".lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            try:
+                for version_dir in stage_dir.iterdir():
+                    if version_dir.name in ("downloads", ".lock") or version_dir.is_symlink() \
+                            or not version_dir.is_dir():
+                        continue
+                    for leftover in version_dir.iterdir():
+                        if archive_lib.is_temporary(leftover.name):
+                            shutil.rmtree(leftover, ignore_errors=True)
+                            removed.append(leftover)
+                    if not (version_dir / "model").is_dir():
+                        shutil.rmtree(version_dir, ignore_errors=True)
+                        removed.append(version_dir)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    for path in removed:
+        log.info("removed %s, left by an unpack that was interrupted", path)
+    return removed
+
+
 class ModelCache:
     """Models of the stages this worker processes, kept under `root` across restarts."""
 
@@ -151,7 +192,7 @@ class ModelCache:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def get(self, stage: str, version: str, remote_path: str | None,
-            sftp_factory: Callable[[], SftpClient], *, progress: Progress | None = None) -> CachedModel:
+            sftp_factory: Callable[[], "SftpClient"], *, progress: Progress | None = None) -> CachedModel:
         """The unpacked model folder of (stage, version); downloads and unpacks it on first use.
 
         `remote_path` is the stage's `config_path` ('' or None: the stage has no
@@ -180,7 +221,9 @@ class ModelCache:
         return result
 
     def _fetch(self, stage: str, version: str, remote_path: str, stage_dir: Path, key: str,
-               sftp_factory: Callable[[], SftpClient], progress: Progress | None) -> CachedModel:
+               sftp_factory: Callable[[], "SftpClient"], progress: Progress | None) -> CachedModel:
+        from ..libs.sftp import SftpConnectError, SftpError, SftpNotFoundError   # lazy: pulls in paramiko
+
         started = time.monotonic()
         downloads = stage_dir / "downloads"
         downloads.mkdir(parents=True, exist_ok=True)
@@ -230,7 +273,9 @@ class ModelCache:
         return CachedModel(version_dir / "model", fetched=True, seconds=seconds, bytes=size)
 
     @staticmethod
-    def _remote_checksum(sftp: SftpClient, remote_path: str) -> str | None:
+    def _remote_checksum(sftp: "SftpClient", remote_path: str) -> str | None:
+        from ..libs.sftp import SftpNotFoundError
+
         checksum_path = remote_path + CHECKSUM_SUFFIX
         try:
             text = sftp.read_bytes(checksum_path, max_bytes=4096).decode("ascii", "replace")
@@ -257,5 +302,5 @@ class ModelCache:
                     leftover.unlink(missing_ok=True)
 
 
-__all__ = ["ModelCache", "CachedModel", "ModelCacheError", "folder_name", "version_key",
+__all__ = ["ModelCache", "CachedModel", "ModelCacheError", "clean_interrupted", "folder_name", "version_key",
            "parse_checksum_file", "versions_to_prune", "KEEP_VERSIONS"]

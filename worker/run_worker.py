@@ -15,6 +15,7 @@ from pero_worker.libs.config import ConfigError
 from pero_worker.libs.zk import KazooException, ZkConnectionError, ZooKeeper
 from pero_worker.worker.daemon import EXIT_DUPLICATE, EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, WorkerDaemon
 from pero_worker.worker.log_shipping import LogShipper
+from pero_worker.worker.model_cache import clean_interrupted
 from pero_worker.worker.registration import DuplicateWorkerError, Registration, SessionStore, close_stale_session
 from pero_worker.worker.settings import WorkerConfig, parse_worker_config
 from pero_worker.worker.stage_log import RequestLogCapture
@@ -83,6 +84,7 @@ def run(config: WorkerConfig, stop: _Stop) -> int:
     except OSError as error:
         log.error("cannot use the cache directory %s: %s", config.cache_dir, error.strerror or error)
         return EXIT_USAGE
+    clean_interrupted(config.cache_dir)       # half-unpacked models of a killed predecessor
 
     zk = None
     clean_exit = False

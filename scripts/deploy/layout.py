@@ -6,6 +6,7 @@ data/ holds what the engines write (databases, logs, pid files, SFTP files).
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,12 +33,15 @@ class Settings:
     rabbitmq_node: str = "pero@localhost"
     zk_heap_mb: int = 512
     extra_names: tuple[str, ...] = ()
+    # The SFTP user's jail (sshd ChrootDirectory); '' = <data>/sftp/root.
+    sftp_root: str = ""
 
 
 @dataclass(frozen=True)
 class Layout:
     config_dir: Path
     data_dir: Path
+    sftp_jail: Path | None = None      # where the SFTP user is jailed when not <data>/sftp/root
 
     # --- config/ ------------------------------------------------------------------
     @property
@@ -160,9 +164,23 @@ class Layout:
         return self.data_dir / "sftp"
 
     @property
-    def sftp_root(self) -> Path:
-        """The SFTP user's view of the file system (chroot when the path allows it)."""
+    def default_sftp_root(self) -> Path:
         return self.sftp_data / "root"
+
+    @property
+    def sftp_root(self) -> Path:
+        """The SFTP user's view of the file system: its jail (sshd ChrootDirectory), pero/ inside."""
+        return self.sftp_jail or self.default_sftp_root
+
+    def fallback_sftp_root(self) -> Path:
+        """A root-owned jail for a data folder that cannot hold one (e.g. under /tmp): unique per data folder."""
+        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:10]
+        return Path("/var/lib/pero-worker") / f"sftp-{digest}"
+
+    @property
+    def account_marker(self) -> Path:
+        """Names the system account this deployment created (so --stop removes that one, and no other)."""
+        return self.run_dir / "created_account"
 
     @property
     def sftp_host_key(self) -> Path:

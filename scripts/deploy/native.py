@@ -115,15 +115,25 @@ def _chown_tree(path: Path, uid: int, gid: int) -> None:
             os.chown(os.path.join(root, name), uid, gid)
 
 
+def _private_tree(path: Path) -> None:
+    """Folders 0700 and files 0600 under `path`: an engine's data is readable by that engine only."""
+    for root, dirs, files in os.walk(path):
+        os.chmod(root, 0o700)
+        for name in files:
+            file_path = os.path.join(root, name)
+            if not os.path.islink(file_path):
+                os.chmod(file_path, 0o600)
+
+
 def _spawn(args: list[str], log_path: Path, *, env: dict[str, str] | None = None, user: pwd.struct_passwd | None,
-           cwd: str | None = None) -> subprocess.Popen:
+           cwd: str | None = None, umask: int = -1) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         kwargs: dict = {}
         if user is not None:
             kwargs.update(user=user.pw_uid, group=user.pw_gid, extra_groups=[])
         return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=cwd, start_new_session=True, close_fds=True, **kwargs)
+                                cwd=cwd, start_new_session=True, close_fds=True, umask=umask, **kwargs)
 
 
 def _connect_host(bind: str, fallback: str) -> str:
@@ -167,8 +177,11 @@ def start_zookeeper(s: Settings, lay: Layout, *, wait: float = 90.0) -> str:
         _chown_tree(lay.zk_data, user.pw_uid, user.pw_gid)
         for secret in (lay.jaas, lay.keystore, lay.keystore_pass, lay.truststore_pass):
             os.chown(secret, user.pw_uid, user.pw_gid)
+    # Snapshots and transaction logs hold the whole tree (stage configs, server lists): private to ZooKeeper,
+    # and so is whatever it writes from now on (umask).
+    _private_tree(lay.zk_data)
     log_path = lay.log_file("zookeeper")
-    process = _spawn(zookeeper_command(s, lay), log_path, user=user, cwd=str(lay.zk_data))
+    process = _spawn(zookeeper_command(s, lay), log_path, user=user, cwd=str(lay.zk_data), umask=0o077)
     lay.run_dir.mkdir(parents=True, exist_ok=True)
     lay.pid_file("zookeeper").write_text(f"{process.pid}\n")
     host = _connect_host(s.bind_address, s.zk_host)

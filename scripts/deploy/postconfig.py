@@ -76,8 +76,46 @@ def check_management(s: Settings, lay: Layout, password: str) -> str:
 
 # --- SFTP account ----------------------------------------------------------------
 
-def ensure_sftp_account(s: Settings, lay: Layout, password: str) -> list[str]:
-    """A system account for the SFTP user (no shell), its password, and its folder `pero/` in the SFTP root."""
+def _make_root_folders(path: Path) -> None:
+    """Create `path` and any missing parent root-owned 0755, whatever the umask (sshd checks every component)."""
+    missing = []
+    folder = path
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for folder in reversed(missing):
+        folder.mkdir()
+        os.chown(folder, 0, 0)
+        folder.chmod(0o755)
+
+
+def created_account(lay: Layout) -> str | None:
+    """The system account this deployment created (recorded when it did), or None."""
+    try:
+        return lay.account_marker.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def check_account(s: Settings, lay: Layout, *, reset_existing: bool) -> None:
+    """Refuse (PostConfigError) to take over a system account this deployment did not create, unless told to."""
+    try:
+        pwd.getpwnam(s.service_user)
+    except KeyError:
+        return
+    if created_account(lay) != s.service_user and not reset_existing:
+        raise PostConfigError(
+            f"a system account {s.service_user!r} already exists and this deployment did not create it: "
+            f"setting its password would change how it logs in. Choose another user with -u, or give "
+            f"--reset-account-password to use that account and set its password")
+
+
+def ensure_sftp_account(s: Settings, lay: Layout, password: str, *, reset_existing: bool = False) -> list[str]:
+    """A system account for the SFTP user (no shell), its password, its jail and the folder `pero/` in it.
+
+    An account this deployment did not create is somebody else's (a person, another deployment,
+    scripts/local_services.py): its password is set only with `reset_existing` (--reset-account-password).
+    """
     actions = []
     try:
         account = pwd.getpwnam(s.service_user)
@@ -88,30 +126,42 @@ def ensure_sftp_account(s: Settings, lay: Layout, password: str) -> list[str]:
         if done.returncode != 0:
             raise PostConfigError(f"cannot create the SFTP account {s.service_user!r}: {_last(done)}")
         account = pwd.getpwnam(s.service_user)
-        actions.append(f"system account {s.service_user!r} created")
+        lay.run_dir.mkdir(parents=True, exist_ok=True)
+        lay.account_marker.write_text(s.service_user + "\n", encoding="utf-8")
+        actions.append(f"system account {s.service_user!r} created (--stop removes it)")
+    else:
+        check_account(s, lay, reset_existing=reset_existing)
     # chpasswd reads 'user:password' on stdin: the password never appears in a command line.
     done = subprocess.run(["chpasswd"], input=f"{s.service_user}:{password}\n", capture_output=True, text=True,
                           timeout=60)
     if done.returncode != 0:
         raise PostConfigError(f"cannot set the password of {s.service_user!r}: {_last(done)}")
-    lay.sftp_root.mkdir(parents=True, exist_ok=True)
+    _make_root_folders(lay.sftp_root)
     os.chown(lay.sftp_root, 0, 0)
     lay.sftp_root.chmod(0o755)
     files = lay.sftp_root / "pero"
     files.mkdir(exist_ok=True)
     os.chown(files, account.pw_uid, account.pw_gid)
     files.chmod(0o750)
-    actions.append(f"password set, files in {files}")
+    actions.append(f"password set; jailed in {lay.sftp_root}, files in {files}")
     return actions
 
 
-def remove_sftp_account(user: str) -> bool:
+def remove_created_account(lay: Layout) -> str | None:
+    """Remove the system account this deployment created (--stop); None when it created none."""
+    user = created_account(lay)
+    if user is None:
+        return None
     try:
         pwd.getpwnam(user)
     except KeyError:
-        return False
-    subprocess.run(["userdel", user], capture_output=True, timeout=60)
-    return True
+        lay.account_marker.unlink(missing_ok=True)
+        return f"system account {user!r} was already gone"
+    done = subprocess.run(["userdel", user], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise PostConfigError(f"cannot remove the system account {user!r}: {_last(done)}")
+    lay.account_marker.unlink(missing_ok=True)
+    return f"system account {user!r} removed"
 
 
 # --- ZooKeeper ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 from dataclasses import dataclass
+from typing import Callable
 
 from pero_worker.libs.addresses import format_address
 
@@ -25,6 +26,17 @@ NETTY_FACTORY = "org.apache.zookeeper.server.NettyServerCnxnFactory"
 # Tags: the service user reads queue statistics (watchdog, tools); the admin manages the broker.
 SERVICE_USER_TAGS = ["monitoring"]
 ADMIN_TAGS = ["administrator"]
+
+# TLS cipher suites on every port: AEAD only (AES-GCM, ChaCha20-Poly1305) with forward secrecy.  No CBC
+# suite at all (CBC-SHA1 ones are what scanners flag; the CBC-SHA2 ones add nothing a client needs).
+TLS13_SUITES = ["TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256"]
+TLS12_SUITES = ["ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-AES128-GCM-SHA256",
+                "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305"]
+# The same suites by their IANA/Java names (ZooKeeper's ssl.ciphersuites).
+TLS12_SUITES_JAVA = ["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+                     "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+                     "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+                     "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"]
 
 
 def _header(what: str) -> str:
@@ -56,7 +68,11 @@ ssl.trustStore.passwordPath={lay.truststore_pass}
 ssl.trustStore.type=PKCS12
 # Clients prove who they are with SASL, not with client certificates.
 ssl.clientAuth=none
+# ssl.protocol makes the SSLContext: with TLSv1.2 (ZooKeeper 3.8's default) TLS 1.3 is never offered.
+ssl.protocol=TLSv1.3
 ssl.enabledProtocols=TLSv1.3,TLSv1.2
+# AEAD suites only: no CBC (nor any SHA-1 MAC).
+ssl.ciphersuites={",".join(TLS13_SUITES + TLS12_SUITES_JAVA)}
 
 # Every session must authenticate with SASL (DIGEST-MD5 users are in the JAAS file, see java.env).
 authProvider.sasl={SASL_PROVIDER}
@@ -109,6 +125,12 @@ def parse_java_env(text: str) -> list[str]:
 
 # --- RabbitMQ ----------------------------------------------------------------------
 
+def _ciphers(prefix: str) -> str:
+    lines = [f"{prefix}.ciphers.{i} = {suite}" for i, suite in enumerate(TLS13_SUITES + TLS12_SUITES, start=1)]
+    lines += [f"{prefix}.honor_cipher_order = true", f"{prefix}.honor_ecc_order = true"]
+    return "\n".join(lines) + "\n"
+
+
 def rabbitmq_conf(s: Settings, lay: Layout, *, log_file: str | None) -> str:
     listener = (f"listeners.ssl.1 = {format_address(s.bind_address, s.amqps_port)}" if s.bind_address
                 else f"listeners.ssl.default = {s.amqps_port}")
@@ -127,7 +149,8 @@ ssl_options.verify = verify_none
 ssl_options.fail_if_no_peer_cert = false
 ssl_options.versions.1 = tlsv1.3
 ssl_options.versions.2 = tlsv1.2
-
+# AEAD suites only, ours first: no CBC (nor any SHA-1 MAC).
+{_ciphers("ssl_options")}
 # Management API (the watchdog reads queue statistics here): HTTPS only, no plain listener.
 management.ssl.port = {s.management_port}
 {mgmt_ip}management.ssl.cacertfile = {lay.ca_cert}
@@ -135,7 +158,7 @@ management.ssl.certfile = {cert}
 management.ssl.keyfile = {key}
 management.ssl.versions.1 = tlsv1.3
 management.ssl.versions.2 = tlsv1.2
-
+{_ciphers("management.ssl")}
 # Users, vhost and permissions (salted hashes, no plain passwords); the guest user is never created.
 load_definitions = {lay.definitions}
 
@@ -245,16 +268,37 @@ def chroot_problem(components: list[PathStat]) -> str | None:
     return None
 
 
-def sshd_config(s: Settings, lay: Layout, *, chroot: bool) -> str:
+def choose_sftp_root(given: str | None, default: str, fallback: str,
+                     problem_of: Callable[[str], str | None]) -> tuple[str, str | None]:
+    """The folder the SFTP user is jailed in, and a note when it is not the default one (pure but for
+    `problem_of`, which says why sshd would refuse a path as ChrootDirectory).
+
+    The account is always jailed: an operator's --sftp-root must qualify; otherwise the default
+    (<data>/sftp/root) when it does, else the root-owned fallback; ValueError when none does.
+    """
+    if given:
+        problem = problem_of(given)
+        if problem:
+            raise ValueError(f"--sftp-root {given} cannot be the SFTP jail (sshd ChrootDirectory): {problem}")
+        return given, None
+    problem = problem_of(default)
+    if problem is None:
+        return default, None
+    fallback_problem = problem_of(fallback)
+    if fallback_problem is not None:
+        raise ValueError(f"no folder can jail the SFTP user: {default} ({problem}) nor {fallback} "
+                         f"({fallback_problem}); give a root-owned folder with --sftp-root")
+    return fallback, f"{default} cannot be the jail ({problem}): the SFTP user is jailed in {fallback} instead"
+
+
+def sshd_config(s: Settings, lay: Layout) -> str:
+    """sshd for the one SFTP user, always jailed in the SFTP root (system_setup.py refuses rather than
+    running an unconfined account)."""
     listen = f"ListenAddress {format_address(s.bind_address, s.sftp_port)}\n" if s.bind_address else ""
-    if chroot:
-        jail = (f"    ChrootDirectory {lay.sftp_root}\n"
-                "    ForceCommand internal-sftp\n")
-        note = "# The user is jailed in the SFTP root (ChrootDirectory)."
-    else:
-        jail = f"    ForceCommand internal-sftp -d {lay.sftp_root}\n"
-        note = ("# No ChrootDirectory: a component of the data path is not root-owned or is group/world writable\n"
-                "# (sshd refuses that); the user only gets SFTP (ForceCommand), starting in the SFTP root.")
+    jail = (f"    ChrootDirectory {lay.sftp_root}\n"
+            "    ForceCommand internal-sftp -d /\n")
+    note = ("# The user is jailed in the SFTP root (ChrootDirectory: every component of the path is root-owned and\n"
+            "# not group/world-writable); it sees only pero/ there, the one folder it may write.")
     return _header(f"OpenSSH server for pero-worker: SFTP only, one user ({s.service_user}), password login.") + f"""\
 Port {s.sftp_port}
 {listen}HostKey {lay.sftp_host_key}

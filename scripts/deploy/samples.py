@@ -42,7 +42,7 @@ def sample_files() -> dict[str, str]:
         "rabbitmq/rabbitmq-env.conf": render.rabbitmq_env(s, lay),
         "rabbitmq/enabled_plugins": render.ENABLED_PLUGINS,
         "rabbitmq/definitions.json": render.definitions_json(defs),
-        "sftp/sshd_config": render.sshd_config(s, lay, chroot=True),
+        "sftp/sshd_config": render.sshd_config(s, lay),
         "sftp/users.conf": render.atmoz_users_conf(s.service_user, CRYPT),
         "certificates/known_hosts": render.known_hosts_lines([s.sftp_host], s.sftp_port, "ssh-ed25519", HOST_KEY),
     }

@@ -19,14 +19,18 @@ Untrusted input: PAGE XML with entity declarations is refused (no entity
 expansion tricks), and `.logits` (a pickle, as pero-ocr writes it) is read with
 an unpickler that only admits the numpy/scipy classes logits consist of:
 plain `pickle.loads` of request data would let any publisher run code on the worker.
-Paths in the stage config must stay inside the model folder.
+Every file pero-ocr opens must be inside the model folder: the stage config's
+paths (OCR_JSON, MODEL_PATH, LM) and the paths inside the engine JSON they name
+(`checkpoint`), with their '.cpu' variants, links resolved.
 """
 from __future__ import annotations
 
 import configparser
 import gc
 import io
+import json
 import logging
+import os
 import pickle
 import posixpath
 from pathlib import Path
@@ -87,6 +91,73 @@ def check_model_paths(config: configparser.ConfigParser, has_model_dir: bool) ->
             elif not has_model_dir:
                 problems.append(f"[{section}] {option.upper()} = {path!r} needs a model archive, but the stage "
                                 "has none (config_path is empty)")
+    return problems
+
+
+# Keys inside pero-ocr's engine JSON files (OCR_JSON) that pero-ocr opens as files, relative to the JSON's
+# folder: BaseEngineLineOCR reads 'checkpoint' (and loads '<checkpoint>.cpu' on a CPU).
+ENGINE_JSON_PATH_KEYS = ("checkpoint",)
+MAX_ENGINE_JSON_BYTES = 16 * 1024 * 1024
+
+
+def check_engine_json(engine: Any, json_path: str) -> list[str]:
+    """Problems with the file paths inside one pero-ocr engine JSON (pure): `json_path` is the JSON's path
+    relative to the model folder; every path in it must stay inside that folder."""
+    if not isinstance(engine, dict):
+        return [f"{json_path} is not a JSON object"]
+    problems = []
+    folder = posixpath.dirname(json_path)
+    for key in ENGINE_JSON_PATH_KEYS:
+        value = engine.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            problems.append(f"{json_path}: {key!r} is not a file name")
+            continue
+        if value.startswith("/") or "\\" in value or (len(value) > 1 and value[1] == ":"):
+            problems.append(f"{json_path}: {key} = {value!r} is not a path relative to the model folder")
+        elif posixpath.normpath(posixpath.join(folder, value)).split("/")[0] == "..":
+            problems.append(f"{json_path}: {key} = {value!r} leaves the model folder")
+    return problems
+
+
+def _confined(model_dir: Path, path: Path) -> bool:
+    """Whether `path`, with every symbolic link resolved, is inside the model folder."""
+    return Path(os.path.realpath(path)).is_relative_to(Path(os.path.realpath(model_dir)))
+
+
+def check_model_files(config: configparser.ConfigParser, model_dir: Path) -> list[str]:
+    """Every file pero-ocr will open for this config stays inside the model folder, links resolved:
+    the config's paths, the paths inside the engine JSON files they name, and their '.cpu' variants."""
+    problems = []
+    for section in config.sections():
+        for option, value in config.items(section, raw=True):
+            if not _is_path_option(option) or not value.strip():
+                continue
+            relative = value.strip()
+            path = model_dir / relative
+            opened = [path, Path(f"{path}.cpu")]
+            if relative.lower().endswith(".json") and path.is_file() and _confined(model_dir, path):
+                try:
+                    if path.stat().st_size > MAX_ENGINE_JSON_BYTES:
+                        problems.append(f"{relative} is larger than {MAX_ENGINE_JSON_BYTES} bytes")
+                        continue
+                    engine = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError) as error:
+                    problems.append(f"{relative} is not a readable JSON file: {error}")
+                    continue
+                json_problems = check_engine_json(engine, posixpath.normpath(relative))
+                problems.extend(json_problems)
+                if not json_problems:
+                    for key in ENGINE_JSON_PATH_KEYS:
+                        if isinstance(engine.get(key), str):
+                            inner = path.parent / engine[key]
+                            opened += [inner, Path(f"{inner}.cpu")]
+            for candidate in opened:
+                if not _confined(model_dir, candidate):
+                    shown = os.path.relpath(candidate, model_dir)
+                    problems.append(f"{shown} (from [{section}] {option.upper()}) resolves outside the model "
+                                    "folder (a symbolic link?)")
     return problems
 
 
@@ -268,6 +339,8 @@ def build(config: configparser.ConfigParser, model_dir: Path | None, *, device: 
         raise StageConfigError("stage config has no [PAGE_PARSER] section: it is not a pero-ocr config "
                                "(test processors need a [WORKER] section)")
     problems = check_model_paths(config, model_dir is not None)
+    if not problems and model_dir is not None:
+        problems = check_model_files(config, Path(model_dir))
     if problems:
         raise StageConfigError("; ".join(problems))
     try:
@@ -295,5 +368,6 @@ def build(config: configparser.ConfigParser, model_dir: Path | None, *, device: 
     return PeroOcrProcessor(parser, torch_device)
 
 
-__all__ = ["build", "PeroOcrProcessor", "resolve_device", "check_model_paths", "pick_result", "image_stem",
+__all__ = ["build", "PeroOcrProcessor", "resolve_device", "check_model_paths", "check_engine_json",
+           "check_model_files", "pick_result", "image_stem",
            "load_logits_dict", "apply_logits"]

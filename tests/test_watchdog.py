@@ -24,13 +24,13 @@ class Env:
 
     def stage(self, prefix: str, seconds: float, *, priority: int = 0) -> str:
         name = self.unique_name(prefix)
-        make_stage(self.zk, self.mq, name, dummy_stage_config(seconds), priority=priority)
+        make_stage(self.zk_root, name, dummy_stage_config(seconds), priority=priority)
         self.queues.append(name)
         return name
 
     def output(self) -> str:
         name = self.unique_name("out")
-        make_stage(self.zk, self.mq, name, None)
+        make_stage(self.zk_root, name, None)
         self.queues.append(name)
         return name
 

@@ -205,3 +205,66 @@ def test_starving_queue_gets_a_busy_worker_within_ten_seconds(env):
     assert latency <= 10, f"starving stage waited {latency:.1f} s"
     served = env.collect(out, 403, 60)
     assert set(ids) <= served
+
+
+def test_the_output_stage_never_receives_a_worker_while_results_wait_there(env):
+    """Issue 8.1: `stage_config_manager.py --name out` writes an empty config; results wait in its queue until
+    the downloader fetches them.  The watchdog must treat it as what it is, not as a starving stage."""
+    stage, out = env.stage("a", 0.01), env.output()
+    worker = env.worker()
+    watchdog = env.watchdog()
+    wait_for(lambda: active(watchdog), 20, "an active watchdog")
+    ids = publish_requests(env.mq, [stage, out], 30)
+    wait_for(lambda: env.mq.queue_length(out) == 30, 30, "30 results waiting in the output queue")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        assert worker_queue(env.zk, worker) != out, f"a worker was sent to the output stage\n{dump(env)}"
+        time.sleep(0.1)
+    assert env.zk.get_text(zk_paths.worker_status(worker)) != zk_paths.CONFIGURATION_FAILED
+    assert env.collect(out, 30, 10) == set(ids)
+    dry = subprocess.run([sys.executable, str(WATCHDOG), "-z", env.zk_root, "--dry-run"],
+                         capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert "NOT PROCESSING STAGES" in dry.stdout and out in dry.stdout.split("NOT PROCESSING STAGES", 1)[1]
+
+
+def fake_original_worker(zk, worker_id: str, stage: str, status: str = zk_paths.IDLE) -> None:
+    """The nodes an original worker keeps after its queue ran empty: status IDLE, its stage in `queue`,
+    the ephemeral `connected` node of its session.  It only looks at the queue again when `queue` is rewritten."""
+    zk.set_text(zk_paths.worker_status(worker_id), status)
+    zk.create(zk_paths.worker_connected(worker_id), b"true", ephemeral=True)
+    zk.set_text(zk_paths.worker_queue(worker_id), stage)
+    zk.set_text(zk_paths.worker_enabled(worker_id), "true")
+    zk.set_text(zk_paths.worker_unlock_time(worker_id), "2000-01-01T00:00:00+00:00")
+
+
+def node_version(zk, path: str) -> int:
+    return zk.client.exists(path).version
+
+
+def test_an_idle_original_worker_is_woken_by_rewriting_its_queue_node(env):
+    """Issue 8.3: an original worker that emptied its queue stays IDLE on the stage until its `queue` node is
+    rewritten (the original worker reacts to every new version of the node, same value or not)."""
+    stage, out = env.stage("a", 0.01), env.output()
+    original = env.unique_name("orig")
+    fake_original_worker(env.zk, original, stage)
+    queue_node = zk_paths.worker_queue(original)
+    watchdog = env.watchdog()
+    wait_for(lambda: active(watchdog), 20, "an active watchdog")
+    before = node_version(env.zk, queue_node)
+    time.sleep(2)
+    assert node_version(env.zk, queue_node) == before, "no work: the idle worker is left alone"
+    publish_requests(env.mq, [stage, out], 20)
+    published = time.monotonic()
+    wait_for(lambda: node_version(env.zk, queue_node) > before, 10, "the queue node rewritten", interval=0.05)
+    print(f"idle original worker woken {time.monotonic() - published:.2f} s after the requests arrived")
+    assert env.zk.get(queue_node) == stage.encode(), "same stage, new node version"
+    assert time.monotonic() - published < 3
+    # It starts processing: no more rewrites while it does.
+    env.zk.set_text(zk_paths.worker_status(original), zk_paths.PROCESSING)
+    time.sleep(1)
+    settled = node_version(env.zk, queue_node)
+    time.sleep(3)
+    assert node_version(env.zk, queue_node) == settled, f"a processing worker is not woken\n{dump(env)}"
+    for name in (stage,):
+        env.mq.purge_queue(name)

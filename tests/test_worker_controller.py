@@ -66,7 +66,10 @@ def test_switch_makes_a_live_worker_process_the_stage(zk_root, zk, live):
 def test_switch_to_an_unknown_stage_is_refused(zk_root, zk, live):
     result = controller(zk_root, "-i", live["worker"], "no_such_stage")
     assert result.returncode == 1
-    assert "no configuration" in result.stderr
+    assert "not a processing stage: no config node" in result.stderr
+    assert worker_queue(zk, live["worker"]) == ""
+    output = controller(zk_root, "-i", live["worker"], live["out"])   # made by stage_config_manager --name out
+    assert output.returncode == 1 and "not a processing stage: empty config (output stage)" in output.stderr
     assert worker_queue(zk, live["worker"]) == ""
     assert controller(zk_root, "-i", "nobody", live["stage"]).returncode == 1
 

@@ -20,6 +20,7 @@ from ..libs import zk_paths
 from ..libs.config import ConnectionConfig
 from ..libs.mq import MQConnectionError, MQError, MQSession, MQSettings
 from ..libs.mq_management import ManagementClient, ManagementError, QueueStats
+from ..libs.stages import classify_stage_config
 from ..libs.zk import ZooKeeper
 from .planning import Plan, StageView, WorkerView
 
@@ -70,6 +71,7 @@ class Snapshot:
     workers: list[WorkerRecord] = field(default_factory=list)
     stages: dict[str, StageRecord] = field(default_factory=dict)
     depth_source: str = ""              # 'amqp+management', 'amqp', 'management' or '' (no depths)
+    other_stages: dict[str, str] = field(default_factory=dict)   # never served: stage -> why (output stage ...)
 
     @property
     def worker_views(self) -> list[WorkerView]:
@@ -105,14 +107,23 @@ def _optional_float(zk: ZooKeeper, path: str) -> float | None:
     return value if value >= 0 else None
 
 
-def read_stage_nodes(zk: ZooKeeper) -> dict[str, StageView]:
-    """Stages = children of /pero/queue that have a config node (the output stage has none)."""
-    stages = {}
+def read_stage_nodes(zk: ZooKeeper) -> tuple[dict[str, StageView], dict[str, str]]:
+    """(processing stages, other stages -> why they never get a worker).
+
+    Every child of /pero/queue is a stage, but only one whose config names a processor
+    (libs/stages.py) can be served: the output stage (empty config with our tool, no node
+    with the original's) must never receive a worker.
+    """
+    stages: dict[str, StageView] = {}
+    others: dict[str, str] = {}
     for name in zk.children(zk_paths.QUEUE_ROOT):
         try:
-            if not zk.exists(zk_paths.stage_config(name)):
-                continue
+            config = zk.get(zk_paths.stage_config(name))
         except ValueError:
+            continue
+        kind = classify_stage_config(config)
+        if not kind.processing:
+            others[name] = kind.reason
             continue
         try:
             priority = zk_paths.decode_priority(zk.get(zk_paths.stage_admin_priority(name)))
@@ -125,7 +136,7 @@ def read_stage_nodes(zk: ZooKeeper) -> dict[str, StageView]:
             admin_priority=priority,
             waiting_since=parse_iso(zk.get_text(zk_paths.stage_waiting_since(name))),
         )
-    return stages
+    return stages, others
 
 
 class StateReader:
@@ -214,12 +225,12 @@ class StateReader:
         return stats
 
     def snapshot(self, now: float, *, fresh_management: bool = False) -> Snapshot:
-        stage_nodes = read_stage_nodes(self.zk)
+        stage_nodes, other_stages = read_stage_nodes(self.zk)
         workers = read_workers(self.zk)
         names = sorted(stage_nodes)
         amqp = self._amqp_depths(names) if names else {}
         management = self._management_depths(force=fresh_management)
-        snapshot = Snapshot(time=now, workers=workers)
+        snapshot = Snapshot(time=now, workers=workers, other_stages=other_stages)
         sources = [label for label, present in (("amqp", amqp is not None), ("management", management is not None))
                    if present]
         snapshot.depth_source = "+".join(sources)

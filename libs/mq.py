@@ -57,6 +57,10 @@ class MQConnectionError(MQError):
     """The connection is gone or could not be opened; reopen the session."""
 
 
+class MQPreconditionFailed(MQError):
+    """406 PRECONDITION_FAILED: e.g. a queue declared with arguments other than those it exists with."""
+
+
 class MQAuthenticationError(MQConnectionError):
     """Wrong user or password, or no access to the vhost: retrying will not help."""
 
@@ -255,7 +259,8 @@ class MQSession:
             return fn(self._ops())
         except pex.ChannelClosedByBroker as error:
             self._ops_channel = None
-            raise MQError(f"RabbitMQ refused {what}: {error.reply_code} {error.reply_text}") from None
+            kind = MQPreconditionFailed if error.reply_code == 406 else MQError
+            raise kind(f"RabbitMQ refused {what}: {error.reply_code} {error.reply_text}") from None
         except pex.AMQPError as error:
             raise self._translate(error, what) from None
 
@@ -264,8 +269,29 @@ class MQSession:
         self._ops_call(f"declaring queue {name!r}", lambda ch: ch.queue_declare(
             queue=name, durable=True, arguments=STAGE_QUEUE_ARGUMENTS))
 
+    def declare_shared_queue(self, name: str) -> str | None:
+        """The log and dead-letter queues: declared like every stage queue (x-max-priority 1), as the original
+        system declares all its queues, so that its tools can declare them too.
+
+        Versions of this suite before issue 8 declared these two without arguments; against such a queue
+        the declare fails with 406 (inequivalent arg 'x-max-priority').  That queue still works (priorities
+        are just ignored), so it is used as it is and a warning text is returned (None when all is well):
+        the daemon keeps running, and the operator re-creates the queue when convenient.
+        """
+        try:
+            self.declare_stage_queue(name)
+            return None
+        except MQPreconditionFailed as error:
+            if self._inspect(name) is None:
+                raise
+            return (f"queue {name!r} exists with other arguments than x-max-priority 1 ({error}); using it as it "
+                    f"is. It was declared by an earlier pero-worker; the original system's tools cannot declare "
+                    f"it until it is re-created: once it is empty, delete it (stage_config_manager.py --delete "
+                    f"{name} --keep-config) and restart this daemon")
+
     def declare_plain_queue(self, name: str) -> None:
-        """Durable queue without priority (log and dead-letter queues)."""
+        """Durable queue without arguments: how versions before issue 8 declared the log and dead-letter
+        queues (tests use it to reproduce such a deployment)."""
         self._ops_call(f"declaring queue {name!r}", lambda ch: ch.queue_declare(queue=name, durable=True))
 
     def _inspect(self, name: str) -> Any | None:

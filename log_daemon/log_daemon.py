@@ -83,6 +83,7 @@ class LogDaemon:
                                 keep=settings.number_of_files)
         self.stopping = threading.Event()
         self.records_written = 0
+        self._queue_problem: str | None = None   # said once, not at every reconnect
 
     def stop(self) -> None:
         self.stopping.set()
@@ -131,12 +132,15 @@ class LogDaemon:
         session = MQSession(MQSettings.from_zookeeper(zk, self.settings.connection), name=f"pero-logd {self.settings.log_queue}")
         session.open(retry_for=10)
         try:
-            session.declare_plain_queue(self.settings.log_queue)
+            problem = session.declare_shared_queue(self.settings.log_queue)
         except MQConnectionError:
             raise
         except MQError as error:
-            # An existing queue with other arguments still delivers: consume it anyway.
-            log.warning("log queue %r: %s", self.settings.log_queue, error)
+            # Whatever else the broker refuses, a queue that exists still delivers: consume it anyway.
+            problem = str(error)
+        if problem and problem != self._queue_problem:
+            log.warning("log queue %r: %s", self.settings.log_queue, problem)
+        self._queue_problem = problem
         return session
 
     def _consume(self, session: MQSession) -> None:

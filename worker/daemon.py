@@ -97,6 +97,7 @@ class WorkerDaemon:
         self._mq_retry_at = 0.0
         self._mq_delay = 0.5
         self._last_mq_error = ""
+        self._dead_letter_problem: str | None = None
         self._zk_session_lost = False
         # Set by signal handlers (a plain assignment: no locks in a handler); checked every loop.
         self.signalled: str | None = None
@@ -270,7 +271,7 @@ class WorkerDaemon:
             settings = MQSettings.from_zookeeper(self.zk, self.config.connection)
             session = MQSession(settings, name=f"pero-worker {self.worker_id}")
             session.open(retry_for=0)
-            session.declare_plain_queue(DEAD_LETTER_QUEUE)
+            problem = session.declare_shared_queue(DEAD_LETTER_QUEUE)
         except (MQError, KazooException) as error:
             text = str(error) or type(error).__name__
             if text != self._last_mq_error:
@@ -280,6 +281,9 @@ class WorkerDaemon:
             self._mq_retry_at = now + self._mq_delay
             self._mq_delay = min(self._mq_delay * 2, 15.0)
             return
+        if problem and problem != self._dead_letter_problem:
+            log.warning("dead-letter queue: %s", problem)
+        self._dead_letter_problem = problem
         if self._last_mq_error:
             log.info("connected to RabbitMQ")
         self._last_mq_error = ""

@@ -99,6 +99,7 @@ class LogShipper(logging.Handler):
         session: MQSession | None = None
         delay = 0.5
         last_complaint = 0.0
+        queue_problem: str | None = None   # said once, not at every reconnect
         while True:
             if self._stop.is_set() and (session is None or not self.buffered
                                         or time.monotonic() > self._stop_deadline):
@@ -116,11 +117,14 @@ class LogShipper(logging.Handler):
                 try:
                     session.open(retry_for=0)
                     try:
-                        session.declare_plain_queue(self.queue_name)
+                        problem = session.declare_shared_queue(self.queue_name)
                     except MQConnectionError:
                         raise
                     except MQError as error:
-                        log.warning("log queue %r: %s (shipping anyway)", self.queue_name, error)
+                        problem = f"{error} (shipping anyway)"
+                    if problem and problem != queue_problem:
+                        log.warning("log queue %r: %s", self.queue_name, problem)
+                    queue_problem = problem
                     delay = 0.5
                 except MQError as error:
                     session = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import socket
 import ssl
 import time
 import uuid
@@ -126,13 +127,35 @@ def _connection_parameters(settings: MQSettings, name: str) -> list[pika.Connect
     return result
 
 
-def _describe(error: BaseException) -> str:
-    text = str(error) or error.__class__.__name__
-    if isinstance(error, pex.AMQPConnectionError) and error.args:
+def _root_cause(error: BaseException, depth: int = 0) -> BaseException:
+    """The innermost exception pika wrapped: AMQPConnectionError(args[0]) -> connector phase error (.exception)
+    or workflow failure (.exceptions, the last attempt) -> the socket or TLS error that really happened."""
+    if depth > 8:
+        return error
+    inner: object = None
+    if isinstance(error, pex.AMQPConnectionError) and error.args and isinstance(error.args[0], BaseException):
         inner = error.args[0]
-        if isinstance(inner, BaseException):
-            text = f"{inner.__class__.__name__}: {inner}"
-    return text
+    elif isinstance(getattr(error, "exception", None), BaseException):
+        inner = error.exception
+    elif getattr(error, "exceptions", None):
+        inner = error.exceptions[-1]
+    return _root_cause(inner, depth + 1) if isinstance(inner, BaseException) else error
+
+
+def _describe(error: BaseException) -> str:
+    """One line naming the cause, e.g. 'connection refused (ConnectionRefusedError)' (pika's own text for a
+    refused connection is 'AMQPConnectorSocketConnectError: ' with the reason lost)."""
+    cause = _root_cause(error)
+    if isinstance(cause, (socket.timeout, TimeoutError)):
+        return f"timed out ({type(cause).__name__})"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS error: {cause.reason or cause}"
+    if isinstance(cause, OSError) and cause.strerror:
+        return f"{cause.strerror[:1].lower()}{cause.strerror[1:]} ({type(cause).__name__})"
+    text = str(cause).strip()
+    if cause is not error and not text:
+        text = str(error).strip()
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
 
 
 def _is_permanent(error: BaseException) -> bool:

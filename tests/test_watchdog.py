@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,43 @@ def test_an_idle_original_worker_is_woken_by_rewriting_its_queue_node(env):
     assert node_version(env.zk, queue_node) == settled, f"a processing worker is not woken\n{dump(env)}"
     for name in (stage,):
         env.mq.purge_queue(name)
+
+
+def log_time(text: str, marker: str) -> datetime:
+    """UTC time of the first log line containing `marker` (daemon log format: 'YYYY-mm-dd HH:MM:SS,mmm TAG ...')."""
+    line = next(line for line in text.splitlines() if marker in line)
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+
+
+def test_a_watchdog_restarted_after_kill9_closes_its_predecessors_session_and_is_active_at_once(env):
+    """Issue 8.2: the restarted watchdog used to wait ~the session timeout for its killed predecessor's
+    election node; it keeps its session in its state directory and closes it, as the worker does."""
+    state = env.folder / "watchdog-state"
+    first = env.watchdog("first", "--state-directory", str(state))
+    wait_for(lambda: active(first), 20, "the first watchdog active")
+    assert list(state.glob("watchdog-*.session")), "the session is kept on disk"
+    first.kill9()
+    killed = time.monotonic()
+    second = env.watchdog("second", "--state-directory", str(state))
+    wait_for(lambda: active(second), 15, "the restarted watchdog active", interval=0.05)
+    wall = time.monotonic() - killed
+    text = second.log()
+    inside = (log_time(text, "is now ACTIVE") - log_time(text, "starting")).total_seconds()
+    print(f"restarted watchdog active {inside:.2f} s after it started ({wall:.2f} s after the kill, "
+          "session timeout 10 s)")
+    assert "closed the ZooKeeper session" in text, text
+    assert inside <= 1.0, text
+    assert wall < 5, "waited for the old session to expire"
+    assert second.stop() == 0
+    assert not list(state.glob("watchdog-*.session")), "a clean stop leaves no session behind"
+
+
+def test_two_watchdogs_on_one_host_keep_separate_session_files(env):
+    state = env.folder / "watchdog-state"
+    first = env.watchdog("first", "--state-directory", str(state))
+    wait_for(lambda: active(first), 20, "the first watchdog active")
+    second = env.watchdog("second", "--state-directory", str(state))
+    wait_for(lambda: "standing for election" in second.log(), 20, "the second standing by")
+    time.sleep(1)
+    assert active(first) and not active(second), "a standby never closes the live active one's session"
+    assert len(list(state.glob("watchdog-*.session"))) == 2

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from ..libs import zk_paths
+from ..libs.backoff import Backoff
 from ..libs.config import ConnectionConfig
 from ..libs.mq import MQConnectionError, MQError, MQSession, MQSettings
 from ..libs.mq_management import ManagementClient, ManagementError, QueueStats
@@ -153,6 +154,7 @@ class StateReader:
         self._management_stats: dict[str, QueueStats] | None = None
         self._management_read_at = -1e18
         self._mq_retry_at = 0.0
+        self._mq_backoff = Backoff(initial=0.5, cap=2.0)
         self._warned: set[str] = set()
         # stage -> epoch time its queue was first seen empty (-inf: empty since before we looked)
         self._empty_since: dict[str, float] = {}
@@ -186,9 +188,10 @@ class StateReader:
                 session = MQSession(MQSettings.from_zookeeper(self.zk, self.conn), name="pero-watchdog")
                 session.open(retry_for=0)
             except MQError as error:
-                self._mq_retry_at = now + 5.0
+                self._mq_retry_at = now + self._mq_backoff.delay()
                 self._warn_once("amqp", f"queue depths over AMQP unavailable ({error}); using the management API")
                 return None
+            self._mq_backoff.reset()
             self._session = session
         try:
             depths = {name: self._session.queue_length(name) for name in names}
@@ -200,7 +203,7 @@ class StateReader:
         except MQError as error:
             self._warn_once("amqp-queue", f"queue depth read failed: {error}")
             return None
-        self._recovered("amqp", "queue depths over AMQP available again")
+        self._recovered("amqp", "RabbitMQ connection restored: queue depths over AMQP available again")
         return depths
 
     # management side ---------------------------------------------------------------

@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 
 from ..libs import archive as archive_lib
 from ..libs.safe_names import is_reserved, safe_file_name
-from ..libs.sftp import SftpClient, SftpConnectError, SftpError, SftpNotFoundError
+from ..libs.sftp import SftpAuthError, SftpClient, SftpConnectError, SftpError, SftpNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,8 @@ class ModelCache:
                 size = sftp.download(remote_path, archive_path, progress=progress or _LoggedProgress(remote_path))
         except SftpNotFoundError:
             raise ModelCacheError(f"{what} not found on the SFTP server", transient=False) from None
+        except SftpAuthError as error:   # retrying a refused login every few seconds helps nobody
+            raise ModelCacheError(f"cannot fetch {what}: {error}", transient=False) from None
         except SftpConnectError as error:
             raise ModelCacheError(f"cannot fetch {what}: {error}", transient=True) from None
         except SftpError as error:

@@ -13,13 +13,22 @@ from pathlib import Path
 
 from ..libs import zk_paths
 from ..libs.config import ConnectionConfig
-from ..libs.zk import ZooKeeper
+from ..libs.zk import KazooException, ZooKeeper, describe_zk_error
 
 log = logging.getLogger(__name__)
 
 
 class StageSetupError(Exception):
-    """The stage cannot be taken up; the message says why (shown to the operator, status CONFIGURATION_FAILED)."""
+    """The stage cannot be taken up; the message says why (shown to the operator).
+
+    `transient`: a service was unreachable or a transfer broke (SFTP down, ZooKeeper connection lost,
+    local disk full): trying again soon may work, and the worker does.  Otherwise the stage's
+    configuration itself is wrong and it is retried only when it changes (or after a long pause).
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,11 @@ class StageLoader:
     def load(self, stage: str) -> tuple[object, str, float]:
         """(processor, version, seconds it took); StageSetupError with the reason on any failure."""
         started = time.monotonic()
-        nodes = read_stage_nodes(self.zk, stage)
+        try:
+            nodes = read_stage_nodes(self.zk, stage)
+        except KazooException as error:
+            raise StageSetupError(f"stage {stage!r}: {describe_zk_error(error)}", transient=True) from None
+        from .model_cache import ModelCacheError  # lazy: pulls in paramiko
         from .processors import StageConfigError, build_processor  # lazy: may pull in pero-ocr/torch
         model_dir: Path | None = None
         try:
@@ -73,7 +86,11 @@ class StageLoader:
             processor = build_processor(nodes.config, model_dir, device=self.device)
         except StageConfigError as error:
             raise StageSetupError(f"stage {stage!r}: {error}") from None
-        except Exception as error:   # SFTP, model cache, pero-ocr: the message is what the operator needs
+        except ModelCacheError as error:
+            raise StageSetupError(f"stage {stage!r}: {error}", transient=error.transient) from None
+        except KazooException as error:   # the SFTP server list is read from ZooKeeper
+            raise StageSetupError(f"stage {stage!r}: {describe_zk_error(error)}", transient=True) from None
+        except Exception as error:   # pero-ocr and the rest: the message is what the operator needs
             raise StageSetupError(f"stage {stage!r}: {error or type(error).__name__}") from None
         return processor, nodes.version, time.monotonic() - started
 

@@ -89,13 +89,15 @@ def start_watchdog(zk_root: str, folder: Path, name: str, *extra: str) -> Proces
 STAGE_CONFIG_MANAGER = REPO / "scripts" / "stage_config_manager.py"
 
 
-def make_stage(zk_root: str, name: str, config: str | None, *, priority: int | None = None) -> None:
+def make_stage(zk_root: str, name: str, config: str | None, *, priority: int | None = None,
+               extra: tuple[str, ...] = ()) -> None:
     """A stage made the way users make one: `scripts/stage_config_manager.py --name NAME [--config FILE] [-a P]`.
 
     `config` None makes an output stage (`--name out`, no config), exactly what a README
-    deployment gets; the CLI declares the queue and writes every ZooKeeper node.
+    deployment gets; the CLI declares the queue and writes every ZooKeeper node.  `extra`:
+    more options, e.g. credentials (-u USER --password-file FILE).
     """
-    argv = [sys.executable, str(STAGE_CONFIG_MANAGER), "-z", zk_root, "--name", name]
+    argv = [sys.executable, str(STAGE_CONFIG_MANAGER), "-z", zk_root, *extra, "--name", name]
     if priority is not None:
         argv += ["-a", str(priority)]
     with tempfile.TemporaryDirectory(prefix="pero_stage_") as folder:

@@ -157,14 +157,12 @@ class ZooKeeper:
         if state == KazooState.SUSPENDED:
             log.warning("ZooKeeper connection to %s lost; reconnecting (the session survives for %.0f s)",
                         self._servers_text, self._session_timeout)
-        elif state == KazooState.LOST and previous != KazooState.LOST and not self._stopping:
+        elif state == KazooState.LOST and previous != KazooState.LOST and self._started_once and not self._stopping:
             log.warning("ZooKeeper session at %s expired or closed", self._servers_text)
         elif state == KazooState.CONNECTED and previous == KazooState.SUSPENDED:
             log.info("ZooKeeper connection restored (%s, same session)", self._servers_text)
         elif state == KazooState.CONNECTED and self._started_once:
             log.info("ZooKeeper connection restored (%s, new session)", self._servers_text)
-        if state == KazooState.CONNECTED:
-            self._started_once = True
 
     def _note_login_rejected(self) -> None:
         self._login_rejected = True
@@ -204,6 +202,7 @@ class ZooKeeper:
                 servers = zookeeper_hosts_string(list(self.config.zookeeper_servers))
                 raise ZkConnectionError(f"ZooKeeper at {servers} requires a login: give -u USER and a password "
                                         "(--password-file or PERO_PASSWORD)") from None
+        self._started_once = True   # from now on, outages and recoveries are logged
         return self
 
     def stop(self) -> None:

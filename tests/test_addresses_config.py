@@ -128,8 +128,32 @@ def test_password_sources_in_order(tmp_path, monkeypatch):
     assert connection_config(_parse([]), {"zookeeper_servers": "h", "password_file": str(secret)}).password == "from-file"
 
 
-def test_config_errors_are_clear(tmp_path):
-    with pytest.raises(ConfigError, match="no ZooKeeper servers"):
+@pytest.mark.parametrize("argv,env,ini,servers,chroot,user", [
+    # PERO_ZK / PERO_USER (what `local_services.py env` exports) are defaults: the command line wins, the INI loses
+    ([], {"PERO_ZK": "10.0.0.5:2181/t1", "PERO_USER": "envuser"}, {}, [Address("10.0.0.5", 2181)], "/t1", "envuser"),
+    (["-z", "h:1", "-u", "cli"], {"PERO_ZK": "10.0.0.5", "PERO_USER": "envuser"}, {}, [Address("h", 1)], None, "cli"),
+    ([], {"PERO_ZK": "10.0.0.5", "PERO_USER": "envuser"}, {"zookeeper_servers": "ini:7", "username": "iniuser"},
+     [Address("10.0.0.5", 2181)], None, "envuser"),
+    ([], {}, {"zookeeper_servers": "ini:7", "username": "iniuser"}, [Address("ini", 7)], None, "iniuser"),
+    ([], {"PERO_ZK": "  ", "PERO_USER": ""}, {"zookeeper_servers": "ini:7"}, [Address("ini", 7)], None, None),
+    (["-l", "LIST"], {"PERO_ZK": "10.0.0.5"}, {}, [Address("listed", 2181)], None, None),
+])
+def test_environment_defaults_for_zookeeper_and_user(tmp_path, monkeypatch, argv, env, ini, servers, chroot, user):
+    for name in ("PERO_ZK", "PERO_USER", "PERO_PASSWORD", "PERO_PASSWORD_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    listing = tmp_path / "zk.list"
+    listing.write_text("listed\n")
+    config = connection_config(_parse([str(listing) if a == "LIST" else a for a in argv]), ini)
+    assert list(config.zookeeper_servers) == servers
+    assert config.zookeeper_chroot == chroot
+    assert config.username == user
+
+
+def test_config_errors_are_clear(tmp_path, monkeypatch):
+    monkeypatch.delenv("PERO_ZK", raising=False)
+    with pytest.raises(ConfigError, match="no ZooKeeper servers.*PERO_ZK"):
         connection_config(_parse([]), {})
     with pytest.raises(ConfigError, match="bad ZooKeeper server list"):
         connection_config(_parse(["-z", "host:99999"]), {})

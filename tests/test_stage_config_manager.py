@@ -6,6 +6,7 @@ import datetime
 import hashlib
 import io
 import shutil
+import os
 import subprocess
 import sys
 import tarfile
@@ -388,3 +389,22 @@ def test_the_original_watchdog_schedules_our_processing_stages_and_skips_the_out
     assert original_watchdog_reads(env.zk, off) is None, "a disabled stage is skipped by the original"
     assert env.run("--name", off, "-a", "3") == 0
     assert original_watchdog_reads(env.zk, off)["administrative_priority"] == 3
+
+
+def test_pero_zk_and_pero_user_are_defaults_the_command_line_overrides(env, repo_root):
+    """`eval "$(local_services.py env)"` exports PERO_ZK, PERO_USER and PERO_PASSWORD_FILE: the tools use them."""
+    name = env.stage("out")
+    script = [sys.executable, str(repo_root / "scripts" / "stage_config_manager.py")]
+    environment = {**os.environ, "PERO_ZK": env.zk_root, "PERO_USER": env.services.user,
+                   "PERO_PASSWORD_FILE": str(env.services.password_file)}
+    environment.pop("PERO_PASSWORD", None)
+    created = subprocess.run(script + ["--name", name], capture_output=True, text=True, timeout=60, env=environment)
+    assert created.returncode == 0, created.stderr
+    listed = subprocess.run(script + ["--list"], capture_output=True, text=True, timeout=60, env=environment)
+    assert listed.returncode == 0 and name in listed.stdout, listed.stderr
+    # Nodes are created with the sasl:pero ACL: reading them worked only because PERO_USER was used.
+    assert env.zk.exists(zk_paths.stage_root(name))
+    elsewhere = subprocess.run(script + ["-z", "127.0.0.1:1", "--list"], capture_output=True, text=True,
+                               timeout=60, env=environment)
+    assert elsewhere.returncode == 3 and "127.0.0.1:1" in elsewhere.stderr, "-z wins over PERO_ZK"
+    assert "Traceback" not in elsewhere.stderr

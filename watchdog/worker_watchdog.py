@@ -141,6 +141,8 @@ class Watchdog:
         try:
             if session_file is not None:
                 self._close_stale_session(zk, session_file)
+            backoff = Backoff(initial=0.5, cap=5.0)
+            last_reason = ""
             while not self.stopping.is_set():
                 self.session_lost.clear()
                 try:
@@ -152,13 +154,19 @@ class Watchdog:
                         break
                     log.info("watchdog %s standing for election", self.identifier)
                     self._election.run(self._lead)
-                except Exception as error:  # connection loss, cancelled election, expired session
+                except Exception as error:  # connection loss, cancelled election, expired session, NoAuth
                     if self.stopping.is_set():
                         break
                     reason = describe_zk_error(error) if isinstance(error, KazooException) else \
                         f"{type(error).__name__}: {error}"
-                    log.warning("election interrupted (%s); standing again", reason)
-                    self.stopping.wait(1.0)
+                    if reason != last_reason:
+                        log.warning("election interrupted (%s); standing again (every %.0f s at most)",
+                                    reason, backoff.cap)
+                        last_reason = reason
+                    self.stopping.wait(backoff.delay())
+                else:
+                    backoff.reset()
+                    last_reason = ""
             clean = True
         finally:
             zk.stop()   # closes the session: the election node goes at once and a standby takes over

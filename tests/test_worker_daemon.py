@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
@@ -636,6 +637,30 @@ def test_throughput_of_a_cheap_stage(start_worker, zk: ZooKeeper, mq: MQSession,
     wait_for(lambda: "re-subscribing with prefetch 64" in worker.log(), 15, "the prefetch to rise to 64")
     # Far below the target on purpose: this box is shared, but per-message confirms or acks (~100/s) would fail it.
     assert rate > 150, f"{rate:.0f} requests/s"
+    mq.purge_queue(out)
+
+
+def test_a_fresh_fast_stage_raises_its_prefetch_after_its_first_requests(start_worker, zk: ZooKeeper, mq: MQSession,
+                                                                         unique_name) -> None:
+    """Issue 8.5: with no recorded time a stage starts at prefetch 4; the first drain ran at that for the ~1.3 s
+    until the first ZooKeeper merge.  The worker now estimates from its first requests."""
+    stage, out = unique_name("fast"), unique_name("out")
+    make_stage(zk, mq, stage, DUMMY_FAST)
+    make_stage(zk, mq, out, None)
+    zk.set(zk_paths.stage_avg_msg_time(stage), b"")   # fresh: as stage_config_manager.py leaves it
+    for _ in range(400):
+        mq.publish(stage, request_body([stage, out], content=b"x" * 1000))
+    assert mq.wait_for_confirms(30)
+    worker = start_worker()
+    worker.wait_status(zk_paths.IDLE)
+    zk.set_text(zk_paths.worker_queue(worker.worker_id), stage)
+    wait_for(lambda: "re-subscribing with prefetch 64" in worker.log(), 15, "the prefetch to rise to 64")
+    lines = worker.log().splitlines()
+    stamp = lambda marker: datetime.strptime(next(l for l in lines if marker in l)[:23], "%Y-%m-%d %H:%M:%S,%f")  # noqa: E731
+    at_4 = (stamp("re-subscribing with prefetch 64") - stamp(f"consuming stage {stage} (prefetch 4)")).total_seconds()
+    print(f"fresh stage: prefetch 4 for {at_4:.3f} s")
+    assert at_4 < 0.5, "the estimate waited for the ZooKeeper merge"
+    wait_for(lambda: mq.queue_length(out) == 400, 60, "all requests processed", 0.05)
     mq.purge_queue(out)
 
 

@@ -119,6 +119,33 @@ def _config(argv: list[str]):
     return build_config(build_parser().parse_args(argv))
 
 
+@pytest.mark.parametrize("samples,expected", [
+    ([], None),
+    ([0.001] * 7, None),
+    ([0.001] * 8, 0.001),
+    ([0.5, 0.001, 0.001, 0.001, 0.002, 0.002, 0.002, 0.002], 0.002),   # a slow first request does not count much
+    ([1, 2, 3, 4, 5, 6, 7, 8, 100], 4.5),                              # only the first EARLY_SAMPLES
+])
+def test_early_estimate(samples, expected) -> None:
+    assert stats.early_estimate(samples) == expected
+
+
+def test_a_fresh_stage_gets_a_local_estimate_after_its_first_requests() -> None:
+    """Issue 8.5: a fresh stage drained at prefetch 4 until the first ZooKeeper merge (~1.3 s); the worker now
+    re-subscribes after its first EARLY_SAMPLES requests."""
+    seen: list[tuple[str, float]] = []
+    reporter = stats.StatsReporter(zk=None, identifier="w", on_average=lambda stage, avg: seen.append((stage, avg)))
+    for _ in range(stats.EARLY_SAMPLES - 1):
+        reporter.record("fast", 0.0005)
+    assert seen == []
+    reporter.record("fast", 0.0005)
+    assert seen == [("fast", 0.0005)]
+    assert stats.prefetch_should_change(stats.choose_prefetch(None), seen[0][1]), "prefetch 4 -> 64"
+    for _ in range(50):
+        reporter.record("fast", 0.0005)
+    assert len(seen) == 1, "once per stage: later figures come from the ZooKeeper average"
+
+
 def test_settings_defaults_and_overrides(tmp_path) -> None:
     ini = tmp_path / "worker.ini"
     ini.write_text("[WORKER]\nzookeeper_servers = zk1:2181,zk2\nlog_queue = ini_log\nusername = u\n")

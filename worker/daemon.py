@@ -37,7 +37,7 @@ from .processing import Outcome, ProcessingThread, StageContext, reroute_after_r
 from .registration import DuplicateWorkerError, Registration, SessionStore
 from .settings import WorkerConfig
 from .stage_log import RequestLogCapture
-from .stage_setup import StageLoader, StageSetupError, is_processing_error
+from .stage_setup import CONFIG_RETRY_INTERVAL, StageLoader, StageSetupError, is_processing_error, setup_retry
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +49,8 @@ EXIT_DUPLICATE = 3
 PUMP_INTERVAL = 0.25
 # A stopping worker finishes in-flight requests for at most this long; the rest are redelivered by the broker.
 STOP_GRACE = 1.2
-CONFIG_RETRY_INTERVAL = 60.0
-# A transient set-up failure (SFTP or ZooKeeper unreachable, transfer broken) is retried with this backoff, so the
-# stage is ready within a few seconds of the service coming back.  Status stays CONFIGURING for TRANSIENT_GRACE
-# seconds (the watchdog leaves the worker alone), then CONFIGURATION_FAILED (it may use the worker elsewhere);
-# the retries go on either way.
+# Backoff of transient stage set-up failures (stage_setup.setup_retry decides the rest).
 TRANSIENT_RETRY = dict(initial=0.25, cap=2.0)
-TRANSIENT_GRACE = 30.0
 
 
 @dataclass(frozen=True)
@@ -367,9 +362,12 @@ class WorkerDaemon:
             self._setup_backoff.reset()
             self._transient_since = None
             self._last_setup_error = ""
+        # A retry after the transient grace keeps reporting CONFIGURATION_FAILED (no flicker every attempt).
+        still_failed = self._failed == target and self._transient_since is not None and not self._failed_transient
         self._configuring = target
         self._failed = None
-        self._set_status(zk_paths.CONFIGURING if target.stage else zk_paths.IDLE)
+        if not still_failed:
+            self._set_status(zk_paths.CONFIGURING if target.stage else zk_paths.IDLE)
         if target.stage:
             log.info("configuring stage %s (version %s)", target.stage, target.version or "-")
 
@@ -420,24 +418,20 @@ class WorkerDaemon:
 
     def _setup_failed(self, error: str, transient: bool) -> str:
         """Schedule the next attempt at a stage whose set-up failed; returns the status to report."""
-        now = time.monotonic()
+        stage = self._failed.stage if self._failed else "?"
+        decision = setup_retry(time.monotonic(), transient, self._transient_since,
+                               self._setup_backoff.delay() if transient else 0.0)
+        self._retry_at = decision.retry_at
+        self._transient_since = decision.transient_since
+        self._failed_transient = transient and decision.status == zk_paths.CONFIGURING
         if not transient:
             log.error("cannot take up stage %s: %s (next attempt in %.0f s or when the stage changes)",
-                      self._failed.stage if self._failed else "?", error, CONFIG_RETRY_INTERVAL)
-            self._retry_at = now + CONFIG_RETRY_INTERVAL
-            self._failed_transient = False
-            self._transient_since = None
-            return zk_paths.CONFIGURATION_FAILED
-        if self._transient_since is None:
-            self._transient_since = now
-        delay = self._setup_backoff.delay()
-        self._retry_at = now + delay
-        self._failed_transient = now - self._transient_since < TRANSIENT_GRACE
-        if error != self._last_setup_error:
+                      stage, error, CONFIG_RETRY_INTERVAL)
+        elif error != self._last_setup_error:
             log.warning("cannot take up stage %s yet: %s (a service is unreachable; retrying every %.1f s at most)",
-                        self._failed.stage if self._failed else "?", error, self._setup_backoff.cap)
+                        stage, error, self._setup_backoff.cap)
             self._last_setup_error = error
-        return zk_paths.CONFIGURING if self._failed_transient else zk_paths.CONFIGURATION_FAILED
+        return decision.status
 
     def _start_consuming(self, stage: str) -> None:
         assert self._session is not None

@@ -31,6 +31,34 @@ class StageSetupError(Exception):
         self.transient = transient
 
 
+# A stage whose configuration is wrong is tried again only after this long (or when it changes).
+CONFIG_RETRY_INTERVAL = 60.0
+# A transient failure (SFTP or ZooKeeper unreachable, transfer broken) is retried with a short capped backoff so
+# the stage is ready within seconds of the service coming back.  The worker stays CONFIGURING for TRANSIENT_GRACE
+# seconds (the watchdog leaves it alone), then reports CONFIGURATION_FAILED (the watchdog may use it elsewhere);
+# the retries go on either way.
+TRANSIENT_GRACE = 30.0
+
+
+@dataclass(frozen=True)
+class SetupRetry:
+    retry_at: float
+    status: str
+    transient_since: float | None   # start of the current run of transient failures (None: not transient)
+
+
+def setup_retry(now: float, transient: bool, transient_since: float | None, delay: float) -> SetupRetry:
+    """When to try a failed stage set-up again and which status to report meanwhile (pure).
+
+    `delay` is the next transient backoff delay; `transient_since` the start of the current run
+    of transient failures, if any."""
+    if not transient:
+        return SetupRetry(now + CONFIG_RETRY_INTERVAL, zk_paths.CONFIGURATION_FAILED, None)
+    since = now if transient_since is None else transient_since
+    status = zk_paths.CONFIGURING if now - since < TRANSIENT_GRACE else zk_paths.CONFIGURATION_FAILED
+    return SetupRetry(now + delay, status, since)
+
+
 @dataclass(frozen=True)
 class StageNodes:
     config: str

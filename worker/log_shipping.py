@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 
+from ..libs.backoff import Backoff
 from ..libs.mq import MQConnectionError, MQError, MQSession, MQSettings, PublishOutcome
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class LogShipper(logging.Handler):
 
     def _run(self) -> None:
         session: MQSession | None = None
-        delay = 0.5
+        backoff = Backoff(initial=0.5, cap=5.0)
         last_complaint = 0.0
         queue_problem: str | None = None   # said once, not at every reconnect
         while True:
@@ -125,16 +126,15 @@ class LogShipper(logging.Handler):
                     if problem and problem != queue_problem:
                         log.warning("log queue %r: %s", self.queue_name, problem)
                     queue_problem = problem
-                    delay = 0.5
+                    backoff.reset()
                 except MQError as error:
                     session = None
                     if time.monotonic() - last_complaint > 60:
                         last_complaint = time.monotonic()
                         log.warning("log shipping paused: %s (retrying; %d lines dropped so far)",
                                     error, self.dropped)
-                    if self._stop.wait(delay):
+                    if self._stop.wait(backoff.delay()):
                         break
-                    delay = min(delay * 2, 10.0)
                     continue
             lines = self._take(BATCH)
             if not lines:

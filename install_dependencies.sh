@@ -53,6 +53,8 @@ if [[ $DO_APT == 1 ]]; then
     [[ -d /usr/share/fonts/truetype/crosextra ]] || missing+=(fonts-crosextra-caladea)
     # docker-compose only validates scripts/services-docker-compose.yaml in the tests (no engine runs here).
     command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+    # systemd-analyze verifies the unit files in sample-config/systemd (tests/test_systemd_units.py).
+    command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
     if (( ${#missing[@]} )); then
         if [[ $(id -u) != 0 ]]; then
             echo "install_dependencies.sh: need root to install ${missing[*]} (or use --no-apt)" >&2

@@ -17,7 +17,12 @@ Figures, printed last as `RESULT <name> <value> <unit>`:
   starving_latency     worst wait of a stage that had work and no worker (new stage in a wave,
                        every worker busy elsewhere) until a worker was assigned to it
 
-A switch is counted from the workers' `queue` nodes, polled every 20 ms.
+A switch is counted from the workers' `queue` nodes, polled every 20 ms.  Stages are created
+with `scripts/stage_config_manager.py` exactly as the README deployment does (the output stage
+with `--name out`) and results wait in the output queue until every request is done (as
+they do until the downloader fetches them), so the bench measures what a deployment gets.  Only requests whose stage
+logs are all OK count; if any request failed the bench says so, prints no RESULT lines and
+exits 1.
 
 Run: `.venv/bin/python bench/scheduling.py [--scale 0.5] [--policy original] [--keep]`
 (about 90 s; needs the local services, started on demand like the tests do).
@@ -202,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     threads: list[threading.Thread] = []
     try:
         for kind, name in stages.items():
-            make_stage(zk, mq, name, dummy_stage_config(STAGE_TIMES[kind], SWITCH_DELAY))
-        make_stage(zk, mq, out, None)
+            make_stage(zk_root, name, dummy_stage_config(STAGE_TIMES[kind], SWITCH_DELAY))
+        make_stage(zk_root, out, None)
         waves = [(at, kind, max(1, round(count * args.scale))) for at, kind, count in WAVES]
         total_work = sum(count * STAGE_TIMES[kind] for _at, kind, count in waves)
         total_requests = sum(count for _at, _kind, count in waves)
@@ -227,25 +232,28 @@ def main(argv: list[str] | None = None) -> int:
         watcher.start()
         threads.append(watcher)
 
-        ends: dict[str, float] = {}
-        failed = 0
+        ends: dict[str, float] = {}        # uuid -> end of its last stage, requests whose stage logs are all OK
+        failures: dict[str, str] = {}      # uuid -> what failed (stage: status), never counted as done
 
         def on_output(delivery: Delivery) -> None:
-            nonlocal failed
             request = ProcessingRequest.FromString(delivery.body)
-            if request.uuid not in ends and request.logs:
-                ends[request.uuid] = request.logs[-1].end.ToNanoseconds() / 1e9
-                failed += any(entry.status != "OK" for entry in request.logs)
+            if request.uuid not in ends and request.uuid not in failures:
+                bad = [f"{entry.stage}: {entry.status}" for entry in request.logs if entry.status != "OK"]
+                if bad or not request.logs:
+                    failures[request.uuid] = ", ".join(bad) or "no stage log"
+                else:
+                    ends[request.uuid] = request.logs[-1].end.ToNanoseconds() / 1e9
             mq.ack(delivery.delivery_tag)
 
-        mq.consume(out, on_output, prefetch=500)
         print(f"workload: {total_requests} requests, {total_work:.0f} s of work, {WORKERS} workers, "
               f"switch cost {SWITCH_DELAY:.0f} s", file=sys.stderr)
         t0_wall = time.time()
         t0 = time.monotonic()
         starving_probes: list[tuple[str, float]] = []
         pending = sorted(waves)
-        while pending or len(ends) < total_requests:
+        # Results wait in the output queue, as they do in a deployment until the downloader fetches them;
+        # the queue is only drained once every request has arrived (or at the end of the time allowed).
+        while pending or (mq.queue_length(out) or 0) < total_requests:
             now = time.monotonic() - t0
             while pending and pending[0][0] <= now:
                 _at, kind, count = pending.pop(0)
@@ -256,17 +264,24 @@ def main(argv: list[str] | None = None) -> int:
                     mq.publish(stage, request_body([stage, out]))
                 mq.wait_for_confirms(timeout=60)
                 print(f"t={now:5.1f} s: {count} requests -> {kind}", file=sys.stderr)
-            mq.pump(0.05)
+            mq.pump(0.1)
             if now > args.timeout:
-                raise SystemExit(f"workload not finished after {args.timeout:.0f} s "
-                                 f"({len(ends)}/{total_requests} done)")
+                break
+        mq.consume(out, on_output, prefetch=500)
+        drain_until = time.monotonic() + 30
+        while len(ends) + len(failures) < total_requests and time.monotonic() < drain_until:
+            mq.pump(0.1)
+        if len(ends) + len(failures) < total_requests:
+            print(f"bench failed: workload not finished after {args.timeout:.0f} s ({len(ends)} OK, "
+                  f"{len(failures)} failed of {total_requests})", file=sys.stderr)
+            return 1
         watcher.stop_event.set()
         watcher.join()
         if baseline is not None:
             baseline.stop_event.set()
             baseline.join()
 
-        makespan = max(ends.values()) - t0_wall
+        makespan = (max(ends.values()) - t0_wall) if ends else float("inf")
         lower_bound = total_work / WORKERS
         changes = watcher.changes
         switches = sum(1 for change in changes if change.stage)
@@ -280,16 +295,20 @@ def main(argv: list[str] | None = None) -> int:
             served = [c.at for c in changes if c.stage == stage and c.at >= published - 0.5]
             starving.append((min(served) - published) if served else float("inf"))
         per_worker = {w: sum(1 for c in changes if c.worker == w and c.stage) for w in workers}
-        print(f"done: {len(ends)} requests, {failed} failed; switches per worker {per_worker}; "
+        print(f"done: {len(ends)} requests OK, {len(failures)} failed; switches per worker {per_worker}; "
               f"starving probes {[round(s, 2) for s in starving]}", file=sys.stderr)
-        if failed:
-            print(f"WARNING: {failed} requests failed", file=sys.stderr)
-        print(f"RESULT makespan {makespan:.1f} s")
-        print(f"RESULT lower_bound {lower_bound:.1f} s")
-        print(f"RESULT efficiency {lower_bound / makespan:.3f} ratio")
-        print(f"RESULT switches {switches} count")
-        print(f"RESULT idle_assign_latency {idle_latency:.2f} s")
-        print(f"RESULT starving_latency {max(starving) if starving else 0.0:.2f} s")
+        results = [("makespan", f"{makespan:.1f}", "s"), ("lower_bound", f"{lower_bound:.1f}", "s"),
+                   ("efficiency", f"{lower_bound / makespan:.3f}", "ratio"), ("switches", str(switches), "count"),
+                   ("idle_assign_latency", f"{idle_latency:.2f}", "s"),
+                   ("starving_latency", f"{max(starving) if starving else 0.0:.2f}", "s")]
+        if failures:
+            example = next(iter(failures.items()))
+            print(f"bench failed: {len(failures)} of {total_requests} requests have a failed stage log "
+                  f"(e.g. {example[0]}: {example[1]}); no RESULT lines. Figures of the OK requests only: "
+                  + ", ".join(f"{name} {value} {unit}" for name, value, unit in results), file=sys.stderr)
+            return 1
+        for name, value, unit in results:
+            print(f"RESULT {name} {value} {unit}")
         return 0
     finally:
         for thread in threads:

@@ -16,6 +16,8 @@ from .addresses import DEFAULT_PORTS, Address, parse_address_list
 
 PASSWORD_ENV = "PERO_PASSWORD"
 PASSWORD_FILE_ENV = "PERO_PASSWORD_FILE"
+ZOOKEEPER_ENV = "PERO_ZK"      # ZooKeeper servers (and /chroot), as for -z
+USER_ENV = "PERO_USER"         # user for ZooKeeper, RabbitMQ and SFTP, as for -u
 
 
 class ConfigError(Exception):
@@ -44,18 +46,23 @@ class ConnectionConfig:
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser, *, config_required: bool = False) -> None:
-    """The options every tool shares (SPEC.md section 7)."""
+    """The options every tool shares (SPEC.md section 7).
+
+    Precedence everywhere: command line, then the environment (PERO_ZK, PERO_USER, PERO_PASSWORD,
+    PERO_PASSWORD_FILE: what `scripts/local_services.py env` exports), then the INI file."""
     group = parser.add_argument_group("connection")
     group.add_argument("-c", "--config", required=config_required,
                        help="INI file; command-line options override it")
     group.add_argument("-z", "--zookeeper", action="append", default=None, metavar="HOST[:PORT]",
-                       help="ZooKeeper server(s), comma separated or repeated (IPv6 as [addr]:port)")
+                       help=f"ZooKeeper server(s), comma separated or repeated (IPv6 as [addr]:port); "
+                            f"default ${ZOOKEEPER_ENV}")
     group.add_argument("-l", "--zookeeper-list", metavar="FILE",
                        help="file with ZooKeeper servers, one per line")
-    group.add_argument("-u", "--username", help="user for ZooKeeper, RabbitMQ and SFTP")
+    group.add_argument("-u", "--username", help=f"user for ZooKeeper, RabbitMQ and SFTP (default ${USER_ENV})")
     group.add_argument("-p", "--password",
                        help=f"password (prefer --password-file or the {PASSWORD_ENV} environment variable)")
-    group.add_argument("--password-file", metavar="FILE", help="read the password from this file")
+    group.add_argument("--password-file", metavar="FILE",
+                       help=f"read the password from this file (default ${PASSWORD_FILE_ENV})")
     group.add_argument("-e", "--ca-cert", metavar="FILE",
                        help="CA certificate: enables TLS and verifies every server against it")
     group.add_argument("--known-hosts", metavar="FILE",
@@ -131,10 +138,13 @@ def _zookeeper_servers(args: argparse.Namespace, ini: dict[str, str]) -> tuple[t
         except OSError as error:
             raise ConfigError(f"cannot read ZooKeeper list {args.zookeeper_list}: {error.strerror}") from None
         entries.extend(line.split("#", 1)[0] for line in lines)
+    if not entries and os.environ.get(ZOOKEEPER_ENV, "").strip():
+        entries.append(os.environ[ZOOKEEPER_ENV])
     if not entries and ini.get("zookeeper_servers"):
         entries.append(ini["zookeeper_servers"])
     if not entries:
-        raise ConfigError("no ZooKeeper servers: give -z HOST[:PORT], -l FILE or zookeeper_servers in the config file")
+        raise ConfigError(f"no ZooKeeper servers: give -z HOST[:PORT], -l FILE, the {ZOOKEEPER_ENV} environment "
+                          "variable or zookeeper_servers in the config file")
     entries, chroot = split_chroot(entries)
     try:
         servers = parse_address_list(entries, DEFAULT_PORTS["zookeeper"])
@@ -157,7 +167,7 @@ def connection_config(args: argparse.Namespace, ini: dict[str, str]) -> Connecti
     return ConnectionConfig(
         zookeeper_servers=servers,
         zookeeper_chroot=chroot,
-        username=getattr(args, "username", None) or ini.get("username") or None,
+        username=getattr(args, "username", None) or os.environ.get(USER_ENV, "").strip() or ini.get("username") or None,
         password=resolve_password(getattr(args, "password", None), getattr(args, "password_file", None), ini),
         ca_cert=ca_cert,
         known_hosts=known_hosts,

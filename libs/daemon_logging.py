@@ -20,6 +20,7 @@ def setup_daemon_logging(tag: str, debug: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     if not debug:
-        for name in ("kazoo", "urllib3"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        # kazoo's connection messages do not name the service; libs/zk.py logs outages and recoveries itself.
+        logging.getLogger("kazoo").setLevel(logging.ERROR)
+        logging.getLogger("urllib3").setLevel(logging.WARNING)
         logging.getLogger("pika").setLevel(logging.CRITICAL)

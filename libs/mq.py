@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import socket
 import ssl
 import time
 import uuid
@@ -55,6 +56,10 @@ class MQError(Exception):
 
 class MQConnectionError(MQError):
     """The connection is gone or could not be opened; reopen the session."""
+
+
+class MQPreconditionFailed(MQError):
+    """406 PRECONDITION_FAILED: e.g. a queue declared with arguments other than those it exists with."""
 
 
 class MQAuthenticationError(MQConnectionError):
@@ -136,13 +141,35 @@ def _connection_parameters(settings: MQSettings, name: str) -> list[pika.Connect
     return result
 
 
-def _describe(error: BaseException) -> str:
-    text = str(error) or error.__class__.__name__
-    if isinstance(error, pex.AMQPConnectionError) and error.args:
+def _root_cause(error: BaseException, depth: int = 0) -> BaseException:
+    """The innermost exception pika wrapped: AMQPConnectionError(args[0]) -> connector phase error (.exception)
+    or workflow failure (.exceptions, the last attempt) -> the socket or TLS error that really happened."""
+    if depth > 8:
+        return error
+    inner: object = None
+    if isinstance(error, pex.AMQPConnectionError) and error.args and isinstance(error.args[0], BaseException):
         inner = error.args[0]
-        if isinstance(inner, BaseException):
-            text = f"{inner.__class__.__name__}: {inner}"
-    return text
+    elif isinstance(getattr(error, "exception", None), BaseException):
+        inner = error.exception
+    elif getattr(error, "exceptions", None):
+        inner = error.exceptions[-1]
+    return _root_cause(inner, depth + 1) if isinstance(inner, BaseException) else error
+
+
+def _describe(error: BaseException) -> str:
+    """One line naming the cause, e.g. 'connection refused (ConnectionRefusedError)' (pika's own text for a
+    refused connection is 'AMQPConnectorSocketConnectError: ' with the reason lost)."""
+    cause = _root_cause(error)
+    if isinstance(cause, (socket.timeout, TimeoutError)):
+        return f"timed out ({type(cause).__name__})"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS error: {cause.reason or cause}"
+    if isinstance(cause, OSError) and cause.strerror:
+        return f"{cause.strerror[:1].lower()}{cause.strerror[1:]} ({type(cause).__name__})"
+    text = str(cause).strip()
+    if cause is not error and not text:
+        text = str(error).strip()
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
 
 
 def _is_permanent(error: BaseException) -> bool:
@@ -292,7 +319,8 @@ class MQSession:
             return fn(self._ops())
         except pex.ChannelClosedByBroker as error:
             self._ops_channel = None
-            raise MQError(f"RabbitMQ refused {what}: {error.reply_code} {error.reply_text}") from None
+            kind = MQPreconditionFailed if error.reply_code == 406 else MQError
+            raise kind(f"RabbitMQ refused {what}: {error.reply_code} {error.reply_text}") from None
         except pex.AMQPError as error:
             raise self._translate(error, what) from None
 
@@ -301,8 +329,29 @@ class MQSession:
         self._ops_call(f"declaring queue {name!r}", lambda ch: ch.queue_declare(
             queue=name, durable=True, arguments=STAGE_QUEUE_ARGUMENTS))
 
+    def declare_shared_queue(self, name: str) -> str | None:
+        """The log and dead-letter queues: declared like every stage queue (x-max-priority 1), as the original
+        system declares all its queues, so that its tools can declare them too.
+
+        Versions of this suite before issue 8 declared these two without arguments; against such a queue
+        the declare fails with 406 (inequivalent arg 'x-max-priority').  That queue still works (priorities
+        are just ignored), so it is used as it is and a warning text is returned (None when all is well):
+        the daemon keeps running, and the operator re-creates the queue when convenient.
+        """
+        try:
+            self.declare_stage_queue(name)
+            return None
+        except MQPreconditionFailed as error:
+            if self._inspect(name) is None:
+                raise
+            return (f"queue {name!r} exists with other arguments than x-max-priority 1 ({error}); using it as it "
+                    f"is. It was declared by an earlier pero-worker; the original system's tools cannot declare "
+                    f"it until it is re-created: once it is empty, delete it (stage_config_manager.py --delete "
+                    f"{name} --keep-config) and restart this daemon")
+
     def declare_plain_queue(self, name: str) -> None:
-        """Durable queue without priority (log and dead-letter queues)."""
+        """Durable queue without arguments: how versions before issue 8 declared the log and dead-letter
+        queues (tests use it to reproduce such a deployment)."""
         self._ops_call(f"declaring queue {name!r}", lambda ch: ch.queue_declare(queue=name, durable=True))
 
     def _inspect(self, name: str) -> Any | None:

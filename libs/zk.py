@@ -28,7 +28,7 @@ from .config import ConnectionConfig
 
 __all__ = [
     "ZooKeeper", "ZkConnectionError", "NoNodeError", "NodeExistsError", "NoAuthError", "BadVersionError",
-    "ConnectionLoss", "KazooException", "LockTimeout", "SessionExpiredError", "KazooState",
+    "ConnectionLoss", "KazooException", "LockTimeout", "SessionExpiredError", "KazooState", "describe_zk_error",
 ]
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,18 @@ log = logging.getLogger(__name__)
 
 class ZkConnectionError(Exception):
     """ZooKeeper could not be reached or refused us; the message is meant for the operator."""
+
+
+def describe_zk_error(error: BaseException) -> str:
+    """One line that names the service: kazoo's exceptions are often bare ('ConnectionLoss', 'SessionExpiredError')."""
+    if isinstance(error, NoAuthError):
+        return "ZooKeeper refused access (NoAuth: give -u USER and a password, or check the node ACLs)"
+    if isinstance(error, (ConnectionLoss, KazooTimeoutError)):
+        return "ZooKeeper connection lost (ConnectionLoss: the request did not complete; retrying)"
+    if isinstance(error, SessionExpiredError):
+        return "ZooKeeper session expired (SessionExpiredError)"
+    text = str(error).strip()
+    return f"ZooKeeper error ({type(error).__name__}{': ' + text if text else ''})"
 
 
 def _explain_start_failure(config: ConnectionConfig, error: BaseException) -> str:
@@ -125,11 +137,32 @@ class ZooKeeper:
             # after a SASL login is 'sasl:<user>' (a 'digest' ACL would lock the creator out of its own nodes).
             kwargs["default_acl"] = [make_acl("sasl", config.username, all=True)]
         self.client = KazooClient(**kwargs)
+        self._servers_text = hosts
+        self._session_timeout = session_timeout
+        self._connection_state = KazooState.LOST   # before start(): not connected
+        self._started_once = False
+        self._stopping = False
+        self.client.add_listener(self._log_state_change)
         self._login_rejected = False
         _translate_enforced_sasl_failure(self.client._connection, self._note_login_rejected)
         self._start_timeout = timeout
 
     # --- lifecycle ------------------------------------------------------------
+
+    def _log_state_change(self, state: str) -> None:
+        """Outages and recoveries in the operator's words (kazoo's thread: log only, never block).
+
+        kazoo's own messages ('Connection dropped: socket connection broken') do not say which service."""
+        previous, self._connection_state = self._connection_state, state
+        if state == KazooState.SUSPENDED:
+            log.warning("ZooKeeper connection to %s lost; reconnecting (the session survives for %.0f s)",
+                        self._servers_text, self._session_timeout)
+        elif state == KazooState.LOST and previous != KazooState.LOST and self._started_once and not self._stopping:
+            log.warning("ZooKeeper session at %s expired or closed", self._servers_text)
+        elif state == KazooState.CONNECTED and previous == KazooState.SUSPENDED:
+            log.info("ZooKeeper connection restored (%s, same session)", self._servers_text)
+        elif state == KazooState.CONNECTED and self._started_once:
+            log.info("ZooKeeper connection restored (%s, new session)", self._servers_text)
 
     def _note_login_rejected(self) -> None:
         self._login_rejected = True
@@ -169,9 +202,11 @@ class ZooKeeper:
                 servers = zookeeper_hosts_string(list(self.config.zookeeper_servers))
                 raise ZkConnectionError(f"ZooKeeper at {servers} requires a login: give -u USER and a password "
                                         "(--password-file or PERO_PASSWORD)") from None
+        self._started_once = True   # from now on, outages and recoveries are logged
         return self
 
     def stop(self) -> None:
+        self._stopping = True
         with contextlib.suppress(Exception):
             self.client.stop()
         with contextlib.suppress(Exception):

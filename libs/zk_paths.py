@@ -135,13 +135,33 @@ def stage_switch_time(stage: str) -> str:
 
 # --- value encodings --------------------------------------------------------
 
-def encode_priority(value: int) -> bytes:
-    """Administrative priority: signed big-endian, at least 4 bytes."""
+DISABLED_PRIORITY = -1
+
+
+def encode_priority(value: int) -> bytes | None:
+    """The administrative_priority node's bytes; None (= no node) for a disabled stage (-1 or lower).
+
+    The original system reads this node as an *unsigned* big-endian int (`int.from_bytes(raw, 'big')`)
+    and writes it unsigned (it cannot write -1 at all), so no bytes exist that it reads as -1:
+    two's complement -1 (ff ff ff ff) is 4294967295 to it, its highest priority.  What the
+    original does with a stage whose administrative_priority node is missing is skip it from
+    scheduling ("does not have all fields defined ... Skipping queue from scheduling"), which
+    is exactly "disabled".  So -1 is written by removing the node, and our readers read a
+    missing node as -1 (see `decode_priority`).  Priorities >= 0 are 4-byte big-endian.
+    """
+    value = int(value)
+    if value <= DISABLED_PRIORITY:
+        return None
     length = max(4, (value.bit_length() + 8) // 8)
-    return int(value).to_bytes(length, "big", signed=True)
+    return value.to_bytes(length, "big", signed=True)
 
 
 def decode_priority(raw: bytes | None) -> int:
+    """None (node missing) -> -1 (disabled, as the original watchdog treats it); b'' -> 0 (a node the original
+    tool has just created with ensure_path); else signed big-endian, so that the ff ff ff ff earlier versions
+    of this suite wrote for -1 still reads -1."""
+    if raw is None:
+        return DISABLED_PRIORITY
     if not raw:
         return 0
     return int.from_bytes(raw, "big", signed=True)

@@ -24,7 +24,8 @@ from pero_worker.libs.config import (
 from pero_worker.libs.mq import (
     DEFAULT_LOG_QUEUE, Delivery, MQAuthenticationError, MQConnectionError, MQError, MQSession, MQSettings,
 )
-from pero_worker.libs.zk import ZkConnectionError, ZooKeeper
+from pero_worker.libs.backoff import Backoff
+from pero_worker.libs.zk import KazooException, ZkConnectionError, ZooKeeper, describe_zk_error
 from pero_worker.log_daemon.writer import LogWriteError, LogWriter
 
 log = logging.getLogger("pero_worker.log_daemon")
@@ -33,7 +34,7 @@ DEFAULT_OUTPUT_DIR = "logs"
 DEFAULT_ROTATION_MINUTES = 10080.0   # one week
 DEFAULT_NUMBER_OF_FILES = 10
 PREFETCH = 500                       # records in flight: written and acked in batches
-MAX_BACKOFF = 30.0
+MAX_BACKOFF = 2.0                    # retry at least this often: back within ~2 s of a service
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -83,6 +84,7 @@ class LogDaemon:
                                 keep=settings.number_of_files)
         self.stopping = threading.Event()
         self.records_written = 0
+        self._queue_problem: str | None = None   # said once, not at every reconnect
 
     def stop(self) -> None:
         self.stopping.set()
@@ -91,9 +93,10 @@ class LogDaemon:
         self.stopping.wait(seconds)
 
     def run(self) -> int:
-        """Run until stop(); every failure is retried with backoff."""
+        """Run until stop(); every failure is said once and retried with a capped backoff."""
         zk: ZooKeeper | None = None
-        backoff = 1.0
+        backoff = Backoff(initial=0.2, cap=MAX_BACKOFF)
+        last_problem = ""
         try:
             while not self.stopping.is_set():
                 try:
@@ -101,21 +104,29 @@ class LogDaemon:
                         zk = ZooKeeper(self.settings.connection).start()
                     session = self._open_session(zk)
                     try:
-                        backoff = 1.0
+                        backoff.reset()
+                        last_problem = ""
                         self._consume(session)
                     finally:
                         session.close()
+                    continue
                 except ZkConnectionError as error:
-                    log.error("%s; retrying in %.0f s", error, backoff)
+                    problem = str(error)
+                except KazooException as error:   # e.g. NoAuth reading the server list, connection loss
+                    problem = describe_zk_error(error)
                 except MQAuthenticationError as error:
-                    log.error("%s; fix the credentials; retrying in %.0f s", error, backoff)
-                except (MQConnectionError, MQError) as error:
-                    log.error("RabbitMQ: %s; retrying in %.0f s", error, backoff)
+                    problem = f"{error}; fix the credentials"
+                except MQError as error:           # the message names RabbitMQ and the cause
+                    problem = str(error)
                 except LogWriteError as error:
-                    log.error("%s; the records stay queued; retrying in %.0f s", error, backoff)
-                if not self.stopping.is_set():
-                    self._sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF)
+                    problem = f"{error}; the records stay queued"
+                if self.stopping.is_set():
+                    break
+                delay = backoff.delay()
+                if problem != last_problem:
+                    log.error("%s; retrying every %.0f s at most", problem, backoff.cap)
+                    last_problem = problem
+                self._sleep(delay)
         finally:
             try:
                 self.writer.close()
@@ -129,14 +140,17 @@ class LogDaemon:
     def _open_session(self, zk: ZooKeeper) -> MQSession:
         self.writer.check_writable()
         session = MQSession(MQSettings.from_zookeeper(zk, self.settings.connection), name=f"pero-logd {self.settings.log_queue}")
-        session.open(retry_for=10)
+        session.open(retry_for=0)   # run() retries, with its backoff and one line per problem
         try:
-            session.declare_plain_queue(self.settings.log_queue)
+            problem = session.declare_shared_queue(self.settings.log_queue)
         except MQConnectionError:
             raise
         except MQError as error:
-            # An existing queue with other arguments still delivers: consume it anyway.
-            log.warning("log queue %r: %s", self.settings.log_queue, error)
+            # Whatever else the broker refuses, a queue that exists still delivers: consume it anyway.
+            problem = str(error)
+        if problem and problem != self._queue_problem:
+            log.warning("log queue %r: %s", self.settings.log_queue, problem)
+        self._queue_problem = problem
         return session
 
     def _consume(self, session: MQSession) -> None:

@@ -39,6 +39,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat as stat_module
 import subprocess
 import sys
 import time
@@ -79,6 +80,7 @@ SSHD_PID = SSHD_DIR / "sshd.pid"
 SSHD_LOG = SSHD_DIR / "sshd.log"
 SSHD_BIN = "/usr/sbin/sshd"
 SFTP_HOME = RUN_DIR / "sftp-home" / USER
+SFTP_UPLOAD_FOLDER = "pero"   # writable by the SFTP user: where model archives are uploaded
 
 START_TIMEOUT = 60.0
 
@@ -447,13 +449,17 @@ def ensure_sftp_user(password: str) -> None:
     if entry.pw_gecos != USER_COMMENT:
         raise ServiceError(f"a user named {USER!r} exists and was not created by this script "
                            f"(comment {entry.pw_gecos!r}); refusing to change its password")
-    if entry.pw_dir != str(SFTP_HOME):
-        say(f"moving {USER}'s home from {entry.pw_dir} to {SFTP_HOME}")
-        run(["usermod", "--home", str(SFTP_HOME), USER], "usermod")
+    # Compared resolved: run/ may be a symlink shared by several checkouts, and moving the home
+    # between two spellings of one folder would only make each checkout undo the other.
+    home = SFTP_HOME.resolve()
+    if os.path.realpath(entry.pw_dir) != str(home):
+        say(f"moving {USER}'s home from {entry.pw_dir} to {home}")
+        run(["usermod", "--home", str(home), USER], "usermod")
     stat = SFTP_HOME.stat()
     if (stat.st_uid, stat.st_gid) != (entry.pw_uid, entry.pw_gid):
         os.chown(SFTP_HOME, entry.pw_uid, entry.pw_gid)
     SFTP_HOME.chmod(0o755)
+    ensure_upload_folder(SFTP_HOME, entry.pw_uid, entry.pw_gid)
     # The user must be able to reach its home: every folder above it needs o+x.
     for parent in SFTP_HOME.parents:
         if not parent.stat().st_mode & 0o001:
@@ -469,6 +475,22 @@ def ensure_sftp_user(password: str) -> None:
             return
     subprocess.run(["chpasswd"], input=f"{USER}:{password}\n", text=True, check=True, capture_output=True)
     stamp.write_text(f"{applied} {_shadow_hash()}\n")
+
+
+def ensure_upload_folder(home: Path, uid: int, gid: int) -> Path:
+    """The writable `pero/` folder in the SFTP home: model archives go to `pero/<stage>/...` by convention,
+    and the original system's stage_config_manager.py (`--remote-path pero/<stage>/...`) needs it to exist."""
+    folder = home / SFTP_UPLOAD_FOLDER
+    if not os.path.lexists(folder):
+        folder.mkdir(mode=0o755)
+    stat = folder.lstat()
+    if not stat_module.S_ISDIR(stat.st_mode):
+        raise ServiceError(f"{folder} should be the SFTP upload folder but is not a folder: remove it")
+    if (stat.st_uid, stat.st_gid) != (uid, gid):
+        os.chown(folder, uid, gid)
+    if stat.st_mode & 0o777 != 0o755:
+        folder.chmod(0o755)
+    return folder
 
 
 def _shadow_hash() -> str:

@@ -27,6 +27,7 @@ from typing import Sequence
 from pero_worker.libs import zk_paths
 from pero_worker.libs.config import ConnectionConfig, add_connection_arguments
 from pero_worker.libs.mq import MQError, MQSession
+from pero_worker.libs.stages import classify_stage_config, is_processing_stage
 from pero_worker.libs.sftp import SftpClient, SftpConnectError, SftpError, SftpSettings
 from pero_worker.libs.zk import ZooKeeper
 from pero_worker.scripts.cli_common import (
@@ -272,6 +273,29 @@ def _require_remote(zk: ZooKeeper, conn: ConnectionConfig, remote: str) -> None:
         raise CliError(f"{remote} does not exist on the SFTP server (upload it with --file)", EXIT_FAILURE)
 
 
+def write_priority(zk: ZooKeeper, stage: str, priority: int) -> None:
+    """-1 (disabled) removes the node: the original reads it unsigned, and skips a stage without it."""
+    raw = zk_paths.encode_priority(priority)
+    if raw is None:
+        zk.delete(zk_paths.stage_admin_priority(stage))
+    else:
+        zk.set(zk_paths.stage_admin_priority(stage), raw)
+
+
+def write_stats_nodes(zk: ZooKeeper, stage: str, *, processing: bool) -> None:
+    """The statistics nodes as the original creates them: `avg_msg_time` empty until workers measure the
+    stage (the original watchdog then assumes its default time; 0.0 would make the stage look free of work)
+    and `waiting_since` empty.  A stage with no processing config (the output stage) gets no `avg_msg_time`:
+    the original watchdog skips a stage without it, so it never sends a worker to the output stage either."""
+    avg = zk_paths.stage_avg_msg_time(stage)
+    if processing and not zk.exists(avg):
+        zk.set(avg, b"")
+    elif not processing:
+        zk.delete(avg)
+    if not zk.exists(zk_paths.stage_waiting_since(stage)):
+        zk.set_text(zk_paths.stage_waiting_since(stage), "")
+
+
 def _write_stage_nodes(zk: ZooKeeper, stage: str, update: StageUpdate) -> None:
     """Every node of the update except the version (written last, once the queue exists)."""
     if update.config is not None:
@@ -279,12 +303,9 @@ def _write_stage_nodes(zk: ZooKeeper, stage: str, update: StageUpdate) -> None:
     if update.config_path is not None:
         zk.set_text(zk_paths.stage_config_path(stage), update.config_path)
     if update.priority is not None:
-        zk.set(zk_paths.stage_admin_priority(stage), zk_paths.encode_priority(update.priority))
-    if update.init_stats or not zk.exists(zk_paths.stage_avg_msg_time(stage)):
-        if not zk.exists(zk_paths.stage_avg_msg_time(stage)):
-            zk.set(zk_paths.stage_avg_msg_time(stage), zk_paths.encode_float(0.0))
-        if not zk.exists(zk_paths.stage_waiting_since(stage)):
-            zk.set_text(zk_paths.stage_waiting_since(stage), "")
+        write_priority(zk, stage, update.priority)
+    final_config = update.config if update.config is not None else zk.get(zk_paths.stage_config(stage))
+    write_stats_nodes(zk, stage, processing=is_processing_stage(final_config))
 
 
 def _create_or_update(args: argparse.Namespace) -> int:
@@ -380,16 +401,20 @@ def _list(args: argparse.Namespace) -> int:
         depths = _stage_queue_depths(zk, conn, stages)
         rows = []
         for stage in stages:
+            kind = classify_stage_config(zk.get(zk_paths.stage_config(stage)))
             rows.append([
                 stage,
+                "processing" if kind.processing else "output",
                 zk.get_text(zk_paths.stage_config_version(stage)) or "-",
-                str(zk_paths.decode_priority(zk.get(zk_paths.stage_admin_priority(stage)))),
+                str(zk_paths.decode_priority(zk.get(zk_paths.stage_admin_priority(stage))))
+                if kind.processing else "-",
                 depths.get(stage, "?"),
                 zk.get_text(zk_paths.stage_config_path(stage)) or "-",
             ])
     finally:
         zk.stop()
-    print(format_table(["STAGE", "VERSION", "PRIORITY", "QUEUED", "MODEL"], rows))
+    print(format_table(["STAGE", "KIND", "VERSION", "PRIORITY", "QUEUED", "MODEL"], rows))
+    print("(KIND output: no processing config, never given a worker; PRIORITY -1: disabled)")
     return EXIT_OK
 
 
@@ -406,11 +431,14 @@ def _show(args: argparse.Namespace) -> int:
             raise CliError(f"stage {stage!r} does not exist", EXIT_FAILURE)
         depth = _stage_queue_depths(zk, conn, [stage])[stage]
         avg = zk.get(zk_paths.stage_avg_msg_time(stage))
+        kind = classify_stage_config(zk.get(zk_paths.stage_config(stage)))
+        priority = zk_paths.decode_priority(zk.get(zk_paths.stage_admin_priority(stage)))
         known = {
+            "kind": "processing" if kind.processing else f"output: never given a worker ({kind.reason})",
             "config_version": zk.get_text(zk_paths.stage_config_version(stage)) or "(none)",
             "config_path": zk.get_text(zk_paths.stage_config_path(stage)) or "(no model)",
-            "administrative_priority": str(zk_paths.decode_priority(zk.get(zk_paths.stage_admin_priority(stage)))),
-            "avg_msg_time": f"{zk_paths.decode_float(avg):.3f} s" if avg else "(none)",
+            "administrative_priority": str(priority) + (" (disabled)" if priority < 0 else ""),
+            "avg_msg_time": f"{zk_paths.decode_float(avg):.3f} s" if avg else "(not measured yet)",
             "waiting_since": zk.get_text(zk_paths.stage_waiting_since(stage)) or "(not waiting)",
             "queue": f"{depth} message(s) ready" if depth not in ("-", "?") else
                      ("(queue missing)" if depth == "-" else "(RabbitMQ unreachable)"),

@@ -15,6 +15,7 @@ from typing import Sequence
 
 from pero_worker.libs import zk_paths
 from pero_worker.libs.config import ConnectionConfig, add_connection_arguments
+from pero_worker.libs.stages import classify_stage_config
 from pero_worker.libs.zk import ZooKeeper
 from pero_worker.scripts.cli_common import (
     EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, add_debug_argument, build_connection_config,
@@ -90,7 +91,7 @@ def queues(zk: ZooKeeper, conn: ConnectionConfig) -> int:
         snapshot = reader.snapshot(time.time(), fresh_management=True)
     finally:
         reader.close()
-    if not snapshot.stages:
+    if not snapshot.stages and not snapshot.other_stages:
         print("no stages configured")
         return EXIT_OK
     by_stage: dict[str, list[str]] = {}
@@ -108,6 +109,9 @@ def queues(zk: ZooKeeper, conn: ConnectionConfig) -> int:
                      ", ".join(sorted(by_stage.get(name, []))) or "-"])
     print(format_table(["stage", "priority", "ready", "unacked", "consumers", "msg time s", "switch s",
                         "waiting", "workers"], rows))
+    if snapshot.other_stages:
+        print("\nnot processing stages (never given a worker): " + ", ".join(
+            f"{name} ({reason})" for name, reason in sorted(snapshot.other_stages.items())))
     if snapshot.depth_source != "amqp+management":
         print(f"\n(queue depths from: {snapshot.depth_source or 'nowhere: broker unreachable'})")
     return EXIT_OK
@@ -120,9 +124,10 @@ def switch(zk: ZooKeeper, worker_id: str, stage: str, *, lock: float, force: boo
             validate_stage_name(stage)
         except ValueError as error:
             raise CliError(str(error), EXIT_USAGE) from None
-        if not zk.exists(zk_paths.stage_config(stage)) and not force:
-            raise CliError(f"stage {stage!r} has no configuration (see stage_config_manager.py --list); "
-                           "use --force to switch anyway")
+        kind = classify_stage_config(zk.get(zk_paths.stage_config(stage)))
+        if not kind.processing and not force:
+            raise CliError(f"stage {stage!r} is not a processing stage: {kind.reason} (see stage_config_manager.py "
+                           "--list); use --force to switch anyway")
         if zk_paths.decode_priority(zk.get(zk_paths.stage_admin_priority(stage))) < 0:
             print(f"warning: stage {stage} is disabled (administrative priority -1): "
                   "the watchdog will move the worker away", file=sys.stderr)

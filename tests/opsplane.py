@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -85,15 +86,29 @@ def start_watchdog(zk_root: str, folder: Path, name: str, *extra: str) -> Proces
     return Process(argv, folder / f"watchdog_{name}.log")
 
 
-def make_stage(zk: ZooKeeper, mq: MQSession, name: str, config: str | None, *, priority: int = 0) -> None:
-    """A stage as stage_config_manager.py makes one: ZooKeeper nodes + the durable priority queue."""
-    if config is not None:
-        zk.set_text(zk_paths.stage_config(name), config)
-        zk.set_text(zk_paths.stage_config_path(name), "")
-        zk.set_text(zk_paths.stage_config_version(name), "1")
-        zk.set(zk_paths.stage_admin_priority(name), zk_paths.encode_priority(priority))
-        zk.set_text(zk_paths.stage_waiting_since(name), "")
-    mq.declare_stage_queue(name)
+STAGE_CONFIG_MANAGER = REPO / "scripts" / "stage_config_manager.py"
+
+
+def make_stage(zk_root: str, name: str, config: str | None, *, priority: int | None = None,
+               extra: tuple[str, ...] = ()) -> None:
+    """A stage made the way users make one: `scripts/stage_config_manager.py --name NAME [--config FILE] [-a P]`.
+
+    `config` None makes an output stage (`--name out`, no config), exactly what a README
+    deployment gets; the CLI declares the queue and writes every ZooKeeper node.  `extra`:
+    more options, e.g. credentials (-u USER --password-file FILE).
+    """
+    argv = [sys.executable, str(STAGE_CONFIG_MANAGER), "-z", zk_root, *extra, "--name", name]
+    if priority is not None:
+        argv += ["-a", str(priority)]
+    with tempfile.TemporaryDirectory(prefix="pero_stage_") as folder:
+        if config is not None:
+            path = Path(folder) / "config.ini"
+            path.write_text(config, encoding="utf-8")
+            argv += ["--config", str(path)]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=REPO)
+    if result.returncode != 0:
+        raise AssertionError(f"stage_config_manager.py --name {name} failed ({result.returncode}): "
+                             f"{result.stdout}{result.stderr}")
 
 
 def request_body(stages: list[str], request_id: str | None = None) -> bytes:

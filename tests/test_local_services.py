@@ -148,6 +148,49 @@ def test_sftp_password_login_upload_and_download(services, unique_name):
         transport.close()
 
 
+def test_sftp_home_has_the_writable_pero_folder_the_original_tools_need(services, unique_name):
+    """The original stage_config_manager.py uploads to `--remote-path pero/<stage>/model.tar.xz`: its client
+    stats each parent folder and refuses a relative path whose top folder is missing ('Relative path is not
+    supported!'), so `pero/` must exist and be the SFTP user's.  The same steps, on the wire."""
+    folder = local_services.SFTP_HOME / "pero"
+    entry = local_services.pwd.getpwnam(services.user)
+    assert folder.is_dir() and not folder.is_symlink()
+    assert (folder.stat().st_uid, folder.stat().st_mode & 0o777) == (entry.pw_uid, 0o755)
+    stage = unique_name("t_stage")
+    transport = sftp_connect(services, services.password)
+    try:
+        sftp = paramiko.SFTPClient.from_transport(transport)
+        assert sftp.stat("pero").st_mode & 0o040000, "pero/ is a folder on the SFTP server"
+        with pytest.raises(FileNotFoundError):
+            sftp.stat(f"pero/{stage}")
+        sftp.mkdir(f"pero/{stage}")
+        sftp.putfo(io.BytesIO(b"model"), f"pero/{stage}/model.tar.xz")
+        assert (folder / stage / "model.tar.xz").read_bytes() == b"model"
+        sftp.remove(f"pero/{stage}/model.tar.xz")
+        sftp.rmdir(f"pero/{stage}")
+    finally:
+        transport.close()
+
+
+def test_upload_folder_is_recreated_with_the_right_owner(services, tmp_path):
+    """ensure_upload_folder() creates `pero/` (0755, the user's) where it is missing and leaves it alone after."""
+    home = tmp_path / "home"
+    home.mkdir()
+    entry = local_services.pwd.getpwnam(services.user)
+    folder = local_services.ensure_upload_folder(home, entry.pw_uid, entry.pw_gid)
+    assert folder == home / "pero"
+    assert (folder.stat().st_uid, folder.stat().st_gid, folder.stat().st_mode & 0o777) == \
+        (entry.pw_uid, entry.pw_gid, 0o755)
+    (folder / "keep").write_text("x")
+    assert local_services.ensure_upload_folder(home, entry.pw_uid, entry.pw_gid) == folder
+    assert (folder / "keep").exists()
+    (home / "pero" / "keep").unlink()
+    folder.rmdir()
+    (home / "pero").write_text("not a folder")
+    with pytest.raises(local_services.ServiceError, match="not a folder"):
+        local_services.ensure_upload_folder(home, entry.pw_uid, entry.pw_gid)
+
+
 def test_sftp_rejects_a_wrong_password(services):
     with pytest.raises(paramiko.AuthenticationException):
         transport = sftp_connect(services, services.password + "x")

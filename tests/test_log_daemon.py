@@ -32,7 +32,7 @@ def log_queue(zk, conn_config, unique_name):
     name = unique_name("log")
     session = MQSession(MQSettings.from_zookeeper(zk, conn_config), name="test-logd")
     session.open(retry_for=10)
-    session.declare_plain_queue(name)
+    assert session.declare_shared_queue(name) is None
     yield name, session
     try:
         session.delete_queue(name)
@@ -69,7 +69,15 @@ def log_files(folder: Path) -> list[Path]:
 
 
 def lines_in(folder: Path) -> list[str]:
-    return [line for path in log_files(folder) for line in path.read_text(encoding="utf-8").splitlines()]
+    """Every line of the log files, oldest file first.  The daemon may prune a file between the listing and
+    the reading: a file that is gone by then has no lines any more."""
+    lines = []
+    for path in log_files(folder):
+        try:
+            lines += path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            continue
+    return lines
 
 
 def test_writes_rotates_and_prunes(zk_root, log_queue, tmp_path):
@@ -90,7 +98,7 @@ def test_writes_rotates_and_prunes(zk_root, log_queue, tmp_path):
         assert len(seen_files) == 4, "each batch, one period apart, must start a new file"
         files = log_files(out)
         assert len(files) == 2, "only the newest 2 files are kept"
-        assert [f.read_text(encoding="utf-8").splitlines() for f in files] == batches[2:]
+        assert [f.read_text(encoding="utf-8").splitlines() for f in files] == batches[2:]   # the daemon is idle now
         assert (out / "operator-notes.txt").exists(), "files that are not ours are never pruned"
         assert session.queue_length(queue) == 0
     finally:
@@ -149,3 +157,58 @@ def test_bad_configuration_exits_2(tmp_path):
                             timeout=30)
     assert result.returncode == 2
     assert "number_of_files" in result.stderr
+
+
+def test_invalid_utf8_records_are_written_with_replacement_characters_and_nothing_stops(zk_root, log_queue, tmp_path):
+    """A log record is untrusted bytes: invalid UTF-8 is written with U+FFFD, never dropped, and the records
+    after it are written too."""
+    queue, session = log_queue
+    out = tmp_path / "logs"
+    daemon = start_daemon(zk_root, queue, out, "-n", "0")
+    try:
+        bodies = [b"before", b"bad \xff\xfe bytes \xc3", b"\x00nul and \xed\xa0\x80 surrogate", b"after \xc3\xa9"]
+        for body in bodies:
+            session.publish(queue, body)
+        assert session.wait_for_confirms(timeout=10)
+        wait_for(lambda: "after \u00e9" in lines_in(out), 20, "the record after the invalid ones")
+        assert lines_in(out) == ["before", "bad \ufffd\ufffd bytes \ufffd", "\x00nul and \ufffd\ufffd\ufffd surrogate",
+                                 "after \u00e9"]
+        for path in log_files(out):
+            path.read_bytes().decode("utf-8")   # the files themselves are valid UTF-8
+        wait_for(lambda: session.queue_length(queue) == 0, 10, "every record acknowledged")
+        assert daemon.poll() is None
+    finally:
+        output = stop_daemon(daemon)
+    assert daemon.returncode == 0, output
+    assert "Traceback" not in output
+
+
+def test_a_log_queue_declared_by_an_earlier_version_is_consumed_with_one_warning(zk_root, zk, conn_config, tmp_path,
+                                                                                  unique_name):
+    """Issue 8.3: ours declares the log queue with x-max-priority 1 now; a deployment whose log queue an earlier
+    version declared without it gets 406 on that declare: the daemon says so once and keeps consuming."""
+    queue = unique_name("log_legacy")
+    session = MQSession(MQSettings.from_zookeeper(zk, conn_config), name="test-logd-legacy")
+    session.open(retry_for=10)
+    session.declare_plain_queue(queue)
+    out = tmp_path / "logs"
+    daemon = start_daemon(zk_root, queue, out)
+    management = ManagementClient([Address("127.0.0.1", 15672)])
+    try:
+        publish(session, queue, ["first"])
+        wait_for(lambda: "first" in lines_in(out), 20, "a record from the legacy queue")
+        name = f"pero-logd {queue}"
+        for connection in wait_for(
+                lambda: [c["name"] for c in management.connections()
+                         if (c.get("client_properties") or {}).get("connection_name") == name],
+                15, "the daemon's connection", interval=0.5):
+            management.close_connection(connection)   # a reconnect declares again: no second warning
+        publish(session, queue, ["second"])
+        wait_for(lambda: "second" in lines_in(out), 30, "a record after the reconnect")
+    finally:
+        output = stop_daemon(daemon)
+        management.close()
+        session.delete_queue(queue)
+        session.close()
+    assert daemon.returncode == 0, output
+    assert output.count("exists with other arguments") == 1 and "406" in output and "Traceback" not in output, output

@@ -5,10 +5,11 @@ import time
 import uuid
 
 import pytest
+import requests
 
 from pero_worker.libs.addresses import Address
 from pero_worker.libs.mq import (
-    MQAuthenticationError, MQConnectionError, MQError, MQSession, MQSettings, PublishOutcome,
+    MQAuthenticationError, MQConnectionError, MQError, MQPreconditionFailed, MQSession, MQSettings, PublishOutcome,
 )
 
 SETTINGS = MQSettings(servers=(Address("127.0.0.1", 5672),), username="guest", password="guest")
@@ -130,3 +131,54 @@ def test_wake_from_another_thread_ends_pump_early(session):
     started = time.monotonic()
     session.pump(5)
     assert time.monotonic() - started < 2
+
+
+def queue_arguments(name: str) -> dict:
+    """The queue's arguments as the broker holds them (management API)."""
+    response = requests.get(f"http://127.0.0.1:15672/api/queues/pero/{name}", auth=("guest", "guest"), timeout=10)
+    response.raise_for_status()
+    return response.json()["arguments"]
+
+
+def original_declare(session: MQSession, name: str) -> None:
+    """How the original's stage_config_manager.py declares every queue, `--name log` included."""
+    session._ops_call("declaring like the original", lambda ch: ch.queue_declare(
+        queue=name, durable=True, arguments={"x-max-priority": 1}))
+
+
+def test_log_and_dead_letter_queues_are_declared_like_the_originals_queues(session):
+    """Issue 8.3: the original's `stage_config_manager.py --name log` failed with 406 against our log queue."""
+    name = f"t_shared_{uuid.uuid4().hex[:8]}"
+    try:
+        assert session.declare_shared_queue(name) is None
+        assert queue_arguments(name) == {"x-max-priority": 1, "x-queue-type": "classic"}
+        original_declare(session, name)                      # no 406
+        assert session.declare_shared_queue(name) is None    # idempotent
+        session.declare_stage_queue(name)
+    finally:
+        session.delete_queue(name)
+
+
+def test_a_log_queue_declared_by_an_earlier_version_is_used_as_it_is(session):
+    """Deployments where an earlier version of ours declared the queue without arguments: a 406 must not take
+    the daemon down.  The queue is used as it is (priorities ignored) and the operator is told what to do."""
+    name = f"t_legacy_{uuid.uuid4().hex[:8]}"
+    session.declare_plain_queue(name)
+    try:
+        problem = session.declare_shared_queue(name)
+        assert problem is not None and "406" in problem and "x-max-priority" in problem
+        assert f"--delete {name} --keep-config" in problem
+        assert queue_arguments(name) == {}
+        assert session.publish_and_wait(name, b"log line") is PublishOutcome.CONFIRMED   # still usable
+        assert session.queue_length(name) == 1
+        with pytest.raises(MQPreconditionFailed):
+            session.declare_stage_queue(name)
+    finally:
+        session.delete_queue(name)
+    with pytest.raises(MQPreconditionFailed):   # any other 406 is still an error: nothing is hidden
+        other = f"t_legacy_{uuid.uuid4().hex[:8]}"
+        session.declare_plain_queue(other)
+        try:
+            original_declare(session, other)
+        finally:
+            session.delete_queue(other)

@@ -99,6 +99,48 @@ CASES = [
 ]
 
 
+# Original workers: IDLE (queue ran empty) or PROCESSING_FAILED with a stage in their queue node do not
+# process it until the node is rewritten; a move to the same stage is that rewrite.
+CASES += [
+    ("an original worker idle on its stage with new work is woken (its queue node rewritten)",
+     [W("w1", "a", zk_paths.IDLE)], [St("a", 20)], [("w1", "a", "a")]),
+    ("... also while it is still locked from its last assignment",
+     [W("w1", "a", zk_paths.IDLE, locked_for=30)], [St("a", 20)], [("w1", "a", "a")]),
+    ("... and one whose processing thread failed",
+     [W("w1", "a", zk_paths.PROCESSING_FAILED)], [St("a", 20)], [("w1", "a", "a")]),
+    ("an idle worker on an empty stage is not woken",
+     [W("w1", "a", zk_paths.IDLE)], [St("a", 0)], []),
+    ("an idle original worker does not count as serving: a busy worker is not needed elsewhere",
+     [W("w1", "a", zk_paths.IDLE), W("w2", "b")], [St("a", 20), St("b", 100)], [("w1", "a", "a")]),
+    ("an idle original worker on an empty stage goes where the work is",
+     [W("w1", "a", zk_paths.IDLE)], [St("a", 0), St("b", 20)], [("w1", "a", "b")]),
+    ("CONNECTION_FAILED (the original's word) is never moved",
+     [W("w1", "", "CONNECTION_FAILED")], [St("a", 20)], []),
+]
+
+
+def test_a_woken_worker_is_not_woken_again_within_the_wake_interval():
+    workers = [W("w1", "a", zk_paths.IDLE, locked_for=30)]
+    loads = stages(St("a", 20))
+    (wake,) = plan(workers, loads, NOW, S).moves
+    assert (wake.from_queue, wake.to_queue) == ("a", "a")
+    assert wake.unlock_time == pytest.approx(NOW + 30), "a wake never shortens a lock"
+    assert wake.wake_until == pytest.approx(NOW + S.wake_interval)
+    assert plan(workers, loads, NOW + 1, S, (wake,)).moves == ()
+    assert [m.to_queue for m in plan(workers, loads, NOW + S.wake_interval + 0.1, S, (wake,)).moves] == ["a"]
+
+
+def test_a_wake_through_rule_1_locks_only_for_the_wake_interval():
+    (move,) = plan([W("w1", "a", zk_paths.IDLE)], stages(St("a", 20, switch=5.0)), NOW, S).moves
+    assert move.to_queue == "a" and move.unlock_time == pytest.approx(NOW + S.wake_interval)
+
+
+def test_a_wake_blocks_no_rebalancing():
+    workers = [W("w1", "a"), W("w2", "a"), W("w3", "a"), W("w4", "b")]
+    loads = stages(St("a", 100, t=0.05), St("b", 200, t=0.5))
+    assert len(plan(workers, loads, NOW, S, (Move("w1", "a", "a", NOW + 2, "wake", NOW + 2),)).moves) == 2
+
+
 @pytest.mark.parametrize("name,workers,stage_list,expected", CASES, ids=[c[0] for c in CASES])
 def test_plan_moves(name, workers, stage_list, expected):
     result = plan(workers, stages(*stage_list), NOW, S)

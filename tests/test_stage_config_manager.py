@@ -6,6 +6,7 @@ import datetime
 import hashlib
 import io
 import shutil
+import os
 import subprocess
 import sys
 import tarfile
@@ -197,7 +198,8 @@ def test_create_stage_with_config_and_model(env, config_file, model, tmp_path, c
     assert datetime.datetime.fromisoformat(version).tzinfo is not None
     raw_priority = zk.get(zk_paths.stage_admin_priority(name))
     assert raw_priority == (7).to_bytes(4, "big", signed=True)
-    assert zk_paths.decode_float(zk.get(zk_paths.stage_avg_msg_time(name)), default=-1.0) == 0.0
+    # Empty, as the original leaves it: its watchdog then assumes a default time (0.0 made it skip the stage).
+    assert zk.get(zk_paths.stage_avg_msg_time(name)) == b""
     assert zk.exists(zk_paths.stage_waiting_since(name))
     assert zk.get_text(zk_paths.stage_waiting_since(name)) == ""
 
@@ -219,6 +221,20 @@ def test_output_stage_is_queue_and_empty_config(env):
     assert env.zk.get_text(zk_paths.stage_config_path(name), default="MISSING") == ""
     assert env.zk.get_text(zk_paths.stage_config_version(name)) != ""
     assert zk_paths.decode_priority(env.zk.get(zk_paths.stage_admin_priority(name))) == 0
+    # No avg_msg_time: the original watchdog skips a stage without it, so it never schedules the output stage.
+    assert not env.zk.exists(zk_paths.stage_avg_msg_time(name))
+    assert env.zk.get_text(zk_paths.stage_waiting_since(name), default="MISSING") == ""
+
+
+def test_output_stage_given_a_config_becomes_a_processing_stage_and_back(env, config_file, tmp_path):
+    name = env.stage("out")
+    assert env.run("--name", name) == 0
+    assert env.run("--name", name, "--config", str(config_file)) == 0
+    assert env.zk.get(zk_paths.stage_avg_msg_time(name)) == b""
+    empty = tmp_path / "empty.ini"
+    empty.write_text("")
+    assert env.run("--name", name, "--config", str(empty)) == 0
+    assert not env.zk.exists(zk_paths.stage_avg_msg_time(name))
 
 
 def test_versions_on_update(env, config_file, tmp_path):
@@ -236,6 +252,12 @@ def test_versions_on_update(env, config_file, tmp_path):
     assert env.run("--name", name, "-a", "-1") == 0           # priority only: no reload
     assert version() == "v1"
     assert zk_paths.decode_priority(env.zk.get(zk_paths.stage_admin_priority(name))) == -1
+    # Disabled = no node: the original reads the node unsigned (ff ff ff ff would be its highest
+    # priority) and its watchdog skips a stage without it.
+    assert not env.zk.exists(zk_paths.stage_admin_priority(name))
+    assert env.run("--name", name, "-a", "2") == 0
+    assert env.zk.get(zk_paths.stage_admin_priority(name)) == b"\x00\x00\x00\x02"
+    assert env.run("--name", name, "-a", "-1") == 0
 
     assert env.run("--name", name, "--config", str(config_file)) == 0
     assert version() not in ("v1", "")
@@ -277,10 +299,10 @@ def test_list_and_show(env, config_file, model, capsys):
 
     assert env.run("--list") == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["STAGE", "VERSION", "PRIORITY", "QUEUED", "MODEL"]
-    rows = {line.split()[0]: line.split() for line in table[1:]}
-    assert rows[ocr] == [ocr, "v3", "2", "2", f"pero/{ocr}/model.tar.gz"]
-    assert rows[out][2:4] == ["0", "0"] and rows[out][4] == "-"
+    assert table[0].split() == ["STAGE", "KIND", "VERSION", "PRIORITY", "QUEUED", "MODEL"]
+    rows = {line.split()[0]: line.split() for line in table[1:-1]}
+    assert rows[ocr] == [ocr, "processing", "v3", "2", "2", f"pero/{ocr}/model.tar.gz"]
+    assert rows[out][1] == "output" and rows[out][3:6] == ["-", "0", "-"]
 
     assert env.run("--show", ocr) == 0
     shown = capsys.readouterr().out
@@ -376,3 +398,51 @@ def test_runs_as_a_script(env, repo_root):
     listed = subprocess.run(command + ["-i"], capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
     assert name in listed.stdout
+
+
+def original_watchdog_reads(zk, stage: str):
+    """What the original watchdog reads of a stage (its zk_get_queues rules): waiting_since and avg_msg_time as
+    UTF-8 text, an empty avg_msg_time meaning its default time, administrative_priority as an unsigned
+    big-endian int; a stage missing any of the three nodes is skipped from scheduling (None here)."""
+    nodes = [zk.get(path) for path in (zk_paths.stage_waiting_since(stage), zk_paths.stage_avg_msg_time(stage),
+                                       zk_paths.stage_admin_priority(stage))]
+    if any(raw is None for raw in nodes):
+        return None
+    waiting, avg, priority = nodes
+    return {"waiting_since": waiting.decode(), "avg_msg_time": float.fromhex(avg.decode()) if avg else "default",
+            "administrative_priority": int.from_bytes(priority, "big")}
+
+
+def test_the_original_watchdog_schedules_our_processing_stages_and_skips_the_output_and_disabled_ones(
+        env, config_file):
+    """Issue 8.3: with avg_msg_time 0.0 the original computed priority 0 for our stages ('All queues are empty,
+    skipping scheduling'); with ff ff ff ff for -1 it read 4294967295, its highest priority."""
+    ocr, out, off = env.stage("ocr"), env.stage("out"), env.stage("off")
+    assert env.run("--name", ocr, "--config", str(config_file)) == 0
+    assert env.run("--name", out) == 0
+    assert env.run("--name", off, "--config", str(config_file), "-a", "-1") == 0
+    assert original_watchdog_reads(env.zk, ocr) == {
+        "waiting_since": "", "avg_msg_time": "default", "administrative_priority": 0}
+    assert original_watchdog_reads(env.zk, out) is None, "the output stage is never scheduled by the original"
+    assert original_watchdog_reads(env.zk, off) is None, "a disabled stage is skipped by the original"
+    assert env.run("--name", off, "-a", "3") == 0
+    assert original_watchdog_reads(env.zk, off)["administrative_priority"] == 3
+
+
+def test_pero_zk_and_pero_user_are_defaults_the_command_line_overrides(env, repo_root):
+    """`eval "$(local_services.py env)"` exports PERO_ZK, PERO_USER and PERO_PASSWORD_FILE: the tools use them."""
+    name = env.stage("out")
+    script = [sys.executable, str(repo_root / "scripts" / "stage_config_manager.py")]
+    environment = {**os.environ, "PERO_ZK": env.zk_root, "PERO_USER": env.services.user,
+                   "PERO_PASSWORD_FILE": str(env.services.password_file)}
+    environment.pop("PERO_PASSWORD", None)
+    created = subprocess.run(script + ["--name", name], capture_output=True, text=True, timeout=60, env=environment)
+    assert created.returncode == 0, created.stderr
+    listed = subprocess.run(script + ["--list"], capture_output=True, text=True, timeout=60, env=environment)
+    assert listed.returncode == 0 and name in listed.stdout, listed.stderr
+    # Nodes are created with the sasl:pero ACL: reading them worked only because PERO_USER was used.
+    assert env.zk.exists(zk_paths.stage_root(name))
+    elsewhere = subprocess.run(script + ["-z", "127.0.0.1:1", "--list"], capture_output=True, text=True,
+                               timeout=60, env=environment)
+    assert elsewhere.returncode == 3 and "127.0.0.1:1" in elsewhere.stderr, "-z wins over PERO_ZK"
+    assert "Traceback" not in elsewhere.stderr

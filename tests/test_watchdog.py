@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -24,13 +25,13 @@ class Env:
 
     def stage(self, prefix: str, seconds: float, *, priority: int = 0) -> str:
         name = self.unique_name(prefix)
-        make_stage(self.zk, self.mq, name, dummy_stage_config(seconds), priority=priority)
+        make_stage(self.zk_root, name, dummy_stage_config(seconds), priority=priority)
         self.queues.append(name)
         return name
 
     def output(self) -> str:
         name = self.unique_name("out")
-        make_stage(self.zk, self.mq, name, None)
+        make_stage(self.zk_root, name, None)
         self.queues.append(name)
         return name
 
@@ -205,3 +206,106 @@ def test_starving_queue_gets_a_busy_worker_within_ten_seconds(env):
     assert latency <= 10, f"starving stage waited {latency:.1f} s"
     served = env.collect(out, 403, 60)
     assert set(ids) <= served
+
+
+def test_the_output_stage_never_receives_a_worker_while_results_wait_there(env):
+    """Issue 8.1: `stage_config_manager.py --name out` writes an empty config; results wait in its queue until
+    the downloader fetches them.  The watchdog must treat it as what it is, not as a starving stage."""
+    stage, out = env.stage("a", 0.01), env.output()
+    worker = env.worker()
+    watchdog = env.watchdog()
+    wait_for(lambda: active(watchdog), 20, "an active watchdog")
+    ids = publish_requests(env.mq, [stage, out], 30)
+    wait_for(lambda: env.mq.queue_length(out) == 30, 30, "30 results waiting in the output queue")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        assert worker_queue(env.zk, worker) != out, f"a worker was sent to the output stage\n{dump(env)}"
+        time.sleep(0.1)
+    assert env.zk.get_text(zk_paths.worker_status(worker)) != zk_paths.CONFIGURATION_FAILED
+    assert env.collect(out, 30, 10) == set(ids)
+    dry = subprocess.run([sys.executable, str(WATCHDOG), "-z", env.zk_root, "--dry-run"],
+                         capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert "NOT PROCESSING STAGES" in dry.stdout and out in dry.stdout.split("NOT PROCESSING STAGES", 1)[1]
+
+
+def fake_original_worker(zk, worker_id: str, stage: str, status: str = zk_paths.IDLE) -> None:
+    """The nodes an original worker keeps after its queue ran empty: status IDLE, its stage in `queue`,
+    the ephemeral `connected` node of its session.  It only looks at the queue again when `queue` is rewritten."""
+    zk.set_text(zk_paths.worker_status(worker_id), status)
+    zk.create(zk_paths.worker_connected(worker_id), b"true", ephemeral=True)
+    zk.set_text(zk_paths.worker_queue(worker_id), stage)
+    zk.set_text(zk_paths.worker_enabled(worker_id), "true")
+    zk.set_text(zk_paths.worker_unlock_time(worker_id), "2000-01-01T00:00:00+00:00")
+
+
+def node_version(zk, path: str) -> int:
+    return zk.client.exists(path).version
+
+
+def test_an_idle_original_worker_is_woken_by_rewriting_its_queue_node(env):
+    """Issue 8.3: an original worker that emptied its queue stays IDLE on the stage until its `queue` node is
+    rewritten (the original worker reacts to every new version of the node, same value or not)."""
+    stage, out = env.stage("a", 0.01), env.output()
+    original = env.unique_name("orig")
+    fake_original_worker(env.zk, original, stage)
+    queue_node = zk_paths.worker_queue(original)
+    watchdog = env.watchdog()
+    wait_for(lambda: active(watchdog), 20, "an active watchdog")
+    before = node_version(env.zk, queue_node)
+    time.sleep(2)
+    assert node_version(env.zk, queue_node) == before, "no work: the idle worker is left alone"
+    publish_requests(env.mq, [stage, out], 20)
+    published = time.monotonic()
+    wait_for(lambda: node_version(env.zk, queue_node) > before, 10, "the queue node rewritten", interval=0.05)
+    print(f"idle original worker woken {time.monotonic() - published:.2f} s after the requests arrived")
+    assert env.zk.get(queue_node) == stage.encode(), "same stage, new node version"
+    assert time.monotonic() - published < 3
+    # It starts processing: no more rewrites while it does.
+    env.zk.set_text(zk_paths.worker_status(original), zk_paths.PROCESSING)
+    time.sleep(1)
+    settled = node_version(env.zk, queue_node)
+    time.sleep(3)
+    assert node_version(env.zk, queue_node) == settled, f"a processing worker is not woken\n{dump(env)}"
+    for name in (stage,):
+        env.mq.purge_queue(name)
+
+
+def log_time(text: str, marker: str) -> datetime:
+    """UTC time of the first log line containing `marker` (daemon log format: 'YYYY-mm-dd HH:MM:SS,mmm TAG ...')."""
+    line = next(line for line in text.splitlines() if marker in line)
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+
+
+def test_a_watchdog_restarted_after_kill9_closes_its_predecessors_session_and_is_active_at_once(env):
+    """Issue 8.2: the restarted watchdog used to wait ~the session timeout for its killed predecessor's
+    election node; it keeps its session in its state directory and closes it, as the worker does."""
+    state = env.folder / "watchdog-state"
+    first = env.watchdog("first", "--state-directory", str(state))
+    wait_for(lambda: active(first), 20, "the first watchdog active")
+    assert list(state.glob("watchdog-*.session")), "the session is kept on disk"
+    first.kill9()
+    killed = time.monotonic()
+    second = env.watchdog("second", "--state-directory", str(state))
+    wait_for(lambda: active(second), 15, "the restarted watchdog active", interval=0.05)
+    wall = time.monotonic() - killed
+    text = second.log()
+    inside = (log_time(text, "is now ACTIVE") - log_time(text, "starting")).total_seconds()
+    print(f"restarted watchdog active {inside:.2f} s after it started ({wall:.2f} s after the kill, "
+          "session timeout 10 s)")
+    assert "closed the ZooKeeper session" in text, text
+    assert inside <= 1.0, text
+    assert wall < 5, "waited for the old session to expire"
+    assert second.stop() == 0
+    assert not list(state.glob("watchdog-*.session")), "a clean stop leaves no session behind"
+
+
+def test_two_watchdogs_on_one_host_keep_separate_session_files(env):
+    state = env.folder / "watchdog-state"
+    first = env.watchdog("first", "--state-directory", str(state))
+    wait_for(lambda: active(first), 20, "the first watchdog active")
+    second = env.watchdog("second", "--state-directory", str(state))
+    wait_for(lambda: "standing for election" in second.log(), 20, "the second standing by")
+    time.sleep(1)
+    assert active(first) and not active(second), "a standby never closes the live active one's session"
+    assert len(list(state.glob("watchdog-*.session"))) == 2

@@ -85,10 +85,10 @@ def test_management_client_errors_are_clear(services):
         ManagementClient([])
 
 
-def test_snapshot_reads_workers_stages_and_instant_depths(zk, conn_config, mq, unique_name):
+def test_snapshot_reads_workers_stages_and_instant_depths(zk_root, zk, conn_config, mq, unique_name):
     stage, output = unique_name("s"), unique_name("out")
-    make_stage(zk, mq, stage, dummy_stage_config(0.1), priority=2)
-    make_stage(zk, mq, output, None)
+    make_stage(zk_root, stage, dummy_stage_config(0.1), priority=2)
+    make_stage(zk_root, output, None)
     mq.created += [stage, output]
     zk.set(zk_paths.stage_avg_msg_time(stage), zk_paths.encode_float(0.25))
     zk.set(zk_paths.stage_switch_time(stage), zk_paths.encode_float(3.5))

@@ -27,8 +27,8 @@ def live(zk_root, zk, conn_config, tmp_path, unique_name):
     mq = MQSession(MQSettings.from_zookeeper(zk, conn_config), name="test-controller")
     mq.open(retry_for=10)
     stage, out = unique_name("stage"), unique_name("out")
-    make_stage(zk, mq, stage, dummy_stage_config(0.01))
-    make_stage(zk, mq, out, None)
+    make_stage(zk_root, stage, dummy_stage_config(0.01))
+    make_stage(zk_root, out, None)
     worker_id = unique_name("w")
     process = start_worker(zk_root, worker_id, tmp_path)
     wait_for(lambda: worker_connected(zk, worker_id)
@@ -66,7 +66,10 @@ def test_switch_makes_a_live_worker_process_the_stage(zk_root, zk, live):
 def test_switch_to_an_unknown_stage_is_refused(zk_root, zk, live):
     result = controller(zk_root, "-i", live["worker"], "no_such_stage")
     assert result.returncode == 1
-    assert "no configuration" in result.stderr
+    assert "not a processing stage: no config node" in result.stderr
+    assert worker_queue(zk, live["worker"]) == ""
+    output = controller(zk_root, "-i", live["worker"], live["out"])   # made by stage_config_manager --name out
+    assert output.returncode == 1 and "not a processing stage: empty config (output stage)" in output.stderr
     assert worker_queue(zk, live["worker"]) == ""
     assert controller(zk_root, "-i", "nobody", live["stage"]).returncode == 1
 

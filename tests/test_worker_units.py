@@ -9,7 +9,8 @@ import pytest
 
 from pero_worker.libs.config import ConfigError
 from pero_worker.libs.message_pb2 import ProcessingRequest
-from pero_worker.worker import stage_log, stats
+from pero_worker.libs import zk_paths
+from pero_worker.worker import stage_log, stage_setup, stats
 from pero_worker.worker.acks import AckTracker
 from pero_worker.worker.settings import build_parser, build_config
 
@@ -117,6 +118,46 @@ def test_prefetch_should_change(current, avg, change) -> None:
 
 def _config(argv: list[str]):
     return build_config(build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("samples,expected", [
+    ([], None),
+    ([0.001] * 7, None),
+    ([0.001] * 8, 0.001),
+    ([0.5, 0.001, 0.001, 0.001, 0.002, 0.002, 0.002, 0.002], 0.002),   # a slow first request does not count much
+    ([1, 2, 3, 4, 5, 6, 7, 8, 100], 4.5),                              # only the first EARLY_SAMPLES
+])
+def test_early_estimate(samples, expected) -> None:
+    assert stats.early_estimate(samples) == expected
+
+
+def test_a_fresh_stage_gets_a_local_estimate_after_its_first_requests() -> None:
+    """Issue 8.5: a fresh stage drained at prefetch 4 until the first ZooKeeper merge (~1.3 s); the worker now
+    re-subscribes after its first EARLY_SAMPLES requests."""
+    seen: list[tuple[str, float]] = []
+    reporter = stats.StatsReporter(zk=None, identifier="w", on_average=lambda stage, avg: seen.append((stage, avg)))
+    for _ in range(stats.EARLY_SAMPLES - 1):
+        reporter.record("fast", 0.0005)
+    assert seen == []
+    reporter.record("fast", 0.0005)
+    assert seen == [("fast", 0.0005)]
+    assert stats.prefetch_should_change(stats.choose_prefetch(None), seen[0][1]), "prefetch 4 -> 64"
+    for _ in range(50):
+        reporter.record("fast", 0.0005)
+    assert len(seen) == 1, "once per stage: later figures come from the ZooKeeper average"
+
+
+@pytest.mark.parametrize("now,transient,since,delay,retry_at,status,new_since", [
+    # a wrong configuration: retried after a minute (or when the stage changes)
+    (100.0, False, None, 0.0, 160.0, zk_paths.CONFIGURATION_FAILED, None),
+    (100.0, False, 90.0, 0.0, 160.0, zk_paths.CONFIGURATION_FAILED, None),
+    # a service unreachable: retried after the backoff delay, CONFIGURING while the grace lasts
+    (100.0, True, None, 0.25, 100.25, zk_paths.CONFIGURING, 100.0),
+    (120.0, True, 100.0, 2.0, 122.0, zk_paths.CONFIGURING, 100.0),
+    (130.0, True, 100.0, 2.0, 132.0, zk_paths.CONFIGURATION_FAILED, 100.0),   # 30 s: the watchdog may move it
+])
+def test_setup_retry(now, transient, since, delay, retry_at, status, new_since) -> None:
+    assert stage_setup.setup_retry(now, transient, since, delay) == stage_setup.SetupRetry(retry_at, status, new_since)
 
 
 def test_settings_defaults_and_overrides(tmp_path) -> None:

@@ -58,10 +58,16 @@ from ..libs import zk_paths
 
 DISABLED_PRIORITY = -1
 
-# Workers in these states process nothing and cannot be moved usefully.
+# Workers in these states process nothing and cannot be moved usefully.  CONNECTION_FAILED is the
+# original worker's word for a broker it cannot reach.
 UNUSABLE_STATUSES = frozenset({
-    zk_paths.DEAD, zk_paths.ZK_CONNECTION_FAILED, zk_paths.MQ_CONNECTION_FAILED,
+    zk_paths.DEAD, zk_paths.ZK_CONNECTION_FAILED, zk_paths.MQ_CONNECTION_FAILED, "CONNECTION_FAILED",
 })
+
+# A worker in one of these states with a stage in its queue node is not processing that stage: an original
+# worker goes IDLE when its queue runs empty (or PROCESSING_FAILED when its processing thread died) and only
+# looks at the queue again when its `queue` node is rewritten.  Ours are never IDLE with a stage.
+STALLED_STATUSES = frozenset({zk_paths.IDLE, zk_paths.PROCESSING_FAILED})
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,7 @@ class PlannerSettings:
     settle_messages: float = 4.0         # an emptied queue frees its workers after this many messages' time ...
     settle_min: float = 1.0              # ... but at least this long (prefetched requests are still in hand)
     settle_max: float = 4.0              # ... and at most this long
+    wake_interval: float = 2.0           # rewrite an idle worker's queue node at most this often
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,7 @@ class Move:
     to_queue: str
     unlock_time: float
     reason: str
+    wake_until: float = 0.0   # a wake (queue node rewritten, same stage): not woken again before this time
 
 
 @dataclass(frozen=True)
@@ -173,7 +181,10 @@ class _Planner:
                  settings: PlannerSettings, recent_moves: tuple[Move, ...] = ()) -> None:
         self.now = now
         # (from, to) pairs whose reverse rebalancing is blocked until the moved worker unlocks
-        self.blocked = {(m.to_queue, m.from_queue) for m in recent_moves if m.unlock_time > now}
+        self.blocked = {(m.to_queue, m.from_queue) for m in recent_moves
+                        if m.unlock_time > now and m.to_queue != m.from_queue}
+        # workers woken (queue node rewritten) within the wake interval: not woken again yet
+        self.woken = {m.worker_id for m in recent_moves if m.wake_until > now}
         self.settings = settings
         self.stages = stages
         self.workers = {w.worker_id: w for w in sorted(workers, key=lambda w: w.worker_id) if is_usable(w)}
@@ -191,8 +202,15 @@ class _Planner:
         return stage is not None and not stage.disabled
 
     def serves(self, worker: WorkerView) -> bool:
-        """True when the worker counts as processing its stage."""
-        return (self.servable(worker.queue) and worker.status != zk_paths.CONFIGURATION_FAILED)
+        """True when the worker counts as processing its stage.
+
+        A worker stalled on its stage (IDLE with a stage: an original worker whose queue ran empty) counts
+        only while it is locked, i.e. just assigned or woken and still taking the stage up."""
+        return (self.servable(worker.queue) and worker.status != zk_paths.CONFIGURATION_FAILED
+                and not (self.stalled(worker) and not self.locked(worker)))
+
+    def stalled(self, worker: WorkerView) -> bool:
+        return worker.status in STALLED_STATUSES and worker.queue != "" and self.servable(worker.queue)
 
     def is_free(self, worker: WorkerView) -> bool:
         if not self.serves(worker):
@@ -227,8 +245,12 @@ class _Planner:
     def move(self, worker: WorkerView, to_queue: str, reason: str) -> None:
         if self.serves(worker):
             self.count[worker.queue] -= 1
-        unlock = self.now + residence(self.stages[to_queue], self.settings) if to_queue else 0.0
-        self.moves.append(Move(worker.worker_id, worker.queue, to_queue, unlock, reason))
+        wake_until = 0.0
+        if to_queue and to_queue == worker.queue:   # a free stalled worker woken on its own stage
+            wake_until = unlock = self.now + self.settings.wake_interval
+        else:
+            unlock = self.now + residence(self.stages[to_queue], self.settings) if to_queue else 0.0
+        self.moves.append(Move(worker.worker_id, worker.queue, to_queue, unlock, reason, wake_until))
         moved = replace(worker, queue=to_queue, unlock_time=unlock, status=zk_paths.STARTING)
         self.workers[worker.worker_id] = moved
         self.moved.add(worker.worker_id)
@@ -276,6 +298,24 @@ class _Planner:
             if worker.queue and not self.servable(worker.queue):
                 why = "disabled" if worker.queue in self.stages else "unknown"
                 self.move(worker, "", f"stage {why}, nothing else to do")
+
+    # rule 0: wake stalled workers -------------------------------------------
+    def recently_woken(self, worker: WorkerView) -> bool:
+        return worker.worker_id in self.woken
+
+    def wake_stalled_workers(self) -> None:
+        """A stalled worker still locked on a stage with work gets its queue node rewritten (same stage):
+        that is how an original worker is told to look at its queue again.  (Unlocked stalled workers are
+        free and rule 1 assigns them, to their own stage too, which is the same rewrite.)"""
+        for worker in list(self.workers.values()):
+            if (self.stalled(worker) and self.locked(worker) and self.stages[worker.queue].ready > 0
+                    and not self.recently_woken(worker)):
+                wake_until = self.now + self.settings.wake_interval
+                unlock = max(worker.unlock_time, wake_until)   # a wake never shortens a lock
+                self.moves.append(Move(worker.worker_id, worker.queue, worker.queue, unlock,
+                                       "wake: idle on a stage with work (its queue node is rewritten)", wake_until))
+                self.workers[worker.worker_id] = replace(worker, unlock_time=unlock, status=zk_paths.STARTING)
+                self.moved.add(worker.worker_id)
 
     # rule 2: starving stages -----------------------------------------------
     def busy_workers(self, *, allow_locked: bool) -> list[WorkerView]:
@@ -371,6 +411,7 @@ def plan(workers: list[WorkerView], stages: dict[str, StageView], now: float,
     `recent_moves` are the moves of earlier rounds (only those still locked matter).
     """
     planner = _Planner(list(workers), dict(stages), now, settings, tuple(recent_moves))
+    planner.wake_stalled_workers()
     planner.assign_free_workers()
     planner.feed_starving()
     planner.rebalance()

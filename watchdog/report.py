@@ -56,6 +56,11 @@ def stages_table(snapshot: Snapshot, settings: PlannerSettings = PlannerSettings
                          "switch s", "work s", "drain s", "waiting"], rows)
 
 
+def other_stages_table(snapshot: Snapshot) -> str:
+    rows = [[name, reason] for name, reason in sorted(snapshot.other_stages.items())]
+    return format_table(["stage", "why"], rows)
+
+
 def moves_table(plan: Plan, now: float) -> str:
     if not plan.moves:
         return "(no moves)"
@@ -69,8 +74,10 @@ def describe(snapshot: Snapshot, plan: Plan, settings: PlannerSettings = Planner
         f"queue depths from: {snapshot.depth_source or 'nowhere (broker unreachable)'}",
         "", "WORKERS", workers_table(snapshot) if snapshot.workers else "(no workers registered)",
         "", "STAGES", stages_table(snapshot, settings) if snapshot.stages else "(no stages configured)",
-        "", "MOVES THE WATCHDOG WOULD MAKE", moves_table(plan, snapshot.time),
     ]
+    if snapshot.other_stages:
+        parts += ["", "NOT PROCESSING STAGES (never given a worker)", other_stages_table(snapshot)]
+    parts += ["", "MOVES THE WATCHDOG WOULD MAKE", moves_table(plan, snapshot.time)]
     if plan.waiting_since:
         parts += ["", "waiting_since changes: " + ", ".join(
             f"{stage}={'now' if since is not None else 'cleared'}" for stage, since in plan.waiting_since.items())]

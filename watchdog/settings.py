@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 from ..libs import zk_paths
@@ -17,9 +19,21 @@ DEFAULT_MANAGEMENT_INTERVAL = 5.0 # RabbitMQ's stats interval: polling faster ga
 DEFAULT_SESSION_TIMEOUT = 10.0    # a standby takes over within this after the active one dies
 
 
+STATE_DIRECTORY_ENV = "STATE_DIRECTORY"   # set by systemd's StateDirectory=
+
+
+def default_state_directory() -> Path:
+    """Where a watchdog keeps its session file: systemd's StateDirectory, else the XDG state folder."""
+    if os.environ.get(STATE_DIRECTORY_ENV):
+        return Path(os.environ[STATE_DIRECTORY_ENV].split(":")[0])
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "pero-worker"
+
+
 @dataclass(frozen=True)
 class WatchdogSettings:
     connection: ConnectionConfig
+    state_directory: Path = field(default_factory=default_state_directory)
     interval: float = DEFAULT_INTERVAL
     management_interval: float = DEFAULT_MANAGEMENT_INTERVAL
     session_timeout: float = DEFAULT_SESSION_TIMEOUT
@@ -34,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Assigns pero workers to stage queues by load. Several instances may run: one is "
                     "elected active, the others stand by and take over when it dies.",
         epilog="INI file: section [WATCHDOG] (or [WORKER]) with zookeeper_servers, username, password, "
-               "ca_cert; optional interval, session_timeout, starvation_timeout. Command-line options override "
-               "it. Exit codes: 0 stopped normally, 2 bad configuration, 3 ZooKeeper unreachable (--dry-run).",
+               "ca_cert; optional interval, session_timeout, starvation_timeout, state_directory. Command-line "
+               "options override it. Exit codes: 0 stopped normally, 2 bad configuration, 3 ZooKeeper "
+               "unreachable or refusing access (--dry-run).",
     )
     add_connection_arguments(parser)
     parser.add_argument("--dry-run", action="store_true",
@@ -45,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--session-timeout", type=float, metavar="SECONDS",
                         help=f"ZooKeeper session timeout: how fast a standby takes over (default "
                              f"{DEFAULT_SESSION_TIMEOUT:.0f})")
+    parser.add_argument("--state-directory", metavar="DIR",
+                        help="where the watchdog keeps its ZooKeeper session, so that a restart after a crash closes "
+                             "the dead predecessor's session at once instead of waiting for it to expire (default "
+                             "$STATE_DIRECTORY under systemd, else ~/.local/state/pero-worker)")
     parser.add_argument("-d", "--debug", action="store_true", help="debug output")
     return parser
 
@@ -73,6 +92,8 @@ def build_settings(args: argparse.Namespace) -> WatchdogSettings:
                            DEFAULT_INTERVAL),
         session_timeout=_positive(args.session_timeout if args.session_timeout is not None
                                   else ini.get("session_timeout"), "session_timeout", DEFAULT_SESSION_TIMEOUT),
+        state_directory=Path(args.state_directory or ini.get("state_directory") or default_state_directory())
+        .expanduser(),
         dry_run=args.dry_run,
         debug=args.debug,
         planner=planner,

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from ..libs import zk_paths
+from ..libs.backoff import Backoff
 from ..libs.config import ConnectionConfig
 from ..libs.mq import MQConnectionError, MQError, MQSession, MQSettings
 from ..libs.mq_management import ManagementClient, ManagementError, QueueStats
+from ..libs.stages import classify_stage_config
 from ..libs.zk import ZooKeeper
 from .planning import Plan, StageView, WorkerView
 
@@ -70,6 +72,7 @@ class Snapshot:
     workers: list[WorkerRecord] = field(default_factory=list)
     stages: dict[str, StageRecord] = field(default_factory=dict)
     depth_source: str = ""              # 'amqp+management', 'amqp', 'management' or '' (no depths)
+    other_stages: dict[str, str] = field(default_factory=dict)   # never served: stage -> why (output stage ...)
 
     @property
     def worker_views(self) -> list[WorkerView]:
@@ -105,14 +108,23 @@ def _optional_float(zk: ZooKeeper, path: str) -> float | None:
     return value if value >= 0 else None
 
 
-def read_stage_nodes(zk: ZooKeeper) -> dict[str, StageView]:
-    """Stages = children of /pero/queue that have a config node (the output stage has none)."""
-    stages = {}
+def read_stage_nodes(zk: ZooKeeper) -> tuple[dict[str, StageView], dict[str, str]]:
+    """(processing stages, other stages -> why they never get a worker).
+
+    Every child of /pero/queue is a stage, but only one whose config names a processor
+    (libs/stages.py) can be served: the output stage (empty config with our tool, no node
+    with the original's) must never receive a worker.
+    """
+    stages: dict[str, StageView] = {}
+    others: dict[str, str] = {}
     for name in zk.children(zk_paths.QUEUE_ROOT):
         try:
-            if not zk.exists(zk_paths.stage_config(name)):
-                continue
+            config = zk.get(zk_paths.stage_config(name))
         except ValueError:
+            continue
+        kind = classify_stage_config(config)
+        if not kind.processing:
+            others[name] = kind.reason
             continue
         try:
             priority = zk_paths.decode_priority(zk.get(zk_paths.stage_admin_priority(name)))
@@ -125,7 +137,7 @@ def read_stage_nodes(zk: ZooKeeper) -> dict[str, StageView]:
             admin_priority=priority,
             waiting_since=parse_iso(zk.get_text(zk_paths.stage_waiting_since(name))),
         )
-    return stages
+    return stages, others
 
 
 class StateReader:
@@ -142,6 +154,7 @@ class StateReader:
         self._management_stats: dict[str, QueueStats] | None = None
         self._management_read_at = -1e18
         self._mq_retry_at = 0.0
+        self._mq_backoff = Backoff(initial=0.5, cap=2.0)
         self._warned: set[str] = set()
         # stage -> epoch time its queue was first seen empty (-inf: empty since before we looked)
         self._empty_since: dict[str, float] = {}
@@ -175,9 +188,10 @@ class StateReader:
                 session = MQSession(MQSettings.from_zookeeper(self.zk, self.conn), name="pero-watchdog")
                 session.open(retry_for=0)
             except MQError as error:
-                self._mq_retry_at = now + 5.0
+                self._mq_retry_at = now + self._mq_backoff.delay()
                 self._warn_once("amqp", f"queue depths over AMQP unavailable ({error}); using the management API")
                 return None
+            self._mq_backoff.reset()
             self._session = session
         try:
             depths = {name: self._session.queue_length(name) for name in names}
@@ -189,7 +203,7 @@ class StateReader:
         except MQError as error:
             self._warn_once("amqp-queue", f"queue depth read failed: {error}")
             return None
-        self._recovered("amqp", "queue depths over AMQP available again")
+        self._recovered("amqp", "RabbitMQ connection restored: queue depths over AMQP available again")
         return depths
 
     # management side ---------------------------------------------------------------
@@ -214,12 +228,12 @@ class StateReader:
         return stats
 
     def snapshot(self, now: float, *, fresh_management: bool = False) -> Snapshot:
-        stage_nodes = read_stage_nodes(self.zk)
+        stage_nodes, other_stages = read_stage_nodes(self.zk)
         workers = read_workers(self.zk)
         names = sorted(stage_nodes)
         amqp = self._amqp_depths(names) if names else {}
         management = self._management_depths(force=fresh_management)
-        snapshot = Snapshot(time=now, workers=workers)
+        snapshot = Snapshot(time=now, workers=workers, other_stages=other_stages)
         sources = [label for label, present in (("amqp", amqp is not None), ("management", management is not None))
                    if present]
         snapshot.depth_source = "+".join(sources)

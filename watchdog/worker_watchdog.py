@@ -4,7 +4,10 @@
 Several instances may run; a kazoo Election (ZooKeeper) makes exactly one active.  When
 the active one dies its ZooKeeper session expires and a standby takes over within the
 session timeout (at once when it stops cleanly).  An instance that loses its session
-stops acting immediately and stands for election again.
+stops acting immediately and stands for election again.  Each instance keeps its session
+in a file under its state directory (libs/zk_session.py): a watchdog restarted after a
+crash closes its dead predecessor's session first, so it is active at once instead of
+waiting for that session to expire.
 
 Each round (every `interval` seconds) reads the state (state.py), asks the pure
 planner (planning.py) what to do and writes the moves (the workers' `queue` and
@@ -12,6 +15,7 @@ planner (planning.py) what to do and writes the moves (the workers' `queue` and
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -21,9 +25,11 @@ import threading
 import time
 from typing import Sequence
 
+from pero_worker.libs.backoff import Backoff
 from pero_worker.libs.daemon_logging import setup_daemon_logging
 from pero_worker.libs.config import ConfigError
-from pero_worker.libs.zk import KazooState, ZkConnectionError, ZooKeeper
+from pero_worker.libs.zk import KazooException, KazooState, ZkConnectionError, ZooKeeper, describe_zk_error
+from pero_worker.libs.zk_session import SessionFile, SessionFileBusy, close_stale_session
 from pero_worker.watchdog import report
 from pero_worker.watchdog.planning import Move, plan
 from pero_worker.watchdog.settings import ELECTION_PATH, WatchdogSettings, build_parser, build_settings
@@ -34,6 +40,8 @@ log = logging.getLogger("pero_worker.watchdog")
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_CONNECTION = 3
+
+SESSION_SLOTS = 16   # watchdogs of one ZooKeeper tree on one host, each with its own session file
 
 
 class Watchdog:
@@ -70,39 +78,100 @@ class Watchdog:
             self.suspended.clear()
 
     def _connect(self) -> ZooKeeper | None:
-        backoff = 1.0
+        backoff = Backoff(initial=0.5, cap=5.0)
+        last = ""
         while not self.stopping.is_set():
             try:
                 return ZooKeeper(self.settings.connection, session_timeout=self.settings.session_timeout).start()
             except ZkConnectionError as error:
-                log.error("%s; retrying in %.0f s", error, backoff)
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                delay = backoff.delay()
+                if str(error) != last:
+                    log.error("%s; retrying every %.0f s at most", error, backoff.cap)
+                    last = str(error)
+                self.stopping.wait(delay)
         return None
 
+    def _claim_session_file(self) -> SessionFile | None:
+        """The first free slot of this host's watchdogs for this ZooKeeper tree (several may run here).
+
+        A free slot whose file names a session belonged to a watchdog that died: that session is closed
+        once we are connected, so its election node goes at once instead of after the session timeout.
+        """
+        conn = self.settings.connection
+        key = hashlib.sha256(f"{sorted(map(str, conn.zookeeper_servers))}{conn.zookeeper_chroot or ''}"
+                             .encode()).hexdigest()[:12]
+        for slot in range(SESSION_SLOTS):
+            candidate = SessionFile(self.settings.state_directory, f"watchdog-{key}-{slot}")
+            try:
+                candidate.acquire()
+            except SessionFileBusy:
+                continue
+            except OSError as error:
+                log.warning("cannot keep the session in %s (%s): a restart after a crash waits for the old "
+                            "session to expire", self.settings.state_directory, error.strerror or error)
+                return None
+            return candidate
+        log.warning("more than %d watchdogs run here on this ZooKeeper tree; this one keeps no session file",
+                    SESSION_SLOTS)
+        return None
+
+    def _close_stale_session(self, zk: ZooKeeper, session_file: SessionFile) -> None:
+        stale = session_file.load()
+        if stale is not None and stale[0] != zk.session_id:
+            if close_stale_session(self.settings.connection, stale, timeout=3.0):
+                log.info("closed the ZooKeeper session 0x%x left by a watchdog that died here", stale[0])
+        session_file.save(zk.session_credentials)
+
     def run(self) -> int:
+        log.info("watchdog %s starting", self.identifier)
+        session_file = self._claim_session_file()
+        try:
+            return self._run(session_file)
+        finally:
+            if session_file is not None:
+                session_file.release()
+
+    def _run(self, session_file: SessionFile | None) -> int:
         zk = self._connect()
         if zk is None:
             return EXIT_OK
         self.zk = zk
         zk.add_state_listener(self._on_zk_state)
+        clean = False
         try:
+            if session_file is not None:
+                self._close_stale_session(zk, session_file)
+            backoff = Backoff(initial=0.5, cap=5.0)
+            last_reason = ""
             while not self.stopping.is_set():
                 self.session_lost.clear()
                 try:
+                    if session_file is not None:
+                        session_file.save(zk.session_credentials)   # a new session after an expiry
                     zk.ensure_path(ELECTION_PATH)
                     self._election = zk.election(ELECTION_PATH, self.identifier)
                     if self.stopping.is_set():
                         break
                     log.info("watchdog %s standing for election", self.identifier)
                     self._election.run(self._lead)
-                except Exception as error:  # connection loss, cancelled election, expired session
+                except Exception as error:  # connection loss, cancelled election, expired session, NoAuth
                     if self.stopping.is_set():
                         break
-                    log.warning("election interrupted (%s: %s); standing again", type(error).__name__, error)
-                    self.stopping.wait(1.0)
+                    reason = describe_zk_error(error) if isinstance(error, KazooException) else \
+                        f"{type(error).__name__}: {error}"
+                    if reason != last_reason:
+                        log.warning("election interrupted (%s); standing again (every %.0f s at most)",
+                                    reason, backoff.cap)
+                        last_reason = reason
+                    self.stopping.wait(backoff.delay())
+                else:
+                    backoff.reset()
+                    last_reason = ""
+            clean = True
         finally:
             zk.stop()   # closes the session: the election node goes at once and a standby takes over
+            if clean and session_file is not None:
+                session_file.clear()
         log.info("watchdog %s stopped after %d rounds as active", self.identifier, self.rounds)
         return EXIT_OK
 
@@ -121,8 +190,9 @@ class Watchdog:
                         failures = 0
                     except Exception as error:  # ZooKeeper hiccup, a node removed under us ...
                         failures += 1
-                        log.error("planning round failed (%s: %s)", type(error).__name__, error,
-                                  exc_info=self.settings.debug)
+                        reason = describe_zk_error(error) if isinstance(error, KazooException) else \
+                            f"{type(error).__name__}: {error}"
+                        log.error("planning round failed (%s)", reason, exc_info=self.settings.debug)
                         if failures >= 3:
                             self.stopping.wait(min(5.0, failures * self.settings.interval))
                 elapsed = time.monotonic() - started
@@ -165,6 +235,9 @@ def dry_run(settings: WatchdogSettings) -> int:
         contenders = zk.election(ELECTION_PATH, "dry-run").contenders() if zk.exists(ELECTION_PATH) else []
         print(f"\nwatchdog instances: {', '.join(contenders) if contenders else 'none running'}"
               + (f" (active: {contenders[0]})" if contenders else ""))
+    except KazooException as error:   # e.g. NoAuth: a secured tree read without credentials
+        log.error("%s", describe_zk_error(error))
+        return EXIT_CONNECTION
     finally:
         reader.close()
         zk.stop()

@@ -28,7 +28,8 @@ from typing import Any, Callable
 
 from ..libs import zk_paths
 from ..libs.mq import DEAD_LETTER_QUEUE, Delivery, MQConnectionError, MQError, MQSession, MQSettings, PublishOutcome
-from ..libs.zk import KazooException, KazooState, ZooKeeper
+from ..libs.backoff import Backoff
+from ..libs.zk import KazooException, KazooState, ZooKeeper, describe_zk_error
 from . import routing, stats
 from .acks import AckTracker
 from .log_shipping import LogShipper
@@ -36,7 +37,7 @@ from .processing import Outcome, ProcessingThread, StageContext, reroute_after_r
 from .registration import DuplicateWorkerError, Registration, SessionStore
 from .settings import WorkerConfig
 from .stage_log import RequestLogCapture
-from .stage_setup import StageLoader, StageSetupError, is_processing_error
+from .stage_setup import CONFIG_RETRY_INTERVAL, StageLoader, StageSetupError, is_processing_error, setup_retry
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ EXIT_DUPLICATE = 3
 PUMP_INTERVAL = 0.25
 # A stopping worker finishes in-flight requests for at most this long; the rest are redelivered by the broker.
 STOP_GRACE = 1.2
-CONFIG_RETRY_INTERVAL = 60.0
+# Backoff of transient stage set-up failures (stage_setup.setup_retry decides the rest).
+TRANSIENT_RETRY = dict(initial=0.25, cap=2.0)
 
 
 @dataclass(frozen=True)
@@ -89,14 +91,21 @@ class WorkerDaemon:
         self._active: Target | None = None          # what the processing thread is configured for
         self._configuring: Target | None = None
         self._failed: Target | None = None
-        self._failed_at = 0.0
+        self._retry_at = 0.0                    # when to try the failed target again
+        self._failed_transient = False          # failing transiently, still within TRANSIENT_GRACE
+        self._transient_since: float | None = None
+        self._last_setup_error = ""
+        self._setup_backoff = Backoff(**TRANSIENT_RETRY)
         self._consuming: str | None = None
         self._prefetch = 0
         self._resubscribe = False
         self._averages: dict[str, float] = {}
         self._mq_retry_at = 0.0
-        self._mq_delay = 0.5
+        # Capped at 1 s: the worker consumes again within ~1.5 s of the broker coming back (jitter spreads
+        # the reconnects of many workers after a broker restart).
+        self._mq_backoff = Backoff(initial=0.2, cap=1.0)
         self._last_mq_error = ""
+        self._dead_letter_problem: str | None = None
         self._zk_session_lost = False
         # Set by signal handlers (a plain assignment: no locks in a handler); checked every loop.
         self.signalled: str | None = None
@@ -226,11 +235,10 @@ class WorkerDaemon:
 
     def _zk_state(self, state: str) -> None:
         # Runs on the main loop: kazoo's listener only posted the state (it must not block kazoo's thread).
+        # libs/zk.py logs the outage and the recovery; here only what they mean for this worker.
         if state == KazooState.LOST:
-            log.warning("ZooKeeper session lost; ephemeral registration is gone until the session is renewed")
+            log.warning("the worker's registration is gone with the session; it is restored on reconnection")
             self._zk_session_lost = True
-        elif state == KazooState.SUSPENDED:
-            log.warning("ZooKeeper connection suspended; reconnecting")
         elif state == KazooState.CONNECTED:
             self._after_zk_reconnect()
 
@@ -270,20 +278,22 @@ class WorkerDaemon:
             settings = MQSettings.from_zookeeper(self.zk, self.config.connection)
             session = MQSession(settings, name=f"pero-worker {self.worker_id}")
             session.open(retry_for=0)
-            session.declare_plain_queue(DEAD_LETTER_QUEUE)
+            problem = session.declare_shared_queue(DEAD_LETTER_QUEUE)
         except (MQError, KazooException) as error:
-            text = str(error) or type(error).__name__
+            text = describe_zk_error(error) if isinstance(error, KazooException) else str(error)
             if text != self._last_mq_error:
-                log.error("%s (retrying with backoff)", text)
+                log.error("%s (retrying every %.1f s at most)", text, self._mq_backoff.cap)
                 self._last_mq_error = text
             self._set_status(zk_paths.MQ_CONNECTION_FAILED)
-            self._mq_retry_at = now + self._mq_delay
-            self._mq_delay = min(self._mq_delay * 2, 15.0)
+            self._mq_retry_at = now + self._mq_backoff.delay()
             return
+        if problem and problem != self._dead_letter_problem:
+            log.warning("dead-letter queue: %s", problem)
+        self._dead_letter_problem = problem
         if self._last_mq_error:
-            log.info("connected to RabbitMQ")
+            log.info("RabbitMQ connection restored (%s)", ", ".join(str(server) for server in settings.servers))
         self._last_mq_error = ""
-        self._mq_delay = 0.5
+        self._mq_backoff.reset()
         self._session = session
         if self.shipper is not None:
             self.shipper.set_settings(settings)
@@ -305,8 +315,7 @@ class WorkerDaemon:
         self.processing.take_waiting()
         self._consuming = None
         self._set_status(zk_paths.MQ_CONNECTION_FAILED)
-        self._mq_retry_at = time.monotonic() + self._mq_delay
-        self._mq_delay = min(self._mq_delay * 2, 15.0)
+        self._mq_retry_at = time.monotonic() + self._mq_backoff.delay()
 
     # --- stage life cycle ----------------------------------------------------------------------------
 
@@ -321,7 +330,7 @@ class WorkerDaemon:
 
     def _steady_status(self) -> str:
         if self._failed is not None:
-            return zk_paths.CONFIGURATION_FAILED
+            return zk_paths.CONFIGURING if self._failed_transient else zk_paths.CONFIGURATION_FAILED
         if self._configuring is not None:
             return zk_paths.CONFIGURING
         return zk_paths.PROCESSING if self._consuming else zk_paths.IDLE
@@ -344,15 +353,21 @@ class WorkerDaemon:
             else:
                 self._set_status(zk_paths.IDLE)
             return
-        if self._failed is not None and self._failed == target \
-                and time.monotonic() - self._failed_at < CONFIG_RETRY_INTERVAL:
+        if self._failed is not None and self._failed == target and time.monotonic() < self._retry_at:
             return
         self._configure(target)
 
     def _configure(self, target: Target) -> None:
+        if self._failed != target:   # a new target: a new series of attempts
+            self._setup_backoff.reset()
+            self._transient_since = None
+            self._last_setup_error = ""
+        # A retry after the transient grace keeps reporting CONFIGURATION_FAILED (no flicker every attempt).
+        still_failed = self._failed == target and self._transient_since is not None and not self._failed_transient
         self._configuring = target
         self._failed = None
-        self._set_status(zk_paths.CONFIGURING if target.stage else zk_paths.IDLE)
+        if not still_failed:
+            self._set_status(zk_paths.CONFIGURING if target.stage else zk_paths.IDLE)
         if target.stage:
             log.info("configuring stage %s (version %s)", target.stage, target.version or "-")
 
@@ -369,7 +384,7 @@ class WorkerDaemon:
             try:
                 processor, version, seconds = self.loader.load(target.stage)
             except StageSetupError as error:
-                self.post("configured", target, None, str(error), 0.0)
+                self.post("configured", target, None, str(error), 0.0, error.transient)
                 return
             except Exception as error:   # a bug must not leave the worker waiting for this job forever
                 log.debug("stage set-up failed", exc_info=True)
@@ -379,15 +394,17 @@ class WorkerDaemon:
             self.post("configured", target, version, "", seconds)
         self.processing.run_job(job)
 
-    def _configured(self, target: Target, version: str | None, error: str, seconds: float) -> None:
+    def _configured(self, target: Target, version: str | None, error: str, seconds: float,
+                    transient: bool = False) -> None:
         self._configuring = None
         if error:
-            log.error("cannot take up stage %s: %s", target.stage, error)
             self._active = None
             self._failed = target
-            self._failed_at = time.monotonic()
-            self._set_status(zk_paths.CONFIGURATION_FAILED)
+            self._set_status(self._setup_failed(error, transient))
             return
+        self._transient_since = None
+        self._setup_backoff.reset()
+        self._last_setup_error = ""
         if not target.stage:
             self._active = None
             self._set_status(zk_paths.IDLE)
@@ -398,6 +415,23 @@ class WorkerDaemon:
             stats.record_switch_time(self.zk, target.stage, seconds, self.worker_id)
         except Exception as error:   # statistics are best effort
             log.warning("could not record the switch time of stage %s: %s", target.stage, error)
+
+    def _setup_failed(self, error: str, transient: bool) -> str:
+        """Schedule the next attempt at a stage whose set-up failed; returns the status to report."""
+        stage = self._failed.stage if self._failed else "?"
+        decision = setup_retry(time.monotonic(), transient, self._transient_since,
+                               self._setup_backoff.delay() if transient else 0.0)
+        self._retry_at = decision.retry_at
+        self._transient_since = decision.transient_since
+        self._failed_transient = transient and decision.status == zk_paths.CONFIGURING
+        if not transient:
+            log.error("cannot take up stage %s: %s (next attempt in %.0f s or when the stage changes)",
+                      stage, error, CONFIG_RETRY_INTERVAL)
+        elif error != self._last_setup_error:
+            log.warning("cannot take up stage %s yet: %s (a service is unreachable; retrying every %.1f s at most)",
+                        stage, error, self._setup_backoff.cap)
+            self._last_setup_error = error
+        return decision.status
 
     def _start_consuming(self, stage: str) -> None:
         assert self._session is not None
@@ -419,11 +453,9 @@ class WorkerDaemon:
             self._mq_lost(error)
             return
         except MQError as error:
-            log.error("cannot consume stage %s: %s", stage, error)
             self._failed = self._target()
-            self._failed_at = time.monotonic()
             self._active = None
-            self._set_status(zk_paths.CONFIGURATION_FAILED)
+            self._set_status(self._setup_failed(f"cannot consume: {error}", transient=False))
             if self._session is not None and not self._session.is_open:
                 self._mq_lost(error)
             return

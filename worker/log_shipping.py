@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 
+from ..libs.backoff import Backoff
 from ..libs.mq import MQConnectionError, MQError, MQSession, MQSettings, PublishOutcome
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,9 @@ class LogShipper(logging.Handler):
 
     def _run(self) -> None:
         session: MQSession | None = None
-        delay = 0.5
+        backoff = Backoff(initial=0.5, cap=5.0)
         last_complaint = 0.0
+        queue_problem: str | None = None   # said once, not at every reconnect
         while True:
             if self._stop.is_set() and (session is None or not self.buffered
                                         or time.monotonic() > self._stop_deadline):
@@ -116,21 +118,23 @@ class LogShipper(logging.Handler):
                 try:
                     session.open(retry_for=0)
                     try:
-                        session.declare_plain_queue(self.queue_name)
+                        problem = session.declare_shared_queue(self.queue_name)
                     except MQConnectionError:
                         raise
                     except MQError as error:
-                        log.warning("log queue %r: %s (shipping anyway)", self.queue_name, error)
-                    delay = 0.5
+                        problem = f"{error} (shipping anyway)"
+                    if problem and problem != queue_problem:
+                        log.warning("log queue %r: %s", self.queue_name, problem)
+                    queue_problem = problem
+                    backoff.reset()
                 except MQError as error:
                     session = None
                     if time.monotonic() - last_complaint > 60:
                         last_complaint = time.monotonic()
                         log.warning("log shipping paused: %s (retrying; %d lines dropped so far)",
                                     error, self.dropped)
-                    if self._stop.wait(delay):
+                    if self._stop.wait(backoff.delay()):
                         break
-                    delay = min(delay * 2, 10.0)
                     continue
             lines = self._take(BATCH)
             if not lines:

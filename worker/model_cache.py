@@ -222,7 +222,7 @@ class ModelCache:
 
     def _fetch(self, stage: str, version: str, remote_path: str, stage_dir: Path, key: str,
                sftp_factory: Callable[[], "SftpClient"], progress: Progress | None) -> CachedModel:
-        from ..libs.sftp import SftpConnectError, SftpError, SftpNotFoundError   # lazy: pulls in paramiko
+        from ..libs.sftp import SftpAuthError, SftpConnectError, SftpError, SftpNotFoundError  # lazy: paramiko
 
         started = time.monotonic()
         downloads = stage_dir / "downloads"
@@ -237,6 +237,8 @@ class ModelCache:
                 size = sftp.download(remote_path, archive_path, progress=progress or _LoggedProgress(remote_path))
         except SftpNotFoundError:
             raise ModelCacheError(f"{what} not found on the SFTP server", transient=False) from None
+        except SftpAuthError as error:   # retrying a refused login every few seconds helps nobody
+            raise ModelCacheError(f"cannot fetch {what}: {error}", transient=False) from None
         except SftpConnectError as error:
             raise ModelCacheError(f"cannot fetch {what}: {error}", transient=True) from None
         except SftpError as error:

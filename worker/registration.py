@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import logging
-import os
 from pathlib import Path
 
 from ..libs import zk_paths
-from ..libs.config import ConnectionConfig
-from ..libs.zk import NodeExistsError, NoNodeError, ZkConnectionError, ZooKeeper
+from ..libs.zk import NodeExistsError, NoNodeError, ZooKeeper
+from ..libs.zk_session import SessionFile, SessionFileBusy, close_stale_session  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -35,80 +33,19 @@ class DuplicateWorkerError(Exception):
     """Another live worker uses this id; the message says which session or lock holds it."""
 
 
-class SessionStore:
-    """The per-id lock file and saved ZooKeeper session in the cache directory."""
+class SessionStore(SessionFile):
+    """The per-id lock file and saved ZooKeeper session in the cache directory (libs/zk_session.py)."""
 
     def __init__(self, cache_dir: Path, worker_id: str) -> None:
-        self.directory = cache_dir / ".workers"   # dot: never a stage folder of the model cache
-        self.lock_path = self.directory / f"{worker_id}.lock"
-        self.session_path = self.directory / f"{worker_id}.session"
-        self._lock_fd: int | None = None
+        super().__init__(cache_dir / ".workers", worker_id)   # dot: never a stage folder of the model cache
 
     def acquire(self) -> None:
         """Take the per-id lock for the life of this process (DuplicateWorkerError when held)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = ""
-            with contextlib.suppress(OSError):
-                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            os.close(fd)
-            raise DuplicateWorkerError(
-                f"another worker process{' (pid ' + holder + ')' if holder else ''} with this id is running "
-                f"on this host (it holds {self.lock_path})") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
-
-    def release(self, *, remove: bool = False) -> None:
-        """remove=True for one-off ids (fresh uuid): nobody will look for this lock again."""
-        if self._lock_fd is not None:
-            if remove:
-                with contextlib.suppress(OSError):
-                    self.lock_path.unlink()
-            with contextlib.suppress(OSError):
-                os.close(self._lock_fd)
-            self._lock_fd = None
-
-    def load(self) -> tuple[int, bytes] | None:
-        try:
-            text = self.session_path.read_text(encoding="ascii").split()
-            return int(text[0], 16), bytes.fromhex(text[1])
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def save(self, credentials: tuple[int, bytes] | None) -> None:
-        if credentials is None:
-            return
-        session_id, password = credentials
-        temporary = self.session_path.with_suffix(".session.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
-            handle.write(f"{session_id:x} {password.hex()}\n")
-        os.replace(temporary, self.session_path)
-
-    def clear(self) -> None:
-        with contextlib.suppress(OSError):
-            self.session_path.unlink()
-
-
-def close_stale_session(config: ConnectionConfig, credentials: tuple[int, bytes], *, timeout: float = 5.0) -> bool:
-    """Close a dead predecessor's ZooKeeper session so its ephemeral nodes go now, not after the timeout.
-
-    Returns True when the session was still alive and is now closed.  An
-    expired session is simply gone: kazoo then opens (and we close) a fresh one.
-    """
-    session = ZooKeeper(config, timeout=timeout, client_id=credentials)
-    try:
-        session.start()
-    except ZkConnectionError as error:
-        log.debug("could not resume the previous session: %s", error)
-        return False
-    resumed = session.session_id == credentials[0]
-    session.stop()
-    return resumed
+            super().acquire()
+        except SessionFileBusy as error:
+            raise DuplicateWorkerError(f"another worker process with this id is running on this host ({error})") \
+                from None
 
 
 def utc_now_iso() -> str:

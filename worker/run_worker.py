@@ -12,7 +12,7 @@ import time
 from typing import Sequence
 
 from pero_worker.libs.config import ConfigError
-from pero_worker.libs.zk import KazooException, ZkConnectionError, ZooKeeper
+from pero_worker.libs.zk import KazooException, NoAuthError, ZkConnectionError, ZooKeeper, describe_zk_error
 from pero_worker.worker.daemon import EXIT_DUPLICATE, EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, WorkerDaemon
 from pero_worker.worker.log_shipping import LogShipper
 from pero_worker.worker.model_cache import clean_interrupted
@@ -111,8 +111,11 @@ def run(config: WorkerConfig, stop: _Stop) -> int:
         clean_exit = code == EXIT_OK
         log.info("worker %s stopped", config.worker_id)
         return code
+    except NoAuthError as error:   # missing or wrong credentials for a secured tree: a configuration problem
+        log.error("%s", describe_zk_error(error))
+        return EXIT_USAGE
     except KazooException as error:
-        log.error("ZooKeeper failed: %s", error or type(error).__name__)
+        log.error("%s", describe_zk_error(error))
         return EXIT_UNEXPECTED
     finally:
         if zk is not None:

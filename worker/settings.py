@@ -18,7 +18,8 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 
 EXIT_CODES_HELP = ("exit codes: 0 stopped cleanly (signal or enabled=false), 1 unexpected error, "
-                   "2 bad arguments or configuration, 3 another live worker already uses this id")
+                   "2 bad arguments or configuration (ZooKeeper refusing access included), "
+                   "3 another live worker already uses this id")
 
 
 @dataclass(frozen=True)

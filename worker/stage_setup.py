@@ -13,13 +13,50 @@ from pathlib import Path
 
 from ..libs import zk_paths
 from ..libs.config import ConnectionConfig
-from ..libs.zk import ZooKeeper
+from ..libs.zk import KazooException, ZooKeeper, describe_zk_error
 
 log = logging.getLogger(__name__)
 
 
 class StageSetupError(Exception):
-    """The stage cannot be taken up; the message says why (shown to the operator, status CONFIGURATION_FAILED)."""
+    """The stage cannot be taken up; the message says why (shown to the operator).
+
+    `transient`: a service was unreachable or a transfer broke (SFTP down, ZooKeeper connection lost,
+    local disk full): trying again soon may work, and the worker does.  Otherwise the stage's
+    configuration itself is wrong and it is retried only when it changes (or after a long pause).
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+# A stage whose configuration is wrong is tried again only after this long (or when it changes).
+CONFIG_RETRY_INTERVAL = 60.0
+# A transient failure (SFTP or ZooKeeper unreachable, transfer broken) is retried with a short capped backoff so
+# the stage is ready within seconds of the service coming back.  The worker stays CONFIGURING for TRANSIENT_GRACE
+# seconds (the watchdog leaves it alone), then reports CONFIGURATION_FAILED (the watchdog may use it elsewhere);
+# the retries go on either way.
+TRANSIENT_GRACE = 30.0
+
+
+@dataclass(frozen=True)
+class SetupRetry:
+    retry_at: float
+    status: str
+    transient_since: float | None   # start of the current run of transient failures (None: not transient)
+
+
+def setup_retry(now: float, transient: bool, transient_since: float | None, delay: float) -> SetupRetry:
+    """When to try a failed stage set-up again and which status to report meanwhile (pure).
+
+    `delay` is the next transient backoff delay; `transient_since` the start of the current run
+    of transient failures, if any."""
+    if not transient:
+        return SetupRetry(now + CONFIG_RETRY_INTERVAL, zk_paths.CONFIGURATION_FAILED, None)
+    since = now if transient_since is None else transient_since
+    status = zk_paths.CONFIGURING if now - since < TRANSIENT_GRACE else zk_paths.CONFIGURATION_FAILED
+    return SetupRetry(now + delay, status, since)
 
 
 @dataclass(frozen=True)
@@ -63,7 +100,11 @@ class StageLoader:
     def load(self, stage: str) -> tuple[object, str, float]:
         """(processor, version, seconds it took); StageSetupError with the reason on any failure."""
         started = time.monotonic()
-        nodes = read_stage_nodes(self.zk, stage)
+        try:
+            nodes = read_stage_nodes(self.zk, stage)
+        except KazooException as error:
+            raise StageSetupError(f"stage {stage!r}: {describe_zk_error(error)}", transient=True) from None
+        from .model_cache import ModelCacheError  # lazy: pulls in paramiko
         from .processors import StageConfigError, build_processor  # lazy: may pull in pero-ocr/torch
         model_dir: Path | None = None
         try:
@@ -73,7 +114,11 @@ class StageLoader:
             processor = build_processor(nodes.config, model_dir, device=self.device)
         except StageConfigError as error:
             raise StageSetupError(f"stage {stage!r}: {error}") from None
-        except Exception as error:   # SFTP, model cache, pero-ocr: the message is what the operator needs
+        except ModelCacheError as error:
+            raise StageSetupError(f"stage {stage!r}: {error}", transient=error.transient) from None
+        except KazooException as error:   # the SFTP server list is read from ZooKeeper
+            raise StageSetupError(f"stage {stage!r}: {describe_zk_error(error)}", transient=True) from None
+        except Exception as error:   # pero-ocr and the rest: the message is what the operator needs
             raise StageSetupError(f"stage {stage!r}: {error or type(error).__name__}") from None
         return processor, nodes.version, time.monotonic() - started
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """End-to-end demo: OCR the bundled sample pages through the real pipeline (`make demo`).
 
 What it does, as an operator would by hand:
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-services", action="store_true", help="leave the local services running")
     args = parser.parse_args(argv)
 
-    from pero_worker.scripts import local_services
+    from pero_worker.dev import local_services
 
     examples = sorted(p for p in Path(args.examples).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not examples:
@@ -220,7 +219,3 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
         if not services_were_up and not args.keep_services:
             local_services.stop_services()
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

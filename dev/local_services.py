@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Local core services for tests, `make services` and the demo: ZooKeeper, OpenSSH SFTP, RabbitMQ.
 
     python scripts/local_services.py start [--replace-foreign-zookeeper]
@@ -47,9 +46,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from base64 import b64encode
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_DIR = REPO / "run"
@@ -741,7 +740,3 @@ def main(argv: list[str] | None = None) -> int:
         say(f"error: {error}")
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

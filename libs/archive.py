@@ -26,9 +26,10 @@ import tarfile
 import uuid
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 # Member kinds understood by check_member.
 FILE = "file"

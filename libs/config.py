@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .addresses import DEFAULT_PORTS, Address, parse_address_list
+from pero_worker.libs.addresses import DEFAULT_PORTS, Address, parse_address_list
 
 PASSWORD_ENV = "PERO_PASSWORD"
 PASSWORD_FILE_ENV = "PERO_PASSWORD_FILE"
@@ -116,7 +116,8 @@ def split_chroot(entries: list[str]) -> tuple[list[str], str | None]:
     """Take a kazoo-style '/chroot' suffix off a server list ('h1:2181,h2:2181/tenant')."""
     chroot = None
     cleaned = []
-    for entry in entries:
+    for given in entries:
+        entry = given
         if "/" in entry:
             entry, _, path = entry.partition("/")
             path = "/" + path.strip().strip("/")

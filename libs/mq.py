@@ -21,20 +21,21 @@ import socket
 import ssl
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import pika
 import pika.exceptions as pex
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from pika.adapters.utils import io_services_utils as _pika_io
 
-from . import zk_paths
-from .addresses import DEFAULT_PORTS, Address, parse_address
+from pero_worker.libs import zk_paths
+from pero_worker.libs.addresses import DEFAULT_PORTS, Address, parse_address
 
 if TYPE_CHECKING:
-    from .config import ConnectionConfig
-    from .zk import ZooKeeper
+    from pero_worker.libs.config import ConnectionConfig
+    from pero_worker.libs.zk import ZooKeeper
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class MQSettings:
     heartbeat: int = 30
 
     @classmethod
-    def from_zookeeper(cls, zk: "ZooKeeper", conn: "ConnectionConfig", **overrides: Any) -> "MQSettings":
+    def from_zookeeper(cls, zk: ZooKeeper, conn: ConnectionConfig, **overrides: Any) -> MQSettings:
         """Broker addresses come from ZooKeeper; credentials and CA from the process config."""
         default_port = DEFAULT_PORTS["amqps" if conn.use_tls else "amqp"]
         servers = []
@@ -179,9 +180,7 @@ def _is_permanent(error: BaseException) -> bool:
     inner = error.args[0] if isinstance(error, pex.AMQPConnectionError) and error.args else error
     if isinstance(inner, ssl.SSLCertVerificationError):
         return True
-    if isinstance(inner, pex.ConnectionClosedByBroker) and inner.reply_code in (403, 530):
-        return True
-    return False
+    return isinstance(inner, pex.ConnectionClosedByBroker) and inner.reply_code in (403, 530)
 
 
 class MQSession:
@@ -266,7 +265,7 @@ class MQSession:
             except Exception:  # closing a broken connection may raise anything
                 pass
 
-    def __enter__(self) -> "MQSession":
+    def __enter__(self) -> MQSession:
         if not self.is_open:
             self.open(retry_for=0)
         return self

@@ -51,7 +51,7 @@ def zookeeper_refused_character(name: str) -> str | None:
     for char in name:
         code = ord(char)
         if (code == 0 or code <= 0x1F or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xF8FF
-                or 0xFFF0 <= code):
+                or code >= 0xFFF0):
             return char
     return None
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
-from . import rotation
+from pero_worker.log_daemon import rotation
 
 log = logging.getLogger(__name__)
 

@@ -13,18 +13,21 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import ocr_model_factory  # tests/ helper: pytest puts tests/ on sys.path (rootdir conftest)
 import pytest
 from lxml import etree
 
 from pero_worker.libs.message_pb2 import ProcessingRequest
-from pero_worker.worker import processors
 from pero_worker.worker.processors import (
-    ProcessingError, StageConfigError, build_processor, parse_stage_config, select_processor_kind,
+    ProcessingError,
+    StageConfigError,
+    build_processor,
+    dummy,
+    images,
+    parse_stage_config,
+    pero_ocr_stage,
+    select_processor_kind,
 )
-from pero_worker.worker.processors import dummy, images, pero_ocr_stage
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ocr_model_factory  # noqa: E402  (tests/ helper, not a package)
 
 PAGE_NS = "{http://schema.primaresearch.org/PAGE/gts/pagecontent/2019-07-15}"
 

@@ -5,8 +5,8 @@ import dataclasses
 import datetime
 import hashlib
 import io
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -14,14 +14,14 @@ from types import SimpleNamespace
 
 import pytest
 
+from pero_worker.dev.local_services import SFTP_HOME, write_server_lists
 from pero_worker.libs import zk_paths
 from pero_worker.libs.addresses import Address
 from pero_worker.libs.mq import MQError, MQSession, MQSettings
 from pero_worker.libs.sftp import SftpClient, SftpSettings
 from pero_worker.libs.zk import ZooKeeper
-from pero_worker.scripts import stage_config_manager as scm
-from pero_worker.scripts.cli_common import validate_stage_name
-from pero_worker.scripts.local_services import SFTP_HOME, write_server_lists
+from pero_worker.tools import stage_config as scm
+from pero_worker.tools.cli import validate_stage_name
 
 NOW = datetime.datetime(2024, 5, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
 CONFIG = "[PAGE_PARSER]\nRUN_LAYOUT_PARSER = yes\n\n[WORKER]\nDUMMY = TRUE\nTIME_SCALE = 0\n"

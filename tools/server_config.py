@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Manage the server lists every part of the suite reads from ZooKeeper.
 
 Workers, the watchdog and the tools find RabbitMQ, its management API and the
@@ -11,16 +10,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from pero_worker.libs import zk_paths
 from pero_worker.libs.addresses import DEFAULT_PORTS, parse_address_list
 from pero_worker.libs.config import add_connection_arguments
+from pero_worker.libs.exit_codes import ExitCode
 from pero_worker.libs.zk import NodeExistsError
-from pero_worker.scripts.cli_common import (
-    EXIT_CODES_HELP, EXIT_OK, EXIT_USAGE, CliError, add_debug_argument, build_connection_config,
-    connect_zookeeper, run_main,
+from pero_worker.tools.cli import (
+    EXIT_CODES_HELP,
+    CliError,
+    add_debug_argument,
+    build_connection_config,
+    connect_zookeeper,
+    run_main,
 )
 
 
@@ -101,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
         try:
             additions[kind.option] = canonical_addresses(raw, kind.tls_port if use_tls else kind.port)
         except ValueError as error:
-            raise CliError(f"--add-{kind.option}-servers: {error}", EXIT_USAGE) from None
+            raise CliError(f"--add-{kind.option}-servers: {error}", ExitCode.USAGE) from None
     removals = {kind.option: getattr(args, f"rm_{kind.option}_servers") for kind in KINDS}
     listings = {kind.option: getattr(args, f"list_{kind.option}_servers") for kind in KINDS}
     if not any(additions.values()) and not any(removals.values()) and not any(listings.values()):
@@ -118,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
                 delete, missing = plan_removal(removals[kind.option], present,
                                                kind.tls_port if use_tls else kind.port)
             except ValueError as error:
-                raise CliError(f"--rm-{kind.option}-servers: {error}", EXIT_USAGE) from None
+                raise CliError(f"--rm-{kind.option}-servers: {error}", ExitCode.USAGE) from None
             for name in delete:
                 zk.delete(f"{kind.path}/{name}")
                 print(f"removed {kind.option} server {name}")
@@ -141,12 +145,8 @@ def _run(args: argparse.Namespace) -> int:
                     print(f"  {name}")
     finally:
         zk.stop()
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_main(_run, build_parser(), argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

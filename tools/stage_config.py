@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Create, update, list, show and delete processing stages.
 
 A stage is three things that must agree: a RabbitMQ queue named as the stage,
@@ -21,18 +20,25 @@ import os
 import posixpath
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from pero_worker.libs import zk_paths
 from pero_worker.libs.config import ConnectionConfig, add_connection_arguments
+from pero_worker.libs.exit_codes import ExitCode
 from pero_worker.libs.mq import MQError, MQSession
+from pero_worker.libs.sftp import SftpAuthError, SftpClient, SftpConnectError, SftpError, SftpSettings
 from pero_worker.libs.stages import classify_stage_config, is_processing_stage
-from pero_worker.libs.sftp import SftpClient, SftpConnectError, SftpError, SftpSettings
 from pero_worker.libs.zk import ZooKeeper
-from pero_worker.scripts.cli_common import (
-    EXIT_CODES_HELP, EXIT_CONNECTION, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, add_debug_argument,
-    build_connection_config, connect_zookeeper, open_mq, run_main, validate_stage_name,
+from pero_worker.tools.cli import (
+    EXIT_CODES_HELP,
+    CliError,
+    add_debug_argument,
+    build_connection_config,
+    connect_zookeeper,
+    open_mq,
+    run_main,
+    validate_stage_name,
 )
 
 ARCHIVE_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar.bz2", ".tar", ".zip")
@@ -198,16 +204,16 @@ def _check_arguments(args: argparse.Namespace) -> None:
     chosen = [name for name, value in (("--name", args.name), ("--list", args.list), ("--show", args.show),
                                        ("--delete", args.delete)) if value]
     if len(chosen) != 1:
-        raise CliError("give exactly one of --name, --list, --show, --delete (see --help)", EXIT_USAGE)
+        raise CliError("give exactly one of --name, --list, --show, --delete (see --help)", ExitCode.USAGE)
     if not args.name:
         for flag, value in (("--config", args.stage_config), ("--file", args.file),
                             ("--remote-path", args.remote_path), ("--version", args.version),
                             ("--keep-version", args.keep_version),
                             ("--administrative-priority", args.administrative_priority is not None)):
             if value:
-                raise CliError(f"{flag} only works with --name", EXIT_USAGE)
+                raise CliError(f"{flag} only works with --name", ExitCode.USAGE)
     if (args.keep_config or args.force) and not args.delete:
-        raise CliError("--keep-config and --force only work with --delete", EXIT_USAGE)
+        raise CliError("--keep-config and --force only work with --delete", ExitCode.USAGE)
 
 
 def _read_config_file(path: str) -> str:
@@ -215,13 +221,13 @@ def _read_config_file(path: str) -> str:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
     except OSError as error:
-        raise CliError(f"cannot read stage config {path}: {error.strerror}", EXIT_USAGE) from None
+        raise CliError(f"cannot read stage config {path}: {error.strerror}", ExitCode.USAGE) from None
     except UnicodeDecodeError:
-        raise CliError(f"stage config {path} is not UTF-8 text", EXIT_USAGE) from None
+        raise CliError(f"stage config {path} is not UTF-8 text", ExitCode.USAGE) from None
     try:
         return validate_config_text(text, path)
     except ValueError as error:
-        raise CliError(str(error), EXIT_USAGE) from None
+        raise CliError(str(error), ExitCode.USAGE) from None
 
 
 def _sha256_file(path: str) -> str:
@@ -237,7 +243,9 @@ def _sftp_client(zk: ZooKeeper, conn: ConnectionConfig) -> SftpClient:
 
 
 def _sftp_exit_code(error: SftpError) -> int:
-    return EXIT_CONNECTION if isinstance(error, SftpConnectError) else EXIT_FAILURE
+    if isinstance(error, SftpAuthError):
+        return ExitCode.ACCESS_REFUSED
+    return ExitCode.UNREACHABLE if isinstance(error, SftpConnectError) else ExitCode.FAILED
 
 
 def _upload_model(zk: ZooKeeper, conn: ConnectionConfig, local: str, remote: str) -> None:
@@ -270,7 +278,7 @@ def _require_remote(zk: ZooKeeper, conn: ConnectionConfig, remote: str) -> None:
     except SftpError as error:
         raise CliError(f"cannot check {remote} on SFTP: {error}", _sftp_exit_code(error)) from None
     if not present:
-        raise CliError(f"{remote} does not exist on the SFTP server (upload it with --file)", EXIT_FAILURE)
+        raise CliError(f"{remote} does not exist on the SFTP server (upload it with --file)", ExitCode.FAILED)
 
 
 def write_priority(zk: ZooKeeper, stage: str, priority: int) -> None:
@@ -312,17 +320,17 @@ def _create_or_update(args: argparse.Namespace) -> int:
     try:
         stage = validate_stage_name(args.name)
     except ValueError as error:
-        raise CliError(str(error), EXIT_USAGE) from None
+        raise CliError(str(error), ExitCode.USAGE) from None
     # Everything local is checked before any server is touched.
     config_text = _read_config_file(args.stage_config) if args.stage_config else None
     if args.file and not os.path.isfile(args.file):
-        raise CliError(f"model archive not found: {args.file}", EXIT_USAGE)
+        raise CliError(f"model archive not found: {args.file}", ExitCode.USAGE)
     if args.file and not is_archive_name(args.file):
-        raise CliError(f"{args.file} is not a model archive ({', '.join(ARCHIVE_SUFFIXES)})", EXIT_USAGE)
+        raise CliError(f"{args.file} is not a model archive ({', '.join(ARCHIVE_SUFFIXES)})", ExitCode.USAGE)
     try:
         remote = resolve_remote_path(stage, args.file, args.remote_path)
     except ValueError as error:
-        raise CliError(str(error), EXIT_USAGE) from None
+        raise CliError(str(error), ExitCode.USAGE) from None
 
     conn = build_connection_config(args, args.connection_config)
     zk = connect_zookeeper(conn)
@@ -367,7 +375,7 @@ def _create_or_update(args: argparse.Namespace) -> int:
             and update.version is None:
         details.append("nothing changed; queue checked")
     print(f"stage {stage} {what}" + (f" ({', '.join(details)})" if details else ""))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _stage_queue_depths(zk: ZooKeeper, conn: ConnectionConfig, stages: Sequence[str]) -> dict[str, str]:
@@ -397,7 +405,7 @@ def _list(args: argparse.Namespace) -> int:
         stages = zk.children(zk_paths.QUEUE_ROOT)
         if not stages:
             print("no stages configured")
-            return EXIT_OK
+            return ExitCode.OK
         depths = _stage_queue_depths(zk, conn, stages)
         rows = []
         for stage in stages:
@@ -415,7 +423,7 @@ def _list(args: argparse.Namespace) -> int:
         zk.stop()
     print(format_table(["STAGE", "KIND", "VERSION", "PRIORITY", "QUEUED", "MODEL"], rows))
     print("(KIND output: no processing config, never given a worker; PRIORITY -1: disabled)")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -426,9 +434,9 @@ def _show(args: argparse.Namespace) -> int:
         try:
             root = zk_paths.stage_root(stage)
         except ValueError as error:
-            raise CliError(str(error), EXIT_USAGE) from None
+            raise CliError(str(error), ExitCode.USAGE) from None
         if not zk.exists(root):
-            raise CliError(f"stage {stage!r} does not exist", EXIT_FAILURE)
+            raise CliError(f"stage {stage!r} does not exist", ExitCode.FAILED)
         depth = _stage_queue_depths(zk, conn, [stage])[stage]
         avg = zk.get(zk_paths.stage_avg_msg_time(stage))
         kind = classify_stage_config(zk.get(zk_paths.stage_config(stage)))
@@ -457,7 +465,7 @@ def _show(args: argparse.Namespace) -> int:
     print("config:" if config.strip() else "config: (empty: output stage)")
     if config.strip():
         print(config.rstrip("\n"))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _workers_on(zk: ZooKeeper, stage: str) -> list[str]:
@@ -470,7 +478,7 @@ def _delete(args: argparse.Namespace) -> int:
     try:
         validate_stage_name(stage)
     except ValueError as error:
-        raise CliError(str(error), EXIT_USAGE) from None
+        raise CliError(str(error), ExitCode.USAGE) from None
     conn = build_connection_config(args, args.connection_config)
     zk = connect_zookeeper(conn)
     try:
@@ -480,7 +488,7 @@ def _delete(args: argparse.Namespace) -> int:
             length = mq.queue_length(stage)
             if length and not args.force:
                 raise CliError(f"queue {stage!r} still holds {length} request(s); they would be lost. "
-                               "Let them be processed, or use --force", EXIT_FAILURE)
+                               "Let them be processed, or use --force", ExitCode.FAILED)
             if length is None:
                 print(f"queue {stage} does not exist")
             else:
@@ -492,7 +500,7 @@ def _delete(args: argparse.Namespace) -> int:
         if workers:
             print(f"warning: worker(s) still assigned to {stage}: {', '.join(workers)}", file=sys.stderr)
         if args.keep_config:
-            return EXIT_OK
+            return ExitCode.OK
         if zk.delete(zk_paths.stage_root(stage), recursive=True):
             print(f"deleted ZooKeeper nodes of {stage}")
         else:
@@ -506,7 +514,7 @@ def _delete(args: argparse.Namespace) -> int:
                 _remove_remote(zk, conn, remote)
     finally:
         zk.stop()
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _remove_remote(zk: ZooKeeper, conn: ConnectionConfig, remote: str) -> None:
@@ -534,7 +542,3 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_main(_run, build_parser(), argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Processing statistics of a folder downloaded by `publisher.py --download`.
 
 Each request folder holds `request_info.txt` (written by the publisher) with one line per
@@ -20,9 +19,9 @@ import os
 import re
 import statistics
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Iterable, Sequence
 
 INFO_FILE = "request_info.txt"   # scripts/publisher.py INFO_FILE
 
@@ -186,7 +185,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n{len(records)} requests, {failed} with a failed stage"
           + (f", {len(problems)} folders skipped" if problems else ""))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

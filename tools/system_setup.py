@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Set up a secure pero-worker deployment: certificates, passwords, engine configs; start and configure the engines.
 
     python scripts/system_setup.py -z ZK_HOST -s MQ_HOST -f SFTP_HOST [-o config] [-d data]
@@ -46,9 +45,9 @@ from pathlib import Path
 
 from pero_worker.libs.addresses import format_address, parse_address
 from pero_worker.libs.config import PASSWORD_ENV
-from pero_worker.scripts.deploy import native, pki, postconfig, render
-from pero_worker.scripts.deploy.layout import DEFAULT_PORTS, DIST_PORT_OFFSET, Layout, Settings
-from pero_worker.scripts.deploy.secrets_store import SecretError, ensure_password, write_private
+from pero_worker.tools.deploy import native, pki, postconfig, render
+from pero_worker.tools.deploy.layout import DEFAULT_PORTS, DIST_PORT_OFFSET, Layout, Settings
+from pero_worker.tools.deploy.secrets_store import SecretError, ensure_password, write_private
 
 log = logging.getLogger("system_setup")
 ADMIN_PASSWORD_ENV = "PERO_ADMIN_PASSWORD"
@@ -487,7 +486,3 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", error)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

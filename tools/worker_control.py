@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Inspect and steer workers: status table, queue table, switch a worker's stage, shut one down,
 remove the record of a dead one.
 
@@ -11,15 +10,21 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from pero_worker.libs import zk_paths
 from pero_worker.libs.config import ConnectionConfig, add_connection_arguments
+from pero_worker.libs.exit_codes import ExitCode
 from pero_worker.libs.stages import classify_stage_config
 from pero_worker.libs.zk import ZooKeeper
-from pero_worker.scripts.cli_common import (
-    EXIT_CODES_HELP, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, add_debug_argument, build_connection_config,
-    connect_zookeeper, run_main, validate_stage_name,
+from pero_worker.tools.cli import (
+    EXIT_CODES_HELP,
+    CliError,
+    add_debug_argument,
+    build_connection_config,
+    connect_zookeeper,
+    run_main,
+    validate_stage_name,
 )
 from pero_worker.watchdog.report import format_table, seconds
 from pero_worker.watchdog.settings import ELECTION_PATH
@@ -59,7 +64,7 @@ def _require_worker(zk: ZooKeeper, worker_id: str) -> None:
     try:
         root = zk_paths.worker_root(worker_id)
     except ValueError as error:
-        raise CliError(str(error), EXIT_USAGE) from None
+        raise CliError(str(error), ExitCode.USAGE) from None
     if not zk.exists(root):
         known = zk.children(zk_paths.WORKER_STATUS_ROOT)
         hint = f"; known workers: {', '.join(known)}" if known else "; no workers are registered"
@@ -82,7 +87,7 @@ def status(zk: ZooKeeper) -> int:
     contenders = zk.election(ELECTION_PATH, "controller").contenders() if zk.exists(ELECTION_PATH) else []
     print(f"\nwatchdog: {'active ' + contenders[0] if contenders else 'none running'}"
           + (f", {len(contenders) - 1} standing by" if len(contenders) > 1 else ""))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def queues(zk: ZooKeeper, conn: ConnectionConfig) -> int:
@@ -93,7 +98,7 @@ def queues(zk: ZooKeeper, conn: ConnectionConfig) -> int:
         reader.close()
     if not snapshot.stages and not snapshot.other_stages:
         print("no stages configured")
-        return EXIT_OK
+        return ExitCode.OK
     by_stage: dict[str, list[str]] = {}
     for record in snapshot.workers:
         if record.view.connected and record.view.queue:
@@ -114,7 +119,7 @@ def queues(zk: ZooKeeper, conn: ConnectionConfig) -> int:
             f"{name} ({reason})" for name, reason in sorted(snapshot.other_stages.items())))
     if snapshot.depth_source != "amqp+management":
         print(f"\n(queue depths from: {snapshot.depth_source or 'nowhere: broker unreachable'})")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def switch(zk: ZooKeeper, worker_id: str, stage: str, *, lock: float, force: bool) -> int:
@@ -123,7 +128,7 @@ def switch(zk: ZooKeeper, worker_id: str, stage: str, *, lock: float, force: boo
         try:
             validate_stage_name(stage)
         except ValueError as error:
-            raise CliError(str(error), EXIT_USAGE) from None
+            raise CliError(str(error), ExitCode.USAGE) from None
         kind = classify_stage_config(zk.get(zk_paths.stage_config(stage)))
         if not kind.processing and not force:
             raise CliError(f"stage {stage!r} is not a processing stage: {kind.reason} (see stage_config_manager.py "
@@ -137,7 +142,7 @@ def switch(zk: ZooKeeper, worker_id: str, stage: str, *, lock: float, force: boo
     zk.set_text(zk_paths.worker_unlock_time(worker_id), format_iso(time.time() + max(0.0, lock)))
     zk.set_text(zk_paths.worker_queue(worker_id), stage)
     print(f"worker {worker_id} -> {stage or 'no stage'}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def shutdown(zk: ZooKeeper, worker_id: str, *, wait: float) -> int:
@@ -151,7 +156,7 @@ def shutdown(zk: ZooKeeper, worker_id: str, *, wait: float) -> int:
                 raise CliError(f"worker {worker_id} is still connected after {wait:.0f} s")
             time.sleep(0.2)
         print(f"worker {worker_id} has disconnected")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def remove(zk: ZooKeeper, worker_id: str) -> int:
@@ -160,7 +165,7 @@ def remove(zk: ZooKeeper, worker_id: str) -> int:
         raise CliError(f"worker {worker_id} is connected (alive); shut it down first (-d {worker_id})")
     zk.delete(zk_paths.worker_root(worker_id), recursive=True)
     print(f"worker {worker_id} record removed")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -178,14 +183,10 @@ def _run(args: argparse.Namespace) -> int:
             return shutdown(zk, args.shutdown, wait=args.wait)
         if args.remove:
             return remove(zk, args.remove)
-        return EXIT_FAILURE
+        return ExitCode.FAILED
     finally:
         zk.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_main(_run, build_parser(), argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,8 +12,8 @@ import logging
 import threading
 import time
 
-from ..libs.backoff import Backoff
-from ..libs.mq import MQConnectionError, MQError, MQSession, MQSettings, PublishOutcome
+from pero_worker.libs.backoff import Backoff
+from pero_worker.libs.mq import MQConnectionError, MQError, MQSession, MQSettings, PublishOutcome
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ import datetime as dt
 import logging
 from pathlib import Path
 
-from ..libs import zk_paths
-from ..libs.zk import NodeExistsError, NoNodeError, ZooKeeper
-from ..libs.zk_session import SessionFile, SessionFileBusy, close_stale_session  # noqa: F401 (re-exported)
+from pero_worker.libs import zk_paths
+from pero_worker.libs.zk import NodeExistsError, NoNodeError, ZooKeeper
+from pero_worker.libs.zk_session import SessionFile, SessionFileBusy, close_stale_session  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 

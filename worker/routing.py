@@ -17,12 +17,12 @@ Rules:
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from google.protobuf.message import DecodeError
 
-from ..libs.message_pb2 import ProcessingRequest
+from pero_worker.libs.message_pb2 import ProcessingRequest
 
 # StageLog.status words written by the worker.
 STATUS_OK = "OK"

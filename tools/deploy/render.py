@@ -12,12 +12,11 @@ import hashlib
 import json
 import os
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from pero_worker.libs.addresses import format_address
-
-from .layout import Layout, Settings
+from pero_worker.tools.deploy.layout import Layout, Settings
 
 RABBIT_HASHING = "rabbit_password_hashing_sha256"
 ZK_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"

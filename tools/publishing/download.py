@@ -1,16 +1,10 @@
-#!/usr/bin/env python3
-"""Upload images as processing requests, and download finished requests.
+"""Download finished requests from the output stage: one folder per request, acked only once durable.
 
-Upload (scripts/publisher_upload.py): one ProcessingRequest per image, published
-persistent to the first stage's queue, counted only when the broker confirmed
-it; files over the broker's maximum message size are refused one by one, and
-every file not uploaded is named.
-
-Download: consume the output queue and write each request to its own folder.
+Consume the output queue and write each request to its own folder.
 Every name in a request is untrusted and goes through libs/safe_names, so no
 file can land outside the download folder.  Requests are acked in batches,
 only after the batch is on disk (files written, folders renamed into place, the
-filesystem synced, uuids committed to the on-disk index, scripts/download_index.py),
+filesystem synced, uuids committed to the on-disk index, download_index.py),
 so a crash loses nothing: unacked requests come again, and a folder whose uuid
 never reached the index is rewritten rather than trusted.  Requests already in
 the index are skipped.  Symbolic links in the download folder are never followed.
@@ -28,89 +22,36 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from google.protobuf.message import DecodeError
 
-from pero_worker.libs.config import add_connection_arguments
+from pero_worker.libs.exit_codes import ExitCode
 from pero_worker.libs.message_pb2 import ProcessingRequest
-from pero_worker.libs.message_size import parse_byte_size
 from pero_worker.libs.mq import Delivery, MQConnectionError, MQError
 from pero_worker.libs.safe_names import dedup_key, deduplicate, request_folder_name, safe_file_name
-from pero_worker.scripts.download_index import INDEX_FILE, DownloadIndex, DownloadIndexError  # noqa: F401
-from pero_worker.scripts.publisher_upload import (  # noqa: F401  (re-exported: the upload half of this tool)
-    UploadStats, Uploader, build_request, list_upload_files, upload,
+from pero_worker.tools.cli import (
+    CliError,
+    build_connection_config,
+    connect_zookeeper,
+    log,
+    open_mq,
+    validate_stage_name,
 )
-from pero_worker.scripts.cli_common import (
-    EXIT_CODES_HELP, EXIT_CONNECTION, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError,
-    add_debug_argument, build_connection_config, connect_zookeeper, log, open_mq, run_main, validate_stage_name,
+from pero_worker.tools.publishing.download_index import INDEX_FILE, DownloadIndex, DownloadIndexError  # noqa: F401
+from pero_worker.tools.publishing.upload import (  # noqa: F401  (re-exported: the upload half of this tool)
+    Uploader,
+    UploadStats,
+    build_request,
+    list_upload_files,
+    upload,
 )
 
 TEMP_PREFIX = ".tmp-"                    # half-written request folders (removed at start)
 UNPARSABLE_FOLDER = "_unparsable"        # raw bodies that are not a ProcessingRequest
 INFO_FILE = "request_info.txt"
 PREFETCH = 128                           # download: deliveries in flight = largest batch made durable at once
-MAX_MESSAGE_SIZE_ENV = "PERO_MAX_MESSAGE_SIZE"
-
-
-# --- command line -----------------------------------------------------------------
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="publisher.py",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="""Upload images for processing, or download the processed requests.
-
-upload:    --stages S1 [S2 ...] out  (--images FILE ... | --directory DIR)  [-y PRIORITY]
-  One request per image, sent to the queue of the first stage; the last stage is the output
-  stage you download from. Every stage queue must exist (stage_config_manager.py --name STAGE).
-  A file over the broker's maximum message size is refused (one line naming it and the limit)
-  and the others go on; the limit is --max-message-size, else learnt from the broker (its
-  version's default, read from the management API, or the limit it names when it refuses a
-  message). Every file not uploaded is named at the end, with the reason.
-  Exit code 1 when any file was not uploaded (unreadable, too large, refused by the broker).
-
-download:  --download out --directory DIR [--keep-running]
-  Writes DIR/<image name>_<short uuid>/ per request: every result file, request_info.txt
-  (uuid, page uuid, priority, start time, stages and their statuses) and <stage>.log per stage.
-  Result names are sanitised: nothing is ever written outside DIR. Requests already downloaded
-  (by uuid, remembered in DIR/.pero_downloaded.sqlite3) are skipped. Symbolic links in DIR are
-  never followed (a request whose folder name is taken by one gets the next free name).
-  Without --keep-running it stops when the queue is empty; with it, it waits for more until Ctrl-C.
-""",
-        epilog=EXIT_CODES_HELP,
-    )
-    add_connection_arguments(parser)
-    parser.add_argument("-t", "--stages", nargs="+", metavar="STAGE",
-                        help="processing stages of the uploaded requests, output stage last")
-    parser.add_argument("-i", "--images", nargs="+", default=[], metavar="FILE", help="images to upload")
-    parser.add_argument("-r", "--directory", metavar="DIR",
-                        help="upload: every file in DIR (not recursive, hidden files skipped); "
-                             "download: where to write results (created if missing)")
-    parser.add_argument("-y", "--priority", type=int, default=0, help="request priority (0 or 1, default 0)")
-    parser.add_argument("-d", "--download", metavar="QUEUE", help="output stage (queue) to download from")
-    parser.add_argument("-k", "--keep-running", action="store_true",
-                        help="download: keep waiting for new requests until Ctrl-C")
-    parser.add_argument("--idle-timeout", type=float, default=2.0, metavar="SECONDS",
-                        help="download: stop after the queue has been empty this long (default 2)")
-    parser.add_argument("--max-message-size", type=_byte_size, metavar="BYTES",
-                        default=os.environ.get(MAX_MESSAGE_SIZE_ENV) or None,
-                        help="upload: the broker's max_message_size, when it is not the default of its version "
-                             f"(bytes, or e.g. 256MiB; default ${MAX_MESSAGE_SIZE_ENV}, else read from the broker)")
-    parser.add_argument("--manifest", metavar="FILE",
-                        help="upload: append one JSON line per uploaded file to FILE: "
-                             '{"uuid": ..., "page_uuid": ..., "file": ...} (find a file\'s results by uuid)')
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_debug_argument(parser)
-    return parser
-
-
-def _byte_size(text: str) -> int:
-    try:
-        return parse_byte_size(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 # --- pure helpers -------------------------------------------------------------------
@@ -248,7 +189,7 @@ class DownloadStats:
     duplicates: int = 0
     unparsable: int = 0
 
-    def merge(self, other: "DownloadStats") -> None:
+    def merge(self, other: DownloadStats) -> None:
         self.downloaded += other.downloaded
         self.failed_requests += other.failed_requests
         self.duplicates += other.duplicates
@@ -397,13 +338,13 @@ def download(args: argparse.Namespace) -> int:
     try:
         validate_stage_name(queue)
     except ValueError as error:
-        raise CliError(str(error), EXIT_USAGE) from None
+        raise CliError(str(error), ExitCode.USAGE) from None
     try:
         downloader = Downloader(args.directory)
     except DownloadIndexError as error:
-        raise CliError(f"cannot use download folder {args.directory}: {error}", EXIT_USAGE) from None
+        raise CliError(f"cannot use download folder {args.directory}: {error}", ExitCode.USAGE) from None
     except OSError as error:
-        raise CliError(f"cannot use download folder {args.directory}: {error}", EXIT_USAGE) from None
+        raise CliError(f"cannot use download folder {args.directory}: {error}", ExitCode.USAGE) from None
 
     conn = build_connection_config(args)
     zk = connect_zookeeper(conn)
@@ -432,7 +373,7 @@ def download(args: argparse.Namespace) -> int:
                disable=True if args.no_progress else None)
     try:
         if session.queue_length(queue) is None:
-            raise CliError(f"queue {queue!r} does not exist", EXIT_FAILURE)
+            raise CliError(f"queue {queue!r} does not exist", ExitCode.FAILED)
         last_message = time.monotonic()
 
         def on_message(delivery: Delivery) -> None:
@@ -487,30 +428,6 @@ def download(args: argparse.Namespace) -> int:
     if failure:
         error = failure[0]
         if isinstance(error, MQConnectionError):
-            raise CliError(f"download stopped: {error}", EXIT_CONNECTION)
-        raise CliError(f"download stopped: {error}", EXIT_FAILURE)
-    return EXIT_FAILURE if stats.unparsable else EXIT_OK
-
-
-def _run(args: argparse.Namespace) -> int:
-    if bool(args.download) == bool(args.stages):
-        raise CliError("give either --stages ... (upload) or --download QUEUE (download); see --help", EXIT_USAGE)
-    if args.download:
-        if not args.directory:
-            raise CliError("--download needs --directory DIR", EXIT_USAGE)
-        if args.images:
-            raise CliError("--images only works with --stages (upload)", EXIT_USAGE)
-        if args.manifest:
-            raise CliError("--manifest only works with --stages (upload)", EXIT_USAGE)
-        return download(args)
-    if args.keep_running:
-        raise CliError("--keep-running only works with --download", EXIT_USAGE)
-    return upload(args)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(_run, build_parser(), argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+            raise CliError(f"download stopped: {error}", ExitCode.UNREACHABLE)
+        raise CliError(f"download stopped: {error}", ExitCode.FAILED)
+    return ExitCode.FAILED if stats.unparsable else ExitCode.OK

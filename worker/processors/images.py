@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from . import ProcessingError
+from pero_worker.worker.processors import ProcessingError
 
 if TYPE_CHECKING:
     import numpy as np
-    from ...libs.message_pb2 import Data
+
+    from pero_worker.libs.message_pb2 import Data
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ def _describe(name: str) -> str:
     return repr(shown)
 
 
-def find_image(results: Sequence["Data"]) -> tuple[int, "Data"]:
+def find_image(results: Sequence[Data]) -> tuple[int, Data]:
     """(index, Data) of the first result whose content is an image; ProcessingError when there is none."""
     for index, data in enumerate(results):
         if image_format(data.content) is not None:
@@ -71,6 +73,7 @@ def find_image(results: Sequence["Data"]) -> tuple[int, "Data"]:
 def _pixels_from_header(data: bytes, name: str) -> tuple[int, int] | None:
     """(width, height) read from the header only, without decoding; None when Pillow cannot tell."""
     import warnings
+
     from PIL import Image
     try:
         with warnings.catch_warnings():
@@ -83,7 +86,7 @@ def _pixels_from_header(data: bytes, name: str) -> tuple[int, int] | None:
         return None
 
 
-def decode_image(data: bytes, name: str = "") -> "np.ndarray":
+def decode_image(data: bytes, name: str = "") -> np.ndarray:
     """The image as an H x W x 3 uint8 BGR array (what pero-ocr's cv2.imread(path, 1) gives).
 
     ProcessingError when it cannot be decoded or is absurdly large/small.
@@ -112,7 +115,7 @@ def decode_image(data: bytes, name: str = "") -> "np.ndarray":
     return image
 
 
-def _decode_with_pillow(data: bytes) -> "np.ndarray | None":
+def _decode_with_pillow(data: bytes) -> np.ndarray | None:
     """Formats or variants this OpenCV build cannot read (animated GIF, some JPEG 2000 ...)."""
     import numpy as np
     from PIL import Image

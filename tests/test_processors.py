@@ -390,7 +390,7 @@ def test_existing_page_xml_under_another_name_is_written_back(ocr_model, ocr_pro
 
 
 @pytest.mark.parametrize("results,match", [
-    ((("page.png", b"\x89PNG\r\n\x1a\n" + b"junk" * 50),), "is not an image"),
+    ((("page.png", _encoded(".png")[:33] + b"junk" * 50),), "is not an image"),   # PNG header, damaged data
     ((("notes.txt", b"hello"),), "is an image"),
     ((("page.png", None), ("page.png_page.xml", b"<not-page/>")), "not a usable PAGE XML"),
     ((("page.png", None), ("page.png_page.xml", b"<?xml version='1.0'?><!DOCTYPE x [<!ENTITY e SYSTEM "

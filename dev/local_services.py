@@ -317,7 +317,7 @@ def zk_config_text() -> str:
         # Many short test sessions: keep the transaction logs from growing without bound.
         "autopurge.snapRetainCount=3",
         "autopurge.purgeInterval=1",
-        # SASL DIGEST-MD5 login is accepted (SPEC 8) but not required: plain clients still work.
+        # SASL DIGEST-MD5 login is accepted (docs/protocol.md §4) but not required: plain clients still work.
         "authProvider.1=org.apache.zookeeper.server.auth.SASLAuthenticationProvider",
         "",
     ])

@@ -1,6 +1,6 @@
 """Safe unpacking of untrusted model archives (.tar.xz, .tar.gz, .tgz, .tar.bz2, .tar, .zip).
 
-A stage's model archive comes from SFTP and is untrusted (SPEC.md section 8).
+A stage's model archive comes from SFTP and is untrusted (docs/protocol.md §5).
 Two rules keep it harmless:
 
 * every member is judged by the pure function `check_member` (plus the

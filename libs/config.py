@@ -46,7 +46,7 @@ class ConnectionConfig:
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser, *, config_required: bool = False) -> None:
-    """The options every tool shares (SPEC.md section 7).
+    """The options every tool shares (docs/protocol.md §6, §7).
 
     Precedence everywhere: command line, then the environment (PERO_ZK, PERO_USER, PERO_PASSWORD,
     PERO_PASSWORD_FILE: what `scripts/local_services.py env` exports), then the INI file."""

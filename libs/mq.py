@@ -6,7 +6,7 @@ message, which is what capped the original system at ~100 requests/s.  Here
 confirms are asynchronous: `publish()` returns at once and the outcome
 (confirmed, returned as unroutable, or nacked) is delivered to a callback while
 the owner thread runs `pump()`.  Callers ack their input only from that
-callback, which keeps the at-least-once guarantee (SPEC section 3).
+callback, which keeps the at-least-once guarantee (docs/protocol.md §3).
 
 Thread rules: every method except `wake()` and `call_threadsafe()` must be
 called from the thread that called `open()`.  Connection loss surfaces as

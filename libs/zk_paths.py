@@ -1,4 +1,4 @@
-"""ZooKeeper layout and status words (SPEC.md section 4).
+"""ZooKeeper layout and status words (docs/protocol.md §4).
 
 Every part of the suite builds node paths through these helpers so that the
 layout lives in exactly one place.  The layout is a wire-compatibility fact:

@@ -173,7 +173,7 @@ delete:  -d/--delete STAGE    delete the queue, the ZooKeeper nodes and the mode
                "tool). " + EXIT_CODES_HELP,
     )
     add_connection_arguments(parser)
-    # -c/--config is the stage config here (SPEC section 7); the connection INI moves to --connection-config.
+    # -c/--config is the stage config here (docs/protocol.md §6); the connection INI moves to --connection-config.
     parser.add_argument("--connection-config", metavar="INI",
                         help="INI file with zookeeper_servers, username, ... ([TOOLS] or [WORKER] section)")
     stage = parser.add_argument_group("create / update")

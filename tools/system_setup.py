@@ -12,7 +12,7 @@ writes into the config directory (what servers and clients read):
     zookeeper/                   zoo.cfg (TLS-only port, SASL required), java.env, jaas.conf, key/trust stores
     rabbitmq/                    rabbitmq.conf (AMQPS + HTTPS management only), definitions.json, env file
     sftp/sshd_config             OpenSSH server: SFTP only, one user, password login
-    worker.ini watchdog.ini logd.ini   INI files for the daemons (SPEC section 6)
+    worker.ini watchdog.ini logd.ini   INI files for the daemons (docs/protocol.md §6)
     docker.env                   variables for scripts/services-docker-compose.yaml
 and into the data directory: the engines' databases, logs, pid files and the SFTP files.
 

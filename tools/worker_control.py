@@ -1,7 +1,7 @@
 """Inspect and steer workers: status table, queue table, switch a worker's stage, shut one down,
 remove the record of a dead one.
 
-Everything goes through the workers' ZooKeeper nodes (SPEC section 4): a switch writes
+Everything goes through the workers' ZooKeeper nodes (docs/protocol.md §4): a switch writes
 `queue` (and `unlock_time`, so the watchdog leaves the worker there for a while), a
 shutdown writes `enabled = false`, which running workers obey within seconds.
 """

@@ -1,4 +1,4 @@
-"""The worker's presence in ZooKeeper (SPEC section 4) and the refusal of duplicate ids.
+"""The worker's presence in ZooKeeper (docs/protocol.md §4) and the refusal of duplicate ids.
 
 A worker is "connected" while the ephemeral node `<id>/status/connected` exists;
 it belongs to the worker's ZooKeeper session.  A second live process with the

@@ -1,4 +1,4 @@
-"""Where a request goes next: pure decisions, no I/O (SPEC section 2, routing rules).
+"""Where a request goes next: pure decisions, no I/O (docs/protocol.md §3, where a request goes).
 
 The daemon parses a delivery, asks these functions what to do, and applies the
 answer (publish, then ack).  Keeping the rules here makes every case a row in

@@ -1,4 +1,7 @@
-"""The worker's one configuration object, built once from worker.ini [WORKER] and the command line (SPEC 6, 7)."""
+"""The worker's one configuration object, built once from worker.ini [WORKER], the environment and the command line.
+
+Keys and variables: docs/protocol.md §6, §7.
+"""
 from __future__ import annotations
 
 import argparse

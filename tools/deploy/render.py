@@ -344,7 +344,7 @@ def atmoz_users_conf(user: str, crypt_hash: str, uid: int = 1001) -> str:
     return f"{user}:{crypt_hash}:e:{uid}\n"
 
 
-# --- INI files for the suite's daemons (SPEC section 6) ----------------------------
+# --- INI files for the suite's daemons (docs/protocol.md §6) ----------------------------
 
 def _connection_lines(s: Settings, lay: Layout) -> str:
     zk = format_address(s.zk_host, s.zk_port)

@@ -1,4 +1,4 @@
-"""DUMMY processor: simulates processing time without touching the request (SPEC.md section 5).
+"""DUMMY processor: simulates processing time without touching the request (docs/protocol.md §5).
 
 The time for one request is `len(image bytes) * TIME_SCALE` plus a random
 offset drawn uniformly from TIME_DIFF_MIN..TIME_DIFF_MAX, or from

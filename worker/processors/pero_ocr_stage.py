@@ -1,4 +1,4 @@
-"""PERO_OCR processor: runs a pero-ocr PageParser on the request's image (SPEC.md section 5).
+"""PERO_OCR processor: runs a pero-ocr PageParser on the request's image (docs/protocol.md §5).
 
 For one request:
 1. the input image is the first result whose content is an image (images.py);

@@ -503,7 +503,6 @@ def _shadow_hash() -> str:
     except OSError:
         pass
     return ""
-    return False
 
 
 def sshd_ours() -> int | None:

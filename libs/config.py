@@ -175,11 +175,3 @@ def connection_config(args: argparse.Namespace, ini: dict[str, str]) -> Connecti
     )
 
 
-def ini_int(ini: dict[str, str], key: str, default: int) -> int:
-    raw = ini.get(key)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{key} must be an integer, got {raw!r}") from None

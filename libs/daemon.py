@@ -5,7 +5,7 @@ gets the same exit codes (libs/exit_codes.py) whichever daemon it is:
 
     def main(argv=None) -> int:
         try:
-            settings = parse_settings(argv)
+            settings = build_settings(build_parser().parse_args(argv))
         except ConfigError as error:
             return configuration_error(PROG, error)            # one line, exit 2
         setup_logging("WATCHDOG", settings.debug)

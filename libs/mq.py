@@ -32,6 +32,7 @@ from pika.adapters.utils import io_services_utils as _pika_io
 
 from pero_worker.libs import zk_paths
 from pero_worker.libs.addresses import DEFAULT_PORTS, Address, parse_address
+from pero_worker.libs.backoff import Backoff
 
 if TYPE_CHECKING:
     from pero_worker.libs.config import ConnectionConfig
@@ -212,7 +213,7 @@ class MQSession:
         """Connect to the first broker that answers, retrying with backoff for `retry_for` s (None = forever)."""
         self.close()
         deadline = None if retry_for is None else time.monotonic() + retry_for
-        delay = 0.25
+        backoff = Backoff(initial=0.25, cap=5.0)
         servers = ", ".join(str(s) for s in self.settings.servers)
         while True:
             try:
@@ -227,11 +228,11 @@ class MQSession:
                     raise MQAuthenticationError(
                         f"RabbitMQ at {servers} refused us (user {self.settings.username or 'guest'!r}, "
                         f"vhost {self.settings.vhost!r}): {reason}") from None
+                delay = backoff.delay()
                 if deadline is not None and time.monotonic() + delay > deadline:
                     raise MQConnectionError(f"cannot connect to RabbitMQ at {servers}: {reason}") from None
                 log.warning("cannot connect to RabbitMQ at %s (%s); retrying in %.1f s", servers, reason, delay)
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
             except (OSError, ssl.SSLError, ValueError) as error:
                 self.close()
                 raise MQConnectionError(f"cannot connect to RabbitMQ at {servers}: {error}") from None
@@ -381,10 +382,6 @@ class MQSession:
         self._ops_call(f"purging queue {name!r}", lambda ch: ch.queue_purge(queue=name))
 
     # --- publishing -----------------------------------------------------------
-
-    @property
-    def pending_confirms(self) -> int:
-        return len(self._pending)
 
     def publish(self, queue: str, body: bytes, *, priority: int = 0, headers: dict[str, Any] | None = None,
                 on_done: Callable[[PublishOutcome], None] | None = None) -> None:

@@ -48,10 +48,6 @@ class QueueStats:
     deliver_rate: float = 0.0      # messages/s delivered to consumers (deliver + get)
     ack_rate: float = 0.0          # messages/s acknowledged
 
-    @property
-    def messages(self) -> int:
-        return self.messages_ready + self.messages_unacknowledged
-
 
 def _int(value: Any) -> int:
     try:

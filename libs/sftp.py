@@ -31,6 +31,7 @@ import os
 import posixpath
 import socket
 import stat
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ import paramiko
 
 from pero_worker.libs import zk_paths
 from pero_worker.libs.addresses import DEFAULT_PORTS, Address, parse_address
+from pero_worker.libs.backoff import Backoff
 from pero_worker.libs.config import ConnectionConfig
 
 if TYPE_CHECKING:
@@ -222,8 +224,11 @@ class SftpClient:
         SftpError at once; only a dead connection is retried.
         """
         attempt = 0
+        backoff = Backoff(initial=0.2, cap=1.0)   # the first reconnect is at once (failover), later ones spaced
         while True:
             attempt += 1
+            if attempt > 2:
+                time.sleep(backoff.delay())
             sftp = self._session()
             try:
                 return operation(sftp)

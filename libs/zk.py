@@ -315,13 +315,6 @@ class ZooKeeper:
             callback(data)
         self.client.DataWatch(path, _on_change)
 
-    def watch_children(self, path: str, callback: Callable[[list[str]], None]) -> None:
-        self.client.ensure_path(path)
-
-        def _on_change(children):
-            callback(sorted(children))
-        self.client.ChildrenWatch(path, _on_change)
-
     @contextlib.contextmanager
     def lock(self, path: str, identifier: str = "", timeout: float | None = 10.0) -> Iterator[None]:
         """Distributed lock (kazoo Lock recipe); raises LockTimeout after `timeout` seconds."""

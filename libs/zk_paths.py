@@ -31,13 +31,6 @@ ZK_CONNECTION_FAILED = "ZK_CONNECTION_FAILED"
 CONFIGURATION_FAILED = "CONFIGURATION_FAILED"
 DEAD = "DEAD"
 
-ALL_STATUSES = (
-    STARTING, PROCESSING, CONFIGURING, CONNECTING, IDLE, PROCESSING_FAILED,
-    MQ_CONNECTION_FAILED, ZK_CONNECTION_FAILED, CONFIGURATION_FAILED, DEAD,
-)
-RUNNING_STATUSES = (PROCESSING, IDLE)
-FAILURE_STATUSES = (CONFIGURATION_FAILED, MQ_CONNECTION_FAILED)
-
 
 def zookeeper_refused_character(name: str) -> str | None:
     """The first character ZooKeeper refuses in a node name, or None (pure).
@@ -181,10 +174,6 @@ def decode_float(raw: bytes | None, default: float = 0.0) -> float:
         return float.fromhex(text) if "0x" in text.lower() else float(text)
     except ValueError:
         return default
-
-
-def encode_text(value: str) -> bytes:
-    return value.encode("utf-8")
 
 
 def decode_text(raw: bytes | None) -> str:

@@ -43,10 +43,6 @@ class LogWriter:
         self._name: str | None = None
         self._created: datetime | None = None
 
-    @property
-    def current_path(self) -> Path | None:
-        return self.directory / self._name if self._name else None
-
     def _fail(self, what: str, error: OSError) -> LogWriteError:
         self._discard()
         reason = error.strerror or str(error)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,5 +107,3 @@ def build_settings(args: argparse.Namespace) -> WatchdogSettings:
     )
 
 
-def parse_settings(argv: Sequence[str] | None = None) -> WatchdogSettings:
-    return build_settings(build_parser().parse_args(argv))

@@ -109,5 +109,3 @@ class Registration:
     def status(self) -> str | None:
         return self._last_status
 
-    def read_queue(self) -> str:
-        return self.zk.get_text(zk_paths.worker_queue(self.worker_id)).strip()

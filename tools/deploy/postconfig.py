@@ -195,5 +195,3 @@ def configure_zookeeper(s: Settings, lay: Layout, password: str) -> list[str]:
     return actions or ["server lists already complete"]
 
 
-def read_admin_password(path: Path) -> str:
-    return path.read_text(encoding="utf-8").strip()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Memory of a long-running downloader: `publisher.py --download --keep-running` over many requests.
 
-The downloader's de-duplication index lives in SQLite on disk (scripts/download_index.py), so
+The downloader's de-duplication index lives in SQLite on disk (tools/publishing/download_index.py), so
 its memory must stay flat however many requests it has seen.  This bench runs the real tool
 against the local services (`make services`): requests are published to an output queue in
 waves, the downloader writes each to disk, and its resident memory (VmRSS) is sampled after

@@ -1,7 +1,7 @@
 """Outages of the real services and how fast the daemons recover (issue 8, section 2).
 
 The shared services are never stopped: the broker and ZooKeeper are reached through a TCP
-proxy on loopback (tests/tcp_proxy.py) that the test cuts and restores, with the server
+proxy on loopback (dev/tcp_proxy.py) that the test cuts and restores, with the server
 list in the test's ZooKeeper chroot pointing at the proxy; the SFTP outage uses an sshd of
 this test's own, on a free port, that it stops and starts.
 

@@ -98,3 +98,21 @@ def test_scripts_are_thin_entry_points():
         defined = [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
         assert not defined, f"{path.relative_to(REPO)}: logic belongs in tools/ or dev/, not in scripts/"
         assert len(path.read_text(encoding="utf-8").splitlines()) <= 15, path
+
+
+LAYERS = {
+    # folder: the pero_worker packages its code may import
+    "libs": ("pero_worker.libs",),
+    "worker": ("pero_worker.libs", "pero_worker.worker"),
+    "watchdog": ("pero_worker.libs", "pero_worker.watchdog"),
+    "log_daemon": ("pero_worker.libs", "pero_worker.log_daemon"),
+}
+
+
+@pytest.mark.parametrize("folder", sorted(LAYERS))
+def test_layers_libs_below_the_daemons_no_daemon_on_tools(folder):
+    allowed = LAYERS[folder]
+    crossing = [f"{path.relative_to(REPO)}:{line} imports {module}" for path in python_files(folder)
+                for line, module, _level in _imports(path)
+                if module.startswith("pero_worker.") and not module.startswith(allowed)]
+    assert not crossing, "\n".join(crossing)

@@ -3,6 +3,7 @@
 #   make install        Debian packages (ZooKeeper, OpenSSH server, RabbitMQ) + .venv + python packages
 #   make services       start the local ZooKeeper, SFTP and RabbitMQ setup (scripts/local_services.py)
 #   make services-stop  stop the local ZooKeeper and sshd (the machine's RabbitMQ keeps running)
+#   make lint           ruff check (rules in pyproject.toml)
 #   make test           install (if needed), services, then the whole test suite
 #   make proto          regenerate libs/message_pb2.py from libs/message.proto
 #   make demo           end-to-end demo on the local services
@@ -17,10 +18,10 @@ TESTS ?= tests
 PYTEST_ARGS ?=
 TEST_TIMEOUT ?= 0
 
-.PHONY: help install services services-stop services-status test proto demo bench
+.PHONY: help install services services-stop services-status lint test proto demo bench
 
 help:
-	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
 
 install:
 	./install_dependencies.sh
@@ -33,6 +34,9 @@ services-stop:
 
 services-status:
 	$(PY) scripts/local_services.py status
+
+lint: install
+	.venv/bin/ruff check .
 
 # pytest exits 5 when it collected no test: that is a failure here, never a silent pass.
 test: services

@@ -53,6 +53,8 @@ if [[ $DO_APT == 1 ]]; then
     [[ -d /usr/share/fonts/truetype/crosextra ]] || missing+=(fonts-crosextra-caladea)
     # docker-compose only validates scripts/services-docker-compose.yaml in the tests (no engine runs here).
     command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+    # libmagic: python-magic tells the workers' input images by content (worker/processors/images.py).
+    ldconfig -p 2>/dev/null | grep -q 'libmagic\.so\.1' || missing+=(libmagic1)
     # systemd-analyze verifies the unit files in sample-config/systemd (tests/test_systemd_units.py).
     command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
     if (( ${#missing[@]} )); then
@@ -65,7 +67,7 @@ if [[ $DO_APT == 1 ]]; then
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${missing[@]}"
     else
-        say "Debian packages present (zookeeper, openssh-server, rabbitmq-server, fonts)"
+        say "Debian packages present (zookeeper, openssh-server, rabbitmq-server, fonts, libmagic1)"
     fi
 fi
 

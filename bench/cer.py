@@ -33,11 +33,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+from pero_worker.bench import synth
+from pero_worker.bench.scoring import char_errors, score_layout
+from pero_worker.worker.layout import analyze_page
 
-from pero_worker.bench import synth  # noqa: E402
-from pero_worker.bench.scoring import char_errors, score_layout  # noqa: E402
-from pero_worker.worker.layout import analyze_page  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 TRAINING_FAMILIES = ["DejaVu Serif", "Liberation Serif", "Caladea", "Carlito", "Liberation Sans",
                      "Nimbus Roman", "FreeSerif", "EB Garamond", "Linux Libertine O", "DejaVu Sans"]
@@ -95,8 +95,9 @@ class Pipeline:
             self.ocr = build_processor(config_text, model_dir, device=device)
 
     def run(self, image_bytes: bytes, name: str) -> str:
-        from pero_worker.libs import message_pb2
         from pero_ocr.core.layout import PageLayout
+
+        from pero_worker.libs import message_pb2
 
         request = message_pb2.ProcessingRequest(uuid=name, page_uuid=name)
         request.results.add(name=name, content=image_bytes)

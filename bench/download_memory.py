@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Memory of a long-running downloader: `publisher.py --download --keep-running` over many requests.
 
-The downloader's de-duplication index lives in SQLite on disk (scripts/download_index.py), so
+The downloader's de-duplication index lives in SQLite on disk (tools/publishing/download_index.py), so
 its memory must stay flat however many requests it has seen.  This bench runs the real tool
 against the local services (`make services`): requests are published to an output queue in
 waves, the downloader writes each to disk, and its resident memory (VmRSS) is sampled after
@@ -28,14 +28,14 @@ import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from pero_worker.dev.local_services import ensure_services, write_server_lists
+from pero_worker.libs.addresses import Address
+from pero_worker.libs.config import ConnectionConfig
+from pero_worker.libs.message_pb2 import Data, ProcessingRequest, StageLog
+from pero_worker.libs.mq import MQConnectionError, MQSession, MQSettings
+from pero_worker.libs.zk import ZooKeeper
 
-from pero_worker.libs.addresses import Address  # noqa: E402
-from pero_worker.libs.config import ConnectionConfig  # noqa: E402
-from pero_worker.libs.message_pb2 import Data, ProcessingRequest, StageLog  # noqa: E402
-from pero_worker.libs.mq import MQConnectionError, MQSession, MQSettings  # noqa: E402
-from pero_worker.libs.zk import ZooKeeper  # noqa: E402
-from pero_worker.scripts.local_services import ensure_services, write_server_lists  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 PY = sys.executable
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     stdout = stderr = ""
     try:
         sent = 0
-        for wave in range(args.waves):
+        for _wave in range(args.waves):
             for _ in range(per_wave):
                 request = ProcessingRequest(uuid=uuid.uuid4().hex, page_uuid=uuid.uuid4().hex,
                                             processing_stages=[out],

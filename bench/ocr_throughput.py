@@ -110,12 +110,12 @@ def run_processor(pages, xmls, model_dir: Path, device: str) -> float:
 
 
 def run_worker(pages, xmls, model_dir: Path, device: str) -> float:
+    from pero_worker.dev.local_services import ensure_services, write_server_lists
     from pero_worker.libs import zk_paths
     from pero_worker.libs.addresses import Address
     from pero_worker.libs.config import ConnectionConfig
     from pero_worker.libs.mq import MQSession, MQSettings
     from pero_worker.libs.zk import ZooKeeper
-    from pero_worker.scripts.local_services import ensure_services, write_server_lists
 
     services = ensure_services()
     chroot = f"/bench_ocr_{uuid.uuid4().hex[:8]}"

@@ -8,8 +8,8 @@ request failed or is missing.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from pero_worker.libs.message_pb2 import ProcessingRequest
 

@@ -32,15 +32,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+from pero_worker.bench.outcomes import judge
+from pero_worker.dev.local_services import ensure_services, write_server_lists
+from pero_worker.libs import zk_paths
+from pero_worker.libs.addresses import Address
+from pero_worker.libs.config import ConnectionConfig
+from pero_worker.libs.mq import MQSession, MQSettings
+from pero_worker.libs.zk import ZooKeeper
 
-from pero_worker.bench.outcomes import judge  # noqa: E402
-from pero_worker.libs import zk_paths  # noqa: E402
-from pero_worker.libs.addresses import Address  # noqa: E402
-from pero_worker.libs.config import ConnectionConfig  # noqa: E402
-from pero_worker.libs.mq import MQSession, MQSettings  # noqa: E402
-from pero_worker.libs.zk import ZooKeeper  # noqa: E402
-from pero_worker.scripts.local_services import ensure_services, write_server_lists  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 PY = sys.executable
 

@@ -43,22 +43,27 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-from opsplane import (  # noqa: E402
-    Process, dummy_stage_config, make_stage, request_body, start_watchdog, start_worker, wait_for,
+from pero_worker.dev.local_services import ensure_services, write_server_lists
+from pero_worker.dev.opsplane import (
+    Process,
+    dummy_stage_config,
+    make_stage,
+    request_body,
+    start_watchdog,
+    start_worker,
+    wait_for,
     worker_connected,
 )
-from pero_worker.libs import zk_paths  # noqa: E402
-from pero_worker.libs.addresses import Address  # noqa: E402
-from pero_worker.libs.config import ConnectionConfig  # noqa: E402
-from pero_worker.libs.message_pb2 import ProcessingRequest  # noqa: E402
-from pero_worker.libs.mq import Delivery, MQSession, MQSettings  # noqa: E402
-from pero_worker.libs.zk import ZooKeeper  # noqa: E402
-from pero_worker.scripts.local_services import ensure_services, write_server_lists  # noqa: E402
-from pero_worker.watchdog.planning import Move, Plan  # noqa: E402
-from pero_worker.watchdog.state import Snapshot, StateReader, apply_plan  # noqa: E402
+from pero_worker.libs import zk_paths
+from pero_worker.libs.addresses import Address
+from pero_worker.libs.config import ConnectionConfig
+from pero_worker.libs.message_pb2 import ProcessingRequest
+from pero_worker.libs.mq import Delivery, MQSession, MQSettings
+from pero_worker.libs.zk import ZooKeeper
+from pero_worker.watchdog.planning import Move, Plan
+from pero_worker.watchdog.state import Snapshot, StateReader, apply_plan
+
+REPO = Path(__file__).resolve().parents[1]
 
 STAGE_TIMES = {"fast": 0.05, "mid": 0.2, "slow": 0.5}
 SWITCH_DELAY = 2.0

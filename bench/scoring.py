@@ -48,7 +48,7 @@ def match_lines(gt: list[tuple[np.ndarray, float]], det: list[np.ndarray]) -> li
                 cands.append((s, i, j))
     cands.sort(reverse=True)
     used_g, used_d, pairs = set(), set(), []
-    for s, i, j in cands:
+    for _score, i, j in cands:
         if i in used_g or j in used_d:
             continue
         used_g.add(i)

@@ -21,12 +21,11 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from . import textgen
-
+from pero_worker.bench import textgen
 
 # ----------------------------------------------------------------------------- fonts
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def font_file(family: str) -> str | None:
     """Path of the regular face of a font family known to fontconfig, or None."""
     for style in ("Regular", "Book", "Roman", "Medium", ""):
@@ -181,7 +180,6 @@ def render_clean(spec: PageSpec) -> tuple[np.ndarray, list[SynthLine], list[np.n
     font = load_font(spec.font_family, size_px)
     pitch = spec.leading * size_px
     ascent, descent = font.getmetrics()
-    x_height = _x_height(font)
     margin = spec.margin_in * spec.dpi
     left, right = margin, W - margin
     top, bottom = margin, H - margin

@@ -10,34 +10,10 @@ from __future__ import annotations
 import random
 
 WORDS: dict[str, list[str]] = {
-    "en": """the of and to in a is that for it as was with be by on not he this are or his from at which but
-    have an they you were her she there been one all we their has would when if so no more had out what up can
-    about into than them only other some time two may first then do any like my now over such our man me even most
-    made after also did many before must through back years where much your way well down should because each just
-    those people how too little state good very make world still own see men work long get here between both life
-    being under never day same another know while last might us great old year off come since against go came right
-    used take three house library archive letter river morning village council harbour printer paper winter railway
-    bridge market garden chapter report journey window evening summer question answer history mountain children
-    written printed quietly several ancient northern careful modern""".split(),
-    "cs": """a v se na je že s z do to o i k jako ale by pro jsou tak po jeho už jak co bylo aby jen při které
-    když ještě mezi před který roku město řeka kniha dopis země okno večer léto zima ráno práce škola lidé slovo
-    cesta hora most knihovna archiv tiskárna noviny kapitola zpráva otázka odpověď historie děti vesnice zahrada
-    trh železnice přístav rada dnes včera zítra velmi také proto protože všechno nikdy vždy často někdy dobře
-    krásný starý nový velký malý první poslední český příští příběh úřad řád čtení žádost účet období náměstí
-    obyvatelé stříbro dřevo kůň šest sedm osm devět deset jedenáct dvacet""".split(),
-    "de": """der die das und in zu den nicht von sie ist des sich mit dem dass er es ein ich auf so eine auch
-    als an nach wie im für man aber aus durch wenn nur war noch werden bei hat wir was wird sein einen welche
-    sind oder zur um haben einer mir über ihm diese einem ihr uns da zum kann doch vor dieser mich ihn du hatte
-    Stadt Fluss Buch Brief Fenster Abend Sommer Winter Morgen Arbeit Schule Menschen Wort Weg Berg Brücke
-    Bibliothek Archiv Druckerei Zeitung Kapitel Bericht Frage Antwort Geschichte Kinder Dorf Garten Markt
-    Eisenbahn Hafen Rathaus heute gestern morgen sehr immer oft manchmal gut schön alt neu groß klein erste
-    letzte Straße Größe Übersicht Prüfung Bürger fünf zwölf Gemüse""".split(),
-    "fr": """le la les de des du un une et à en que qui dans pour pas sur plus par ne il elle se ce au avec
-    son sa ses mais comme on tout nous vous leur bien où sans deux fait été cette aussi très après avant
-    ville rivière livre lettre fenêtre soir été hiver matin travail école gens mot chemin montagne pont
-    bibliothèque archive imprimerie journal chapitre rapport question réponse histoire enfants village jardin
-    marché chemin de fer port mairie aujourd'hui hier demain toujours souvent parfois bon beau vieux nouveau
-    grand petit premier dernier élève année naïf français côté forêt fête garçon""".split(),
+    "en": ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an", "they", "you", "were", "her", "she", "there", "been", "one", "all", "we", "their", "has", "would", "when", "if", "so", "no", "more", "had", "out", "what", "up", "can", "about", "into", "than", "them", "only", "other", "some", "time", "two", "may", "first", "then", "do", "any", "like", "my", "now", "over", "such", "our", "man", "me", "even", "most", "made", "after", "also", "did", "many", "before", "must", "through", "back", "years", "where", "much", "your", "way", "well", "down", "should", "because", "each", "just", "those", "people", "how", "too", "little", "state", "good", "very", "make", "world", "still", "own", "see", "men", "work", "long", "get", "here", "between", "both", "life", "being", "under", "never", "day", "same", "another", "know", "while", "last", "might", "us", "great", "old", "year", "off", "come", "since", "against", "go", "came", "right", "used", "take", "three", "house", "library", "archive", "letter", "river", "morning", "village", "council", "harbour", "printer", "paper", "winter", "railway", "bridge", "market", "garden", "chapter", "report", "journey", "window", "evening", "summer", "question", "answer", "history", "mountain", "children", "written", "printed", "quietly", "several", "ancient", "northern", "careful", "modern"],
+    "cs": ["a", "v", "se", "na", "je", "že", "s", "z", "do", "to", "o", "i", "k", "jako", "ale", "by", "pro", "jsou", "tak", "po", "jeho", "už", "jak", "co", "bylo", "aby", "jen", "při", "které", "když", "ještě", "mezi", "před", "který", "roku", "město", "řeka", "kniha", "dopis", "země", "okno", "večer", "léto", "zima", "ráno", "práce", "škola", "lidé", "slovo", "cesta", "hora", "most", "knihovna", "archiv", "tiskárna", "noviny", "kapitola", "zpráva", "otázka", "odpověď", "historie", "děti", "vesnice", "zahrada", "trh", "železnice", "přístav", "rada", "dnes", "včera", "zítra", "velmi", "také", "proto", "protože", "všechno", "nikdy", "vždy", "často", "někdy", "dobře", "krásný", "starý", "nový", "velký", "malý", "první", "poslední", "český", "příští", "příběh", "úřad", "řád", "čtení", "žádost", "účet", "období", "náměstí", "obyvatelé", "stříbro", "dřevo", "kůň", "šest", "sedm", "osm", "devět", "deset", "jedenáct", "dvacet"],
+    "de": ["der", "die", "das", "und", "in", "zu", "den", "nicht", "von", "sie", "ist", "des", "sich", "mit", "dem", "dass", "er", "es", "ein", "ich", "auf", "so", "eine", "auch", "als", "an", "nach", "wie", "im", "für", "man", "aber", "aus", "durch", "wenn", "nur", "war", "noch", "werden", "bei", "hat", "wir", "was", "wird", "sein", "einen", "welche", "sind", "oder", "zur", "um", "haben", "einer", "mir", "über", "ihm", "diese", "einem", "ihr", "uns", "da", "zum", "kann", "doch", "vor", "dieser", "mich", "ihn", "du", "hatte", "Stadt", "Fluss", "Buch", "Brief", "Fenster", "Abend", "Sommer", "Winter", "Morgen", "Arbeit", "Schule", "Menschen", "Wort", "Weg", "Berg", "Brücke", "Bibliothek", "Archiv", "Druckerei", "Zeitung", "Kapitel", "Bericht", "Frage", "Antwort", "Geschichte", "Kinder", "Dorf", "Garten", "Markt", "Eisenbahn", "Hafen", "Rathaus", "heute", "gestern", "morgen", "sehr", "immer", "oft", "manchmal", "gut", "schön", "alt", "neu", "groß", "klein", "erste", "letzte", "Straße", "Größe", "Übersicht", "Prüfung", "Bürger", "fünf", "zwölf", "Gemüse"],
+    "fr": ["le", "la", "les", "de", "des", "du", "un", "une", "et", "à", "en", "que", "qui", "dans", "pour", "pas", "sur", "plus", "par", "ne", "il", "elle", "se", "ce", "au", "avec", "son", "sa", "ses", "mais", "comme", "on", "tout", "nous", "vous", "leur", "bien", "où", "sans", "deux", "fait", "été", "cette", "aussi", "très", "après", "avant", "ville", "rivière", "livre", "lettre", "fenêtre", "soir", "été", "hiver", "matin", "travail", "école", "gens", "mot", "chemin", "montagne", "pont", "bibliothèque", "archive", "imprimerie", "journal", "chapitre", "rapport", "question", "réponse", "histoire", "enfants", "village", "jardin", "marché", "chemin", "de", "fer", "port", "mairie", "aujourd'hui", "hier", "demain", "toujours", "souvent", "parfois", "bon", "beau", "vieux", "nouveau", "grand", "petit", "premier", "dernier", "élève", "année", "naïf", "français", "côté", "forêt", "fête", "garçon"],
 }
 
 LANGUAGES = tuple(WORDS)

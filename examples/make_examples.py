@@ -26,10 +26,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from pero_worker.bench import synth
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-
-from pero_worker.bench import synth  # noqa: E402
 
 MAX_BYTES = 290_000
 

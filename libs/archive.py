@@ -1,6 +1,6 @@
 """Safe unpacking of untrusted model archives (.tar.xz, .tar.gz, .tgz, .tar.bz2, .tar, .zip).
 
-A stage's model archive comes from SFTP and is untrusted (SPEC.md section 8).
+A stage's model archive comes from SFTP and is untrusted (docs/protocol.md §5).
 Two rules keep it harmless:
 
 * every member is judged by the pure function `check_member` (plus the
@@ -26,9 +26,10 @@ import tarfile
 import uuid
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 # Member kinds understood by check_member.
 FILE = "file"

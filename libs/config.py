@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .addresses import DEFAULT_PORTS, Address, parse_address_list
+from pero_worker.libs.addresses import DEFAULT_PORTS, Address, parse_address_list
 
 PASSWORD_ENV = "PERO_PASSWORD"
 PASSWORD_FILE_ENV = "PERO_PASSWORD_FILE"
@@ -46,7 +46,7 @@ class ConnectionConfig:
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser, *, config_required: bool = False) -> None:
-    """The options every tool shares (SPEC.md section 7).
+    """The options every tool shares (docs/protocol.md §6, §7).
 
     Precedence everywhere: command line, then the environment (PERO_ZK, PERO_USER, PERO_PASSWORD,
     PERO_PASSWORD_FILE: what `scripts/local_services.py env` exports), then the INI file."""
@@ -116,7 +116,8 @@ def split_chroot(entries: list[str]) -> tuple[list[str], str | None]:
     """Take a kazoo-style '/chroot' suffix off a server list ('h1:2181,h2:2181/tenant')."""
     chroot = None
     cleaned = []
-    for entry in entries:
+    for given in entries:
+        entry = given
         if "/" in entry:
             entry, _, path = entry.partition("/")
             path = "/" + path.strip().strip("/")
@@ -174,11 +175,3 @@ def connection_config(args: argparse.Namespace, ini: dict[str, str]) -> Connecti
     )
 
 
-def ini_int(ini: dict[str, str], key: str, default: int) -> int:
-    raw = ini.get(key)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{key} must be an integer, got {raw!r}") from None

@@ -6,7 +6,7 @@ message, which is what capped the original system at ~100 requests/s.  Here
 confirms are asynchronous: `publish()` returns at once and the outcome
 (confirmed, returned as unroutable, or nacked) is delivered to a callback while
 the owner thread runs `pump()`.  Callers ack their input only from that
-callback, which keeps the at-least-once guarantee (SPEC section 3).
+callback, which keeps the at-least-once guarantee (docs/protocol.md §3).
 
 Thread rules: every method except `wake()` and `call_threadsafe()` must be
 called from the thread that called `open()`.  Connection loss surfaces as
@@ -21,20 +21,22 @@ import socket
 import ssl
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import pika
 import pika.exceptions as pex
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from pika.adapters.utils import io_services_utils as _pika_io
 
-from . import zk_paths
-from .addresses import DEFAULT_PORTS, Address, parse_address
+from pero_worker.libs import zk_paths
+from pero_worker.libs.addresses import DEFAULT_PORTS, Address, parse_address
+from pero_worker.libs.backoff import Backoff
 
 if TYPE_CHECKING:
-    from .config import ConnectionConfig
-    from .zk import ZooKeeper
+    from pero_worker.libs.config import ConnectionConfig
+    from pero_worker.libs.zk import ZooKeeper
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,7 @@ class MQSettings:
     heartbeat: int = 30
 
     @classmethod
-    def from_zookeeper(cls, zk: "ZooKeeper", conn: "ConnectionConfig", **overrides: Any) -> "MQSettings":
+    def from_zookeeper(cls, zk: ZooKeeper, conn: ConnectionConfig, **overrides: Any) -> MQSettings:
         """Broker addresses come from ZooKeeper; credentials and CA from the process config."""
         default_port = DEFAULT_PORTS["amqps" if conn.use_tls else "amqp"]
         servers = []
@@ -179,9 +181,7 @@ def _is_permanent(error: BaseException) -> bool:
     inner = error.args[0] if isinstance(error, pex.AMQPConnectionError) and error.args else error
     if isinstance(inner, ssl.SSLCertVerificationError):
         return True
-    if isinstance(inner, pex.ConnectionClosedByBroker) and inner.reply_code in (403, 530):
-        return True
-    return False
+    return isinstance(inner, pex.ConnectionClosedByBroker) and inner.reply_code in (403, 530)
 
 
 class MQSession:
@@ -213,7 +213,7 @@ class MQSession:
         """Connect to the first broker that answers, retrying with backoff for `retry_for` s (None = forever)."""
         self.close()
         deadline = None if retry_for is None else time.monotonic() + retry_for
-        delay = 0.25
+        backoff = Backoff(initial=0.25, cap=5.0)
         servers = ", ".join(str(s) for s in self.settings.servers)
         while True:
             try:
@@ -228,11 +228,11 @@ class MQSession:
                     raise MQAuthenticationError(
                         f"RabbitMQ at {servers} refused us (user {self.settings.username or 'guest'!r}, "
                         f"vhost {self.settings.vhost!r}): {reason}") from None
+                delay = backoff.delay()
                 if deadline is not None and time.monotonic() + delay > deadline:
                     raise MQConnectionError(f"cannot connect to RabbitMQ at {servers}: {reason}") from None
                 log.warning("cannot connect to RabbitMQ at %s (%s); retrying in %.1f s", servers, reason, delay)
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
             except (OSError, ssl.SSLError, ValueError) as error:
                 self.close()
                 raise MQConnectionError(f"cannot connect to RabbitMQ at {servers}: {error}") from None
@@ -266,7 +266,7 @@ class MQSession:
             except Exception:  # closing a broken connection may raise anything
                 pass
 
-    def __enter__(self) -> "MQSession":
+    def __enter__(self) -> MQSession:
         if not self.is_open:
             self.open(retry_for=0)
         return self
@@ -382,10 +382,6 @@ class MQSession:
         self._ops_call(f"purging queue {name!r}", lambda ch: ch.queue_purge(queue=name))
 
     # --- publishing -----------------------------------------------------------
-
-    @property
-    def pending_confirms(self) -> int:
-        return len(self._pending)
 
     def publish(self, queue: str, body: bytes, *, priority: int = 0, headers: dict[str, Any] | None = None,
                 on_done: Callable[[PublishOutcome], None] | None = None) -> None:

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from . import zk_paths
-from .addresses import DEFAULT_PORTS, Address, parse_address
+from pero_worker.libs import zk_paths
+from pero_worker.libs.addresses import DEFAULT_PORTS, Address, parse_address
 
 if TYPE_CHECKING:
-    from .config import ConnectionConfig
-    from .zk import ZooKeeper
+    from pero_worker.libs.config import ConnectionConfig
+    from pero_worker.libs.zk import ZooKeeper
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,6 @@ class QueueStats:
     publish_rate: float = 0.0      # messages/s published into the queue (smoothed by RabbitMQ)
     deliver_rate: float = 0.0      # messages/s delivered to consumers (deliver + get)
     ack_rate: float = 0.0          # messages/s acknowledged
-
-    @property
-    def messages(self) -> int:
-        return self.messages_ready + self.messages_unacknowledged
 
 
 def _int(value: Any) -> int:
@@ -103,7 +99,7 @@ class ManagementClient:
         self._http = requests.Session()
 
     @classmethod
-    def from_zookeeper(cls, zk: "ZooKeeper", conn: "ConnectionConfig", **kwargs: Any) -> "ManagementClient":
+    def from_zookeeper(cls, zk: ZooKeeper, conn: ConnectionConfig, **kwargs: Any) -> ManagementClient:
         default_port = DEFAULT_PORTS["management_tls" if conn.use_tls else "management"]
         servers = []
         for entry in zk.children(zk_paths.MQ_MONITORING_SERVERS):

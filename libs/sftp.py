@@ -31,19 +31,22 @@ import os
 import posixpath
 import socket
 import stat
+import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING
 
 import paramiko
 
-from . import zk_paths
-from .addresses import DEFAULT_PORTS, Address, parse_address
-from .config import ConnectionConfig
+from pero_worker.libs import zk_paths
+from pero_worker.libs.addresses import DEFAULT_PORTS, Address, parse_address
+from pero_worker.libs.backoff import Backoff
+from pero_worker.libs.config import ConnectionConfig
 
 if TYPE_CHECKING:
-    from .zk import ZooKeeper
+    from pero_worker.libs.zk import ZooKeeper
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +80,8 @@ class SftpSettings:
     timeout: float = 15.0
 
     @classmethod
-    def from_zookeeper(cls, zk: "ZooKeeper", conn: ConnectionConfig, *,
-                       known_hosts: str | None = None) -> "SftpSettings":
+    def from_zookeeper(cls, zk: ZooKeeper, conn: ConnectionConfig, *,
+                       known_hosts: str | None = None) -> SftpSettings:
         """Servers from /pero/worker/config/ftp_servers children; credentials from the connection config.
 
         Child names are untrusted text: bad entries are logged and skipped.
@@ -148,7 +151,7 @@ class SftpClient:
 
     # --- connection -----------------------------------------------------------
 
-    def __enter__(self) -> "SftpClient":
+    def __enter__(self) -> SftpClient:
         self.connect()
         return self
 
@@ -221,8 +224,11 @@ class SftpClient:
         SftpError at once; only a dead connection is retried.
         """
         attempt = 0
+        backoff = Backoff(initial=0.2, cap=1.0)   # the first reconnect is at once (failover), later ones spaced
         while True:
             attempt += 1
+            if attempt > 2:
+                time.sleep(backoff.delay())
             sftp = self._session()
             try:
                 return operation(sftp)

@@ -85,6 +85,36 @@ def is_permanent(error: BaseException) -> bool:
     return isinstance(inner, (ssl.SSLCertVerificationError, ssl.CertificateError))
 
 
+def _certificate_problem(inner: ssl.SSLCertVerificationError, where: str, name: str, ca: str) -> str:
+    code = inner.verify_code
+    if code == _EXPIRED:
+        return f"{where}: the server's TLS certificate has expired; renew it (scripts/system_setup.py re-issues it)"
+    if code == _NOT_YET_VALID:
+        return f"{where}: the server's TLS certificate is not valid yet; check the clocks of both machines"
+    if code in (_HOSTNAME_MISMATCH, _IP_MISMATCH):
+        return (f"{where}: the server's TLS certificate is not valid for the name {name!r}; connect with a name "
+                "the certificate lists or re-issue it with this name")
+    if code in _UNTRUSTED:
+        return f"{where}: the server's TLS certificate is not signed by {ca} (wrong -e/--ca-cert?)"
+    if code == _REVOKED:
+        return f"{where}: the server's TLS certificate has been revoked"
+    if code == _INVALID_PURPOSE:
+        return f"{where}: the server's TLS certificate is not meant for TLS servers (key usage)"
+    return f"{where}: the server's TLS certificate was rejected: {inner.verify_message}"
+
+
+def _handshake_problem(inner: ssl.SSLError, where: str) -> str:
+    reason = (inner.reason or str(inner)).upper()
+    if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER" in reason or "HTTP_REQUEST" in reason:
+        return f"{where}: the server does not speak TLS on this port (is it the TLS port of the service?)"
+    if "UNEXPECTED_EOF" in reason or "EOF" in reason:
+        return (f"{where}: the server closed the connection during the TLS handshake "
+                "(not a TLS port, or the server rejected us)")
+    if "ALERT" in reason:
+        return f"{where}: the server refused the TLS handshake ({inner.reason})"
+    return f"{where}: TLS handshake failed ({inner.reason or inner})"
+
+
 def describe_error(error: BaseException, *, service: str, address: str, ca_cert: str | None = None,
                    host: str | None = None) -> str:
     """One line that says what went wrong with a TLS connection and what to check."""
@@ -93,33 +123,11 @@ def describe_error(error: BaseException, *, service: str, address: str, ca_cert:
     name = host or address.rsplit(":", 1)[0].strip("[]")
     ca = f"the CA in {ca_cert}" if ca_cert else "a trusted CA"
     if isinstance(inner, ssl.SSLCertVerificationError):
-        code = inner.verify_code
-        if code == _EXPIRED:
-            return f"{where}: the server's TLS certificate has expired; renew it (scripts/system_setup.py re-issues it)"
-        if code == _NOT_YET_VALID:
-            return f"{where}: the server's TLS certificate is not valid yet; check the clocks of both machines"
-        if code in (_HOSTNAME_MISMATCH, _IP_MISMATCH):
-            return (f"{where}: the server's TLS certificate is not valid for the name {name!r}; connect with a name "
-                    "the certificate lists or re-issue it with this name")
-        if code in _UNTRUSTED:
-            return f"{where}: the server's TLS certificate is not signed by {ca} (wrong -e/--ca-cert?)"
-        if code == _REVOKED:
-            return f"{where}: the server's TLS certificate has been revoked"
-        if code == _INVALID_PURPOSE:
-            return f"{where}: the server's TLS certificate is not meant for TLS servers (key usage)"
-        return f"{where}: the server's TLS certificate was rejected: {inner.verify_message}"
+        return _certificate_problem(inner, where, name, ca)
     if isinstance(inner, ssl.CertificateError):
         return f"{where}: the server's TLS certificate was rejected: {inner}"
     if isinstance(inner, ssl.SSLError):
-        reason = (inner.reason or str(inner)).upper()
-        if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER" in reason or "HTTP_REQUEST" in reason:
-            return f"{where}: the server does not speak TLS on this port (is it the TLS port of the service?)"
-        if "UNEXPECTED_EOF" in reason or "EOF" in reason:
-            return (f"{where}: the server closed the connection during the TLS handshake "
-                    "(not a TLS port, or the server rejected us)")
-        if "ALERT" in reason:
-            return f"{where}: the server refused the TLS handshake ({inner.reason})"
-        return f"{where}: TLS handshake failed ({inner.reason or inner})"
+        return _handshake_problem(inner, where)
     if isinstance(inner, ConnectionRefusedError):
         return f"{where}: connection refused (is the service running and listening on this port?)"
     if isinstance(inner, (socket.timeout, TimeoutError)):
@@ -150,7 +158,7 @@ def probe(host: str, port: int, ca_cert: str, *, service: str, timeout: float = 
 
 def certificate_not_after(pem_path: str) -> dt.datetime:
     """Expiry of the first certificate in a PEM file (for status tools and warnings)."""
-    from cryptography import x509   # paramiko's dependency; imported lazily, only tools need it
+    from cryptography import x509  # paramiko's dependency; imported lazily, only tools need it
 
     with open(pem_path, "rb") as handle:
         cert = x509.load_pem_x509_certificate(handle.read())

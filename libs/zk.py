@@ -9,25 +9,33 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import SessionClosedRequireSaslError
 from kazoo.exceptions import (  # re-exported: callers catch these from here
-    AuthFailedError, ConnectionLoss, KazooException, LockTimeout, NodeExistsError, NoNodeError, NoAuthError,
-    BadVersionError, SessionExpiredError,
+    AuthFailedError,
+    BadVersionError,
+    ConnectionLoss,
+    KazooException,
+    LockTimeout,
+    NoAuthError,
+    NodeExistsError,
+    NoNodeError,
+    SessionClosedRequireSaslError,
+    SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KazooState, KeeperState
 from kazoo.retry import KazooRetry
 from kazoo.security import make_acl
 
-from . import tls
-from .addresses import zookeeper_hosts_string
-from .config import ConnectionConfig
+from pero_worker.libs import tls
+from pero_worker.libs.addresses import zookeeper_hosts_string
+from pero_worker.libs.config import ConnectionConfig
 
 __all__ = [
-    "ZooKeeper", "ZkConnectionError", "NoNodeError", "NodeExistsError", "NoAuthError", "BadVersionError",
+    "ZooKeeper", "ZkConnectionError", "ZkLoginRefused", "NoNodeError", "NodeExistsError", "NoAuthError",
+    "BadVersionError",
     "ConnectionLoss", "KazooException", "LockTimeout", "SessionExpiredError", "KazooState", "describe_zk_error",
 ]
 
@@ -36,6 +44,10 @@ log = logging.getLogger(__name__)
 
 class ZkConnectionError(Exception):
     """ZooKeeper could not be reached or refused us; the message is meant for the operator."""
+
+
+class ZkLoginRefused(ZkConnectionError):
+    """ZooKeeper refused our login (wrong password, or a login is required): ExitCode.ACCESS_REFUSED for tools."""
 
 
 def describe_zk_error(error: BaseException) -> str:
@@ -167,7 +179,7 @@ class ZooKeeper:
     def _note_login_rejected(self) -> None:
         self._login_rejected = True
 
-    def start(self) -> "ZooKeeper":
+    def start(self) -> ZooKeeper:
         if self.config.use_tls:
             try:
                 _tls_preflight(self.config)
@@ -182,7 +194,7 @@ class ZooKeeper:
                 self.client.stop()
                 self.client.close()
             if auth_failed:
-                raise ZkConnectionError(
+                raise ZkLoginRefused(
                     f"ZooKeeper refused the login of user {self.config.username!r} (wrong password?)") from None
             raise ZkConnectionError(_explain_start_failure(self.config, error)) from None
         if self.config.username and self.config.password:
@@ -191,7 +203,7 @@ class ZooKeeper:
                 self.client.exists("/")
             except AuthFailedError:
                 self.stop()
-                raise ZkConnectionError(
+                raise ZkLoginRefused(
                     f"ZooKeeper refused the login of user {self.config.username!r} (wrong password?)") from None
         else:
             # A server that requires SASL closes an anonymous session on its first request.
@@ -200,7 +212,7 @@ class ZooKeeper:
             except SessionClosedRequireSaslError:
                 self.stop()
                 servers = zookeeper_hosts_string(list(self.config.zookeeper_servers))
-                raise ZkConnectionError(f"ZooKeeper at {servers} requires a login: give -u USER and a password "
+                raise ZkLoginRefused(f"ZooKeeper at {servers} requires a login: give -u USER and a password "
                                         "(--password-file or PERO_PASSWORD)") from None
         self._started_once = True   # from now on, outages and recoveries are logged
         return self
@@ -212,7 +224,7 @@ class ZooKeeper:
         with contextlib.suppress(Exception):
             self.client.close()
 
-    def __enter__(self) -> "ZooKeeper":
+    def __enter__(self) -> ZooKeeper:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -302,13 +314,6 @@ class ZooKeeper:
         def _on_change(data, _stat, _event=None):
             callback(data)
         self.client.DataWatch(path, _on_change)
-
-    def watch_children(self, path: str, callback: Callable[[list[str]], None]) -> None:
-        self.client.ensure_path(path)
-
-        def _on_change(children):
-            callback(sorted(children))
-        self.client.ChildrenWatch(path, _on_change)
 
     @contextlib.contextmanager
     def lock(self, path: str, identifier: str = "", timeout: float | None = 10.0) -> Iterator[None]:

@@ -1,4 +1,4 @@
-"""ZooKeeper layout and status words (SPEC.md section 4).
+"""ZooKeeper layout and status words (docs/protocol.md §4).
 
 Every part of the suite builds node paths through these helpers so that the
 layout lives in exactly one place.  The layout is a wire-compatibility fact:
@@ -31,13 +31,6 @@ ZK_CONNECTION_FAILED = "ZK_CONNECTION_FAILED"
 CONFIGURATION_FAILED = "CONFIGURATION_FAILED"
 DEAD = "DEAD"
 
-ALL_STATUSES = (
-    STARTING, PROCESSING, CONFIGURING, CONNECTING, IDLE, PROCESSING_FAILED,
-    MQ_CONNECTION_FAILED, ZK_CONNECTION_FAILED, CONFIGURATION_FAILED, DEAD,
-)
-RUNNING_STATUSES = (PROCESSING, IDLE)
-FAILURE_STATUSES = (CONFIGURATION_FAILED, MQ_CONNECTION_FAILED)
-
 
 def zookeeper_refused_character(name: str) -> str | None:
     """The first character ZooKeeper refuses in a node name, or None (pure).
@@ -51,7 +44,7 @@ def zookeeper_refused_character(name: str) -> str | None:
     for char in name:
         code = ord(char)
         if (code == 0 or code <= 0x1F or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xF8FF
-                or 0xFFF0 <= code):
+                or code >= 0xFFF0):
             return char
     return None
 
@@ -181,10 +174,6 @@ def decode_float(raw: bytes | None, default: float = 0.0) -> float:
         return float.fromhex(text) if "0x" in text.lower() else float(text)
     except ValueError:
         return default
-
-
-def encode_text(value: str) -> bytes:
-    return value.encode("utf-8")
 
 
 def decode_text(raw: bytes | None) -> str:

@@ -17,8 +17,8 @@ import logging
 import os
 from pathlib import Path
 
-from .config import ConnectionConfig
-from .zk import ZkConnectionError, ZooKeeper
+from pero_worker.libs.config import ConnectionConfig
+from pero_worker.libs.zk import ZkConnectionError, ZooKeeper
 
 log = logging.getLogger(__name__)
 

@@ -10,21 +10,30 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
-from pero_worker.libs.daemon_logging import setup_daemon_logging
-from pero_worker.libs.config import (
-    ConfigError, ConnectionConfig, add_connection_arguments, connection_config, read_ini_section,
-)
-from pero_worker.libs.mq import (
-    DEFAULT_LOG_QUEUE, Delivery, MQAuthenticationError, MQConnectionError, MQError, MQSession, MQSettings,
-)
 from pero_worker.libs.backoff import Backoff
+from pero_worker.libs.config import (
+    ConfigError,
+    ConnectionConfig,
+    add_connection_arguments,
+    connection_config,
+    read_ini_section,
+)
+from pero_worker.libs.daemon import StopRequest, configuration_error, run_guarded, setup_logging
+from pero_worker.libs.exit_codes import ExitCode, exit_codes_help
+from pero_worker.libs.mq import (
+    DEFAULT_LOG_QUEUE,
+    Delivery,
+    MQAuthenticationError,
+    MQConnectionError,
+    MQError,
+    MQSession,
+    MQSettings,
+)
 from pero_worker.libs.zk import KazooException, ZkConnectionError, ZooKeeper, describe_zk_error
 from pero_worker.log_daemon.writer import LogWriteError, LogWriter
 
@@ -36,10 +45,6 @@ DEFAULT_NUMBER_OF_FILES = 10
 PREFETCH = 500                       # records in flight: written and acked in batches
 MAX_BACKOFF = 2.0                    # retry at least this often: back within ~2 s of a service
 
-EXIT_OK = 0
-EXIT_CONFIG = 2
-EXIT_CONNECTION = 3
-
 
 @dataclass(frozen=True)
 class LogDaemonSettings:
@@ -48,6 +53,7 @@ class LogDaemonSettings:
     output_dir: Path = Path(DEFAULT_OUTPUT_DIR)
     rotation_minutes: float = DEFAULT_ROTATION_MINUTES
     number_of_files: int = DEFAULT_NUMBER_OF_FILES
+    debug: bool = False
 
 
 def _number(text: str | None, key: str, kind: type, default):
@@ -74,20 +80,21 @@ def build_settings(args: argparse.Namespace) -> LogDaemonSettings:
                                  DEFAULT_ROTATION_MINUTES),
         number_of_files=_number(args.number_of_files if args.number_of_files is not None
                                 else ini.get("number_of_files"), "number_of_files", int, DEFAULT_NUMBER_OF_FILES),
+        debug=bool(args.debug),
     )
 
 
 class LogDaemon:
-    def __init__(self, settings: LogDaemonSettings) -> None:
+    def __init__(self, settings: LogDaemonSettings, stop: StopRequest | None = None) -> None:
         self.settings = settings
         self.writer = LogWriter(settings.output_dir, period_minutes=settings.rotation_minutes,
                                 keep=settings.number_of_files)
-        self.stopping = threading.Event()
+        self.stopping = stop or StopRequest()
         self.records_written = 0
         self._queue_problem: str | None = None   # said once, not at every reconnect
 
     def stop(self) -> None:
-        self.stopping.set()
+        self.stopping.stop("stop requested")
 
     def _sleep(self, seconds: float) -> None:
         self.stopping.wait(seconds)
@@ -98,7 +105,7 @@ class LogDaemon:
         backoff = Backoff(initial=0.2, cap=MAX_BACKOFF)
         last_problem = ""
         try:
-            while not self.stopping.is_set():
+            while not self.stopping.requested:
                 try:
                     if zk is None:
                         zk = ZooKeeper(self.settings.connection).start()
@@ -120,7 +127,7 @@ class LogDaemon:
                     problem = str(error)
                 except LogWriteError as error:
                     problem = f"{error}; the records stay queued"
-                if self.stopping.is_set():
+                if self.stopping.requested:
                     break
                 delay = backoff.delay()
                 if problem != last_problem:
@@ -134,12 +141,14 @@ class LogDaemon:
                 log.error("%s", error)
             if zk is not None:
                 zk.stop()
-        log.info("log daemon stopped (%d records written)", self.records_written)
-        return EXIT_OK
+        log.info("log daemon stopped (%s; %d records written)", self.stopping.reason or "stop requested",
+                 self.records_written)
+        return ExitCode.OK
 
     def _open_session(self, zk: ZooKeeper) -> MQSession:
         self.writer.check_writable()
-        session = MQSession(MQSettings.from_zookeeper(zk, self.settings.connection), name=f"pero-logd {self.settings.log_queue}")
+        settings = MQSettings.from_zookeeper(zk, self.settings.connection)
+        session = MQSession(settings, name=f"pero-logd {self.settings.log_queue}")
         session.open(retry_for=0)   # run() retries, with its backoff and one line per problem
         try:
             problem = session.declare_shared_queue(self.settings.log_queue)
@@ -157,7 +166,7 @@ class LogDaemon:
         received: list[Delivery] = []
         session.consume(self.settings.log_queue, received.append, prefetch=PREFETCH)
         log.info("consuming log queue %r into %s", self.settings.log_queue, self.settings.output_dir)
-        while not self.stopping.is_set():
+        while not self.stopping.requested:
             session.pump(0.5)
             if not received:
                 continue
@@ -178,7 +187,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     "Records are acknowledged only once written to disk; on errors they stay queued.",
         epilog="INI file: section [LOGD] with zookeeper_servers, username, password, ca_cert, log_queue, "
                "output_dir, log_rotation_period, number_of_files. Command-line options override it. "
-               "Exit codes: 0 stopped normally, 2 bad configuration.",
+               + exit_codes_help(ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE),
     )
     add_connection_arguments(parser)
     parser.add_argument("-q", "--log-queue", help=f"log queue to consume (default {DEFAULT_LOG_QUEUE!r})")
@@ -192,28 +201,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def setup_logging(debug: bool) -> None:
-    setup_daemon_logging("LOGD", debug)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging(args.debug)
     try:
-        settings = build_settings(args)
+        settings = build_settings(parse_args(argv))
     except ConfigError as error:
-        log.error("%s", error)
-        return EXIT_CONFIG
-    daemon = LogDaemon(settings)
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d received, stopping", signum)
-        daemon.stop()
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+        return configuration_error("log_daemon.py", error)
+    setup_logging("LOGD", bool(settings.debug))
+    stop = StopRequest.on_signals()
     log.info("log daemon: queue %r -> %s (rotation %g min, keep %s files)", settings.log_queue,
              settings.output_dir, settings.rotation_minutes, settings.number_of_files or "all")
-    return daemon.run()
+    return run_guarded(log, lambda: LogDaemon(settings, stop).run())
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
-from . import rotation
+from pero_worker.log_daemon import rotation
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,6 @@ class LogWriter:
         self._file: TextIO | None = None
         self._name: str | None = None
         self._created: datetime | None = None
-
-    @property
-    def current_path(self) -> Path | None:
-        return self.directory / self._name if self._name else None
 
     def _fail(self, what: str, error: OSError) -> LogWriteError:
         self._discard()

@@ -22,10 +22,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from fontTools.ttLib import TTFont, TTCollection  # noqa: F401  (TTCollection: .ttc files are skipped)
+from fontTools.ttLib import TTCollection, TTFont  # noqa: F401  (TTCollection: .ttc files are skipped)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from charset import ASCII, CHARACTERS  # noqa: E402
+from pero_worker.training.charset import ASCII, CHARACTERS
 
 DEFAULT_DIRS = ["/usr/share/fonts", "/usr/share/texmf/fonts/opentype"]
 HERE = Path(__file__).resolve().parent
@@ -173,7 +172,8 @@ def main() -> int:
                                             encoding="utf-8")
     print(f"held out: {len(held_manifest)} fonts -> {held_dir}")
     total = sum((args.out / m["file"]).stat().st_size for m in manifest)
-    print(f"{len(manifest)} fonts from {len({m['family'] for m in manifest})} families, {total / 1e6:.1f} MB -> {args.out}")
+    families = len({m["family"] for m in manifest})
+    print(f"{len(manifest)} fonts from {families} families, {total / 1e6:.1f} MB -> {args.out}")
     return 0
 
 

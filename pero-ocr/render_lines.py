@@ -23,6 +23,7 @@ charset. No corpus is downloaded.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import random
@@ -34,8 +35,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from charset import CHARACTERS  # noqa: E402
+from pero_worker.training.charset import CHARACTERS
 
 LINE_HEIGHT = 40        # px, the crop height the network reads (ocr_engine.json line_px_height)
 LINE_SCALE = 1.25       # LINE_CROPPER LINE_SCALE: how far above/below the heights the crop reaches
@@ -70,11 +70,13 @@ LANGUAGES: dict[str, Language] = {
                 "“” ‘’ \"\""),
     "de": _lang("eeeeeeaaaiiiuuoooääöüü", "nnnnrrrrsssstttthhhddllllggcccmmbbwwffkkzzppvjß",
                 "sch ch st sp ck tz pf ng nk",
-                "der die und in den von zu das mit sich des auf für ist im dem nicht ein eine als auch es an werden aus er hat daß sie nach über",
+                "der die und in den von zu das mit sich des auf für ist im dem nicht ein eine als auch es an werden "
+                "aus er hat daß sie nach über",
                 "„“ ‚‘ »« \"\""),
     "fr": _lang("eeeeeeaaaaiiiiuuuoooéééèèêàâîïôûùëüÿœæ", "ssssnnnnrrrrttttllllddccmmppvvqqgghhbbffjxzç",
                 "ch qu gn ll ss tr pr br",
-                "le de la et les des en un une du est que pour qui dans par sur pas au avec ce il elle ne se sont aux été être l’on d’un qu’il",
+                "le de la et les des en un une du est que pour qui dans par sur pas au avec ce il elle ne se sont aux "
+                "été être l’on d’un qu’il",
                 "«» “” \"\""),
     "es": _lang("eeeeaaaaoooooiiiuuuáéíóúü", "ssssnnnnrrrrllllddddttccmmppbbggvvyyqqhhffzjñx",
                 "ch ll rr qu gu br tr pr",
@@ -90,7 +92,8 @@ LANGUAGES: dict[str, Language] = {
                 "«» “” \"\""),
     "cs": _lang("aaaeeeoooiiiuuyáááéííýůúěě", "nnnsssttttvvvpppkkkrrrllllddmmmjjzzcchbřřžžššččďťňgf",
                 "st pr př ch sk kr tr ml zv sp",
-                "a se na že v je to s z do o by i k ve pro jako jsou tak ale po jeho od při bylo jsem však již který jen",
+                "a se na že v je to s z do o by i k ve pro jako jsou tak ale po jeho od při bylo jsem však již "
+                "který jen",
                 "„“ ‚‘ »« \"\""),
     "sk": _lang("aaaeeeoooiiiuuyáéíóúýäô", "nnnsssttttvvvpppkkkrrrllllddmmmjjzzcchbžžššččďťňľĺŕgf",
                 "st pr ch sk kr tr dz dž",
@@ -179,7 +182,7 @@ class TextGenerator:
             return r.choice(lang.words)
         syllables = r.choices([1, 2, 3, 4, 5], weights=[18, 34, 28, 14, 6])[0]
         out = []
-        for i in range(syllables):
+        for _syllable in range(syllables):
             if r.random() < 0.75:
                 if lang.clusters and r.random() < 0.15:
                     out.append(r.choice(lang.clusters))
@@ -234,7 +237,8 @@ class TextGenerator:
             w = self.word(LANGUAGES["en"])
             return f"{w}@{self.word(LANGUAGES['de'])}.{r.choice(['cz', 'com', 'org', 'eu', 'de'])}"
         if kind == 1:
-            return f"www.{self.word(LANGUAGES['cs'])}.{r.choice(['cz', 'com', 'org', 'net'])}/{self.word(LANGUAGES['en'])}"
+            domain = r.choice(["cz", "com", "org", "net"])
+            return f"www.{self.word(LANGUAGES['cs'])}.{domain}/{self.word(LANGUAGES['en'])}"
         if kind == 2:
             return "".join(r.choice(SYMBOLS) for _ in range(r.randint(1, 3)))
         return "".join(r.choice(CHARACTERS[1:]) for _ in range(r.randint(1, 6)))
@@ -392,16 +396,11 @@ def detector_errors(rng: random.Random, em: float, baseline: np.ndarray, up: flo
     return bl, up, down
 
 
-_CROPPER = None
-
-
+@functools.cache
 def cropper():
-    """pero-ocr's line cropper, configured like the bundled config.ini's LINE_CROPPER."""
-    global _CROPPER
-    if _CROPPER is None:
-        from pero_ocr.core.crop_engine import EngineLineCropper
-        _CROPPER = EngineLineCropper(line_height=LINE_HEIGHT, poly=INTERP, scale=LINE_SCALE)
-    return _CROPPER
+    """pero-ocr's line cropper, configured like the bundled config.ini's LINE_CROPPER (made once, on first use)."""
+    from pero_ocr.core.crop_engine import EngineLineCropper
+    return EngineLineCropper(line_height=LINE_HEIGHT, poly=INTERP, scale=LINE_SCALE)
 
 
 # --------------------------------------------------------------------------------------------

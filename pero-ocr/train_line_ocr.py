@@ -37,14 +37,13 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pero_worker.training.charset import CHARACTERS
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from charset import CHARACTERS  # noqa: E402
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 NET_NAME = "pero_worker_conv_blstm_v1"
 LINE_PX_HEIGHT = 40
@@ -311,8 +310,8 @@ def export_checkpoint(ckpt_path: Path, model_dir: Path) -> None:
 
 def evaluate_engine(model_dir: Path, font_dir: Path, count: int, seed: int) -> dict:
     """CER of an exported model run through pero-ocr's own PytorchEngineLineOCR on CPU."""
-    from pero_ocr.ocr_engine.pytorch_ocr_engine import PytorchEngineLineOCR
     import render_lines as R
+    from pero_ocr.ocr_engine.pytorch_ocr_engine import PytorchEngineLineOCR
     engine = PytorchEngineLineOCR(str(model_dir / "ocr_engine.json"), torch.device("cpu"))
     result = {}
     for name, fonts in (("held_in", R.load_fonts(font_dir)), ("held_out", R.load_fonts(font_dir / "held_out"))):
@@ -400,7 +399,6 @@ def train(args: argparse.Namespace) -> int:
     last_val = t0
     last_ckpt = t0
     history = []
-    best = {"cer_held_in": None}
 
     def save_checkpoint(path: Path) -> None:
         torch.save({"config": cfg, "state_dict": {k: v.detach().float().cpu() for k, v in model.state_dict().items()},

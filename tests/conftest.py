@@ -7,21 +7,22 @@ and stages with `unique_name(...)`.  Test-specific fixtures live in their own te
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
+from pero_worker.dev.local_services import LocalServices, ensure_services, write_server_lists
 from pero_worker.libs.addresses import Address
 from pero_worker.libs.config import ConnectionConfig
 from pero_worker.libs.zk import ZooKeeper
-from pero_worker.scripts.local_services import LocalServices, ensure_services, write_server_lists
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return "services: ZooKeeper 127.0.0.1:2181, RabbitMQ 127.0.0.1:5672/15672, SFTP 127.0.0.1:2222 (scripts/local_services.py)"
+    return ("services: ZooKeeper 127.0.0.1:2181, RabbitMQ 127.0.0.1:5672/15672, SFTP 127.0.0.1:2222 "
+            "(scripts/local_services.py)")
 
 
 @pytest.fixture(scope="session")

@@ -125,7 +125,8 @@ def test_password_sources_in_order(tmp_path, monkeypatch):
     assert connection_config(_parse([]), ini).password == "from-env"
     monkeypatch.delenv("PERO_PASSWORD")
     assert connection_config(_parse([]), ini).password == "from-ini"
-    assert connection_config(_parse([]), {"zookeeper_servers": "h", "password_file": str(secret)}).password == "from-file"
+    ini = {"zookeeper_servers": "h", "password_file": str(secret)}
+    assert connection_config(_parse([]), ini).password == "from-file"
 
 
 @pytest.mark.parametrize("argv,env,ini,servers,chroot,user", [

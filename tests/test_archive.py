@@ -11,7 +11,13 @@ import pytest
 
 from pero_worker.libs import archive
 from pero_worker.libs.archive import (
-    ArchiveError, ArchiveLimits, UnsafeArchiveError, check_member, check_totals, detect_format, safe_extract,
+    ArchiveError,
+    ArchiveLimits,
+    UnsafeArchiveError,
+    check_member,
+    check_totals,
+    detect_format,
+    safe_extract,
 )
 
 # (name, kind, linkname, refused?, word expected in the reason)

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from needs import missing, require_module  # tests/ helper: a skip here, a failure with CI=true
 
 torch = require_module("torch")
@@ -119,6 +118,7 @@ def _render_page(render, font_file, texts: list[str]):
 def test_page_parser_with_bundled_config_writes_transcriptions(tools, held_out_fonts):
     from pero_ocr.core.layout import PageLayout, RegionLayout, TextLine
     from pero_ocr.document_ocr.page_parser import PageParser
+
     from pero_worker.worker.layout.geometry import line_geometry, line_polygon
 
     _, render = tools

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pero_worker.dev.demo import match_pages, read_manifest, results_by_uuid
 from pero_worker.libs.safe_names import request_folder_name
-from pero_worker.scripts.demo import match_pages, read_manifest, results_by_uuid
 
 
 def _downloaded(results: Path, image: str, request_uuid: str) -> Path:

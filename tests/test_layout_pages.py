@@ -3,7 +3,6 @@ skew, and that pero-ocr's cropper gets good line crops from the result."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

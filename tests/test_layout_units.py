@@ -16,7 +16,6 @@ from pero_worker.worker.layout.lines import group_lines
 from pero_worker.worker.layout.skew import apply_affine, deskew_transform, estimate_skew
 from pero_worker.worker.layout.xycut import CutParams, find_gaps, xy_cut
 
-
 # ----------------------------------------------------------------------------- skew
 
 def _baseline_points(angle_deg: float, n_lines: int = 20, pitch: float = 50.0, width: float = 1500.0,

@@ -92,7 +92,7 @@ def test_writes_rotates_and_prunes(zk_root, log_queue, tmp_path):
         seen_files: set[str] = set()
         for batch in batches:
             publish(session, queue, batch)
-            wait_for(lambda: set(batch) <= set(lines_in(out)), 20, f"{batch[0]!r}... on disk")
+            wait_for(lambda batch=batch: set(batch) <= set(lines_in(out)), 20, f"{batch[0]!r}... on disk")
             seen_files.update(p.name for p in log_files(out))
             time.sleep(period_minutes * 60 + 0.3)
         assert len(seen_files) == 4, "each batch, one period apart, must start a new file"

@@ -13,13 +13,17 @@ from pathlib import Path
 
 import pytest
 
+from pero_worker.dev import local_services
 from pero_worker.libs.addresses import Address
 from pero_worker.libs.sftp import SftpClient, SftpSettings
-from pero_worker.scripts import local_services
 from pero_worker.worker.model_cache import (
-    ModelCache, ModelCacheError, folder_name, parse_checksum_file, version_key, versions_to_prune,
+    ModelCache,
+    ModelCacheError,
+    folder_name,
+    parse_checksum_file,
+    version_key,
+    versions_to_prune,
 )
-
 
 # --- pure decisions -------------------------------------------------------------
 
@@ -325,6 +329,7 @@ def test_partial_unpacks_are_removed_at_start_and_complete_models_kept(tmp_path)
 def test_a_stage_being_filled_by_another_process_is_left_alone(tmp_path):
     import subprocess
     import sys
+
     from pero_worker.worker.model_cache import clean_interrupted
     root = tmp_path / "cache"
     version_dir = _killed_unpack(tmp_path, root)

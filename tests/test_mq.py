@@ -9,7 +9,13 @@ import requests
 
 from pero_worker.libs.addresses import Address
 from pero_worker.libs.mq import (
-    MQAuthenticationError, MQConnectionError, MQError, MQPreconditionFailed, MQSession, MQSettings, PublishOutcome,
+    MQAuthenticationError,
+    MQConnectionError,
+    MQError,
+    MQPreconditionFailed,
+    MQSession,
+    MQSettings,
+    PublishOutcome,
 )
 
 SETTINGS = MQSettings(servers=(Address("127.0.0.1", 5672),), username="guest", password="guest")

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import Levenshtein
 import pytest
+from needs import require, require_module  # tests/ helper: a skip here, a failure with CI=true
 
+from pero_worker.dev.demo import page_text
 from pero_worker.libs import zk_paths
 from pero_worker.libs.message_pb2 import Data, ProcessingRequest
 from pero_worker.libs.mq import MQSession, MQSettings
-from pero_worker.scripts.demo import page_text
-
-from needs import require, require_module  # tests/ helper: a skip here, a failure with CI=true
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parent.parent
@@ -61,8 +60,8 @@ def secured(services, zk_root: str, conn_config):
     """ZooKeeper and RabbitMQ sessions as user pero (the tools create SASL-owned nodes)."""
     import dataclasses
 
+    from pero_worker.dev.local_services import write_server_lists
     from pero_worker.libs.zk import ZooKeeper
-    from pero_worker.scripts.local_services import write_server_lists
 
     auth = dataclasses.replace(conn_config, username=services.user, password=services.password)
     zk = ZooKeeper(auth).start()

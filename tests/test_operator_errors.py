@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from opsplane import REPO, wait_for
+from pero_worker.dev.local_services import write_server_lists
+from pero_worker.dev.opsplane import REPO
 from pero_worker.libs import zk_paths
 from pero_worker.libs.zk import ZooKeeper
-from pero_worker.scripts.local_services import write_server_lists
 
 TOOLS = {
     "watchdog --dry-run": ["watchdog/worker_watchdog.py", "--dry-run"],
@@ -50,15 +50,15 @@ def test_tools_without_credentials_on_a_secured_tree_say_so_in_one_line(secured_
     result = run([argv[0], "-z", secured_root, *argv[1:]])
     output = (result.stdout + result.stderr).strip()
     assert "Traceback" not in output, output
-    assert result.returncode in (1, 3), output
+    assert result.returncode == 4, output   # ExitCode.ACCESS_REFUSED
     assert len(output.splitlines()) == 1 and "ZooKeeper refused access" in output, output
 
 
-def test_worker_without_credentials_on_a_secured_tree_exits_2_in_one_line(secured_root, tmp_path):
+def test_worker_without_credentials_on_a_secured_tree_exits_4_in_one_line(secured_root, tmp_path):
     result = run(["worker/run_worker.py", "-z", secured_root, "-i", "w_noauth", "--cache-directory",
                   str(tmp_path / "cache"), "--disable-remote-logging"])
     output = (result.stdout + result.stderr).strip()
-    assert result.returncode == 2, output
+    assert result.returncode == 4, output   # ExitCode.ACCESS_REFUSED
     assert "Traceback" not in output and len(output.splitlines()) == 1 and "NoAuth" in output, output
 
 

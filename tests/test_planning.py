@@ -10,11 +10,12 @@ NOW = 1_000_000.0
 S = PlannerSettings()
 
 
-def W(worker_id, queue="", status=zk_paths.PROCESSING, *, locked_for=0.0, enabled=True, connected=True):
+def W(worker_id, queue="", status=zk_paths.PROCESSING, *, locked_for=0.0, enabled=True, connected=True):  # noqa: N802
     return WorkerView(worker_id, queue, status, enabled, connected, NOW + locked_for if locked_for else 0.0)
 
 
-def St(name, ready=0, t=1.0, *, unacked=0, prio=0, switch=2.0, waiting_for=None, empty_for=float("inf")):
+def St(name, ready=0, t=1.0, *, unacked=0, prio=0, switch=2.0, waiting_for=None,  # noqa: N802 (short table rows)
+       empty_for=float("inf")):
     since = None if waiting_for is None else NOW - waiting_for
     return StageView(name, ready, unacked, t, switch, prio, since, empty_for)
 

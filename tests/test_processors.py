@@ -13,18 +13,21 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import ocr_model_factory  # tests/ helper: pytest puts tests/ on sys.path (rootdir conftest)
 import pytest
 from lxml import etree
 
 from pero_worker.libs.message_pb2 import ProcessingRequest
-from pero_worker.worker import processors
 from pero_worker.worker.processors import (
-    ProcessingError, StageConfigError, build_processor, parse_stage_config, select_processor_kind,
+    ProcessingError,
+    StageConfigError,
+    build_processor,
+    dummy,
+    images,
+    parse_stage_config,
+    pero_ocr_stage,
+    select_processor_kind,
 )
-from pero_worker.worker.processors import dummy, images, pero_ocr_stage
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ocr_model_factory  # noqa: E402  (tests/ helper, not a package)
 
 PAGE_NS = "{http://schema.primaresearch.org/PAGE/gts/pagecontent/2019-07-15}"
 
@@ -387,7 +390,7 @@ def test_existing_page_xml_under_another_name_is_written_back(ocr_model, ocr_pro
 
 
 @pytest.mark.parametrize("results,match", [
-    ((("page.png", b"\x89PNG\r\n\x1a\n" + b"junk" * 50),), "is not an image"),
+    ((("page.png", _encoded(".png")[:33] + b"junk" * 50),), "is not an image"),   # PNG header, damaged data
     ((("notes.txt", b"hello"),), "is an image"),
     ((("page.png", None), ("page.png_page.xml", b"<not-page/>")), "not a usable PAGE XML"),
     ((("page.png", None), ("page.png_page.xml", b"<?xml version='1.0'?><!DOCTYPE x [<!ENTITY e SYSTEM "

@@ -11,21 +11,26 @@ import sys
 import time
 import uuid
 from types import SimpleNamespace
+from urllib.parse import quote
 
 import pytest
 import requests
-from urllib.parse import quote
 
 from pero_worker.libs.addresses import Address
 from pero_worker.libs.message_pb2 import ProcessingRequest
+from pero_worker.libs.message_size import (
+    choose_limit,
+    default_max_message_size,
+    parse_byte_size,
+    parse_size_refusal,
+)
 from pero_worker.libs.mq import MQError, MQSession, MQSettings, PublishOutcome
 from pero_worker.libs.safe_names import is_safe_file_name
-from pero_worker.scripts import publisher as pub
-from pero_worker.libs.message_size import (
-    choose_limit, default_max_message_size, parse_byte_size, parse_size_refusal,
-)
-from pero_worker.scripts.download_index import INDEX_FILE, LEGACY_INDEX_FILE, DownloadIndex
-from pero_worker.scripts.publisher_upload import summary_lines
+from pero_worker.tools import publisher
+from pero_worker.tools.publishing import download as dl
+from pero_worker.tools.publishing import upload as up
+from pero_worker.tools.publishing.download_index import INDEX_FILE, LEGACY_INDEX_FILE, DownloadIndex
+from pero_worker.tools.publishing.upload import summary_lines
 
 NOW = datetime.datetime(2024, 5, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,7 +62,7 @@ def make_request(results=(("page.jpg", b"image"),), logs=(), stages=("out",), re
 
 
 def test_build_request():
-    request = pub.build_request("scan.jpg", b"\xff\xd8data", ["ocr", "out"], 1, NOW)
+    request = up.build_request("scan.jpg", b"\xff\xd8data", ["ocr", "out"], 1, NOW)
     assert len(request.uuid) == 32 and int(request.uuid, 16) >= 0
     assert len(request.page_uuid) == 32 and request.page_uuid != request.uuid
     assert request.priority == 1
@@ -65,7 +70,7 @@ def test_build_request():
     assert list(request.processing_stages) == ["ocr", "out"]
     assert [(r.name, r.content) for r in request.results] == [("scan.jpg", b"\xff\xd8data")]
     assert not request.logs
-    assert pub.build_request("a", b"", ["out"], 0, NOW).uuid != request.uuid
+    assert up.build_request("a", b"", ["out"], 0, NOW).uuid != request.uuid
 
 
 HOSTILE = ["../../evil", "/abs", "/etc/passwd", "a/../../b", "..", ".", "", "CON", "nul\x00byte", "x" * 500,
@@ -75,11 +80,11 @@ HOSTILE = ["../../evil", "/abs", "/etc/passwd", "a/../../b", "..", ".", "", "CON
 def test_plan_request_files_makes_every_name_safe_and_distinct():
     request = make_request(results=[(name, f"content {i}".encode()) for i, name in enumerate(HOSTILE)],
                            logs=[("ocr", "OK", "fine"), ("../../stage", "FAILED", "boom"), ("ocr", "OK", "again")])
-    files = pub.plan_request_files(request)
+    files = dl.plan_request_files(request)
     names = [name for _original, name, _content in files]
     assert len(names) == len({n.casefold() for n in names}) == 1 + 3 + len(HOSTILE)
     assert all(is_safe_file_name(n) for n in names)
-    assert names[0] == pub.INFO_FILE
+    assert names[0] == dl.INFO_FILE
     contents = [content for _o, _n, content in files[4:]]
     assert contents == [f"content {i}".encode() for i in range(len(HOSTILE))]   # nothing lost or mixed up
     info = files[0][2].decode()
@@ -89,10 +94,10 @@ def test_plan_request_files_makes_every_name_safe_and_distinct():
 
 def test_render_stage_log_and_info():
     request = make_request(logs=[("ocr", "OK", "line 1\nline 2\n")])
-    text = pub.render_stage_log(request.logs[0])
+    text = dl.render_stage_log(request.logs[0])
     assert "stage:   ocr" in text and "status:  OK" in text and "line 1\nline 2\n" in text
     assert "host_id: worker-1" in text and "version: v1" in text and "2024-05-01T12:00:02+00:00" in text
-    info = pub.render_info(request, [("page.jpg", "page.jpg")])
+    info = dl.render_info(request, [("page.jpg", "page.jpg")])
     assert f"uuid:             {request.uuid}" in info and "status:           OK" in info
     assert "ocr: OK (version v1, host worker-1" in info
 
@@ -102,7 +107,7 @@ def test_list_upload_files(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"a")
     (tmp_path / ".hidden").write_bytes(b"h")
     (tmp_path / "sub").mkdir()
-    assert pub.list_upload_files(["x.png"], str(tmp_path)) == ["x.png", str(tmp_path / "a.jpg"),
+    assert up.list_upload_files(["x.png"], str(tmp_path)) == ["x.png", str(tmp_path / "a.jpg"),
                                                                  str(tmp_path / "b.jpg")]
 
 
@@ -124,7 +129,7 @@ def env(zk, zk_root, services, unique_name):
 
     def run(*args: str) -> int:
         extra = ["--idle-timeout", "0.5"] if "--download" in args else []
-        return pub.main(["-z", zk_root, "--no-progress", *extra, *args])
+        return publisher.main(["-z", zk_root, "--no-progress", *extra, *args])
 
     yield SimpleNamespace(mq=mq, queue=queue, run=run, zk_root=zk_root)
     for name in queues:
@@ -200,10 +205,10 @@ def test_unreadable_image_fails_the_run_but_not_the_others(env, tmp_path, capsys
 
 def test_returned_requests_are_counted_as_not_uploaded(env):
     """A queue deleted after the start check: every request comes back RETURNED, none counts as uploaded."""
-    stats = pub.UploadStats()
-    uploader = pub.Uploader(env.mq, lambda: env.mq, f"gone_{uuid.uuid4().hex}", stats, lambda: None)
+    stats = up.UploadStats()
+    uploader = up.Uploader(env.mq, lambda: env.mq, f"gone_{uuid.uuid4().hex}", stats, lambda: None)
     for i in range(10):
-        uploader.add(i, f"file{i}", pub.build_request(f"file{i}", b"x", ["gone"], 0, NOW))
+        uploader.add(i, f"file{i}", up.build_request(f"file{i}", b"x", ["gone"], 0, NOW))
     assert uploader.finish(timeout=20)
     assert stats.confirmed == 0 and sorted(stats.returned) == sorted(f"file{i}" for i in range(10))
 
@@ -226,7 +231,7 @@ def close_connection_by_name(services, connection_name: str) -> None:
 def test_reconnect_republishes_unconfirmed_requests(env, services):
     """The broker drops the connection with requests unconfirmed: they are published again (same uuid)."""
     first = env.queue()
-    stats = pub.UploadStats()
+    stats = up.UploadStats()
     name = f"test-publisher-{uuid.uuid4().hex[:8]}"
     # As user pero: a non-administrator may close only its own connections through the management API.
     session = MQSession(MQSettings(servers=env.mq.settings.servers, username=services.user,
@@ -237,15 +242,15 @@ def test_reconnect_republishes_unconfirmed_requests(env, services):
         session.open(retry_for=10)
         return session
 
-    uploader = pub.Uploader(session, reopen, first, stats, lambda: None)
+    uploader = up.Uploader(session, reopen, first, stats, lambda: None)
     sent = []
     for i in range(5):
-        request = pub.build_request(f"f{i}", b"y" * 100, [first], 0, NOW)
+        request = up.build_request(f"f{i}", b"y" * 100, [first], 0, NOW)
         sent.append(request.uuid)
         uploader.add(i, f"f{i}", request)
     close_connection_by_name(services, name)
     for i in range(5, 10):                       # keeps publishing through the drop
-        request = pub.build_request(f"f{i}", b"y" * 100, [first], 0, NOW)
+        request = up.build_request(f"f{i}", b"y" * 100, [first], 0, NOW)
         sent.append(request.uuid)
         uploader.add(i, f"f{i}", request)
         time.sleep(0.1)
@@ -299,7 +304,7 @@ def test_download_writes_folders_and_empties_the_queue(env, tmp_path, capsys):
     assert "status:           FAILED in ocr" in (bad / "request_info.txt").read_text()
     assert "Traceback" in (bad / "ocr.log").read_text()
     assert sorted(index_keys(target)) == sorted([ok.uuid, failed.uuid])
-    assert not [p for p in os.listdir(target) if p.startswith(pub.TEMP_PREFIX)]
+    assert not [p for p in os.listdir(target) if p.startswith(dl.TEMP_PREFIX)]
 
 
 def test_download_never_writes_outside_the_folder(env, tmp_path):
@@ -321,7 +326,7 @@ def test_download_never_writes_outside_the_folder(env, tmp_path):
     assert set(os.listdir(tmp_path)) == before
     assert os.listdir(sandbox) == ["inner"] and os.listdir(sandbox / "inner") == ["download"]
     written = {}
-    for root, dirs, files in os.walk(target):
+    for root, _dirs, files in os.walk(target):
         for name in files:
             path = os.path.join(root, name)
             assert os.path.realpath(path).startswith(str(target.resolve()) + os.sep)
@@ -394,8 +399,8 @@ def test_unparsable_message_is_kept_not_lost(env, tmp_path, capsys):
     target = tmp_path / "download"
     assert env.run("--download", out, "--directory", str(target)) == 1
     assert "1 unparsable message(s)" in capsys.readouterr().out
-    kept = os.listdir(target / pub.UNPARSABLE_FOLDER)
-    assert len(kept) == 1 and (target / pub.UNPARSABLE_FOLDER / kept[0]).read_bytes() == b"\xff\xff\xff not protobuf"
+    kept = os.listdir(target / dl.UNPARSABLE_FOLDER)
+    assert len(kept) == 1 and (target / dl.UNPARSABLE_FOLDER / kept[0]).read_bytes() == b"\xff\xff\xff not protobuf"
     assert env.mq.queue_length(out) == 0
 
 
@@ -454,13 +459,13 @@ def test_round_trip_and_keep_running_as_scripts(env, tmp_path, repo_root):
 
 def test_make_durable_without_syncfs(tmp_path, monkeypatch):
     """The portable path (no syncfs): fsync of every file and folder must work on real files."""
-    monkeypatch.setattr(pub, "_syncfs", None)
+    monkeypatch.setattr(dl, "_syncfs", None)
     folder = tmp_path / "req"
     folder.mkdir()
     (folder / "a").write_bytes(b"a")
-    pub.make_durable(str(tmp_path), [str(folder / "a")], [str(folder)])
+    dl.make_durable(str(tmp_path), [str(folder / "a")], [str(folder)])
     with pytest.raises(FileNotFoundError):
-        pub.make_durable(str(tmp_path), [str(folder / "missing")], [])
+        dl.make_durable(str(tmp_path), [str(folder / "missing")], [])
 
 
 # --- symbolic links in the download folder, and the on-disk index ---------------------------
@@ -488,7 +493,7 @@ def test_a_symlink_named_like_the_request_folder_is_never_followed(env, tmp_path
     assert env.mq.queue_length(out) == 0
 
 
-@pytest.mark.parametrize("link", [INDEX_FILE, pub.UNPARSABLE_FOLDER, INDEX_FILE + "-wal"])
+@pytest.mark.parametrize("link", [INDEX_FILE, dl.UNPARSABLE_FOLDER, INDEX_FILE + "-wal"])
 def test_a_symlinked_index_or_unparsable_folder_is_refused_at_start(env, tmp_path, capsys, link):
     out = env.queue("out")
     publish(env.mq, out, make_request())
@@ -582,7 +587,7 @@ def test_choose_limit_prefers_the_operator_then_the_broker_version():
 
 
 def test_summary_names_every_file_not_uploaded():
-    stats = pub.UploadStats(confirmed=1)
+    stats = up.UploadStats(confirmed=1)
     stats.refuse(stats.too_large, "big.tif", "too large")
     stats.refuse(stats.unreadable, "gone.tif", "unreadable: No such file or directory")
     lines = summary_lines(stats, ["u.tif"], ["n.tif"])
@@ -590,7 +595,7 @@ def test_summary_names_every_file_not_uploaded():
                         "1 never confirmed, 1 not sent")
     assert lines[1:] == ["  big.tif: too large", "  gone.tif: unreadable: No such file or directory",
                          "  u.tif: sent, but the broker never confirmed it", "  n.tif: not sent (the upload stopped)"]
-    assert summary_lines(pub.UploadStats(confirmed=1), [], []) == []
+    assert summary_lines(up.UploadStats(confirmed=1), [], []) == []
 
 
 def _upload_script(env, *args, extra_env=None, timeout=300):

@@ -1,7 +1,7 @@
 """Outages of the real services and how fast the daemons recover (issue 8, section 2).
 
 The shared services are never stopped: the broker and ZooKeeper are reached through a TCP
-proxy on loopback (tests/tcp_proxy.py) that the test cuts and restores, with the server
+proxy on loopback (dev/tcp_proxy.py) that the test cuts and restores, with the server
 list in the test's ZooKeeper chroot pointing at the proxy; the SFTP outage uses an sshd of
 this test's own, on a free port, that it stops and starts.
 
@@ -24,18 +24,25 @@ from pathlib import Path
 
 import pytest
 
-from opsplane import (
-    REPO, STAGE_CONFIG_MANAGER, Process, dummy_stage_config, make_stage, publish_requests, start_watchdog,
-    start_worker, wait_for,
+from pero_worker.dev import local_services
+from pero_worker.dev.local_services import write_server_lists
+from pero_worker.dev.opsplane import (
+    REPO,
+    STAGE_CONFIG_MANAGER,
+    Process,
+    dummy_stage_config,
+    make_stage,
+    publish_requests,
+    start_watchdog,
+    start_worker,
+    wait_for,
 )
+from pero_worker.dev.tcp_proxy import TcpProxy
 from pero_worker.libs import zk_paths
 from pero_worker.libs.addresses import Address
 from pero_worker.libs.message_pb2 import ProcessingRequest
 from pero_worker.libs.mq import MQSession, MQSettings
 from pero_worker.libs.zk import ZooKeeper
-from pero_worker.scripts import local_services
-from pero_worker.scripts.local_services import write_server_lists
-from tcp_proxy import TcpProxy
 
 LOG_DAEMON = REPO / "log_daemon" / "log_daemon.py"
 
@@ -276,7 +283,8 @@ def test_stage_is_ready_within_5_s_of_the_sftp_server_coming_back(zk_root, auth_
     wid = unique_name("w")
     worker = Process([sys.executable, str(REPO / "worker" / "run_worker.py"), "-z", zk_root,
                       "-u", services.user, "--password-file", str(services.password_file), "-i", wid,
-                      "--cache-directory", str(tmp_path / "cache"), "--disable-remote-logging"], tmp_path / "worker.log")
+                      "--cache-directory", str(tmp_path / "cache"), "--disable-remote-logging"],
+                     tmp_path / "worker.log")
     try:
         wait_for(lambda: zk.get_text(zk_paths.worker_status(wid)) == zk_paths.IDLE, 30, "worker idle")
         own_sshd.stop()
@@ -316,7 +324,8 @@ def test_a_missing_model_is_still_a_configuration_failure(zk_root, auth_zk, serv
     wid = unique_name("w")
     worker = Process([sys.executable, str(REPO / "worker" / "run_worker.py"), "-z", zk_root,
                       "-u", services.user, "--password-file", str(services.password_file), "-i", wid,
-                      "--cache-directory", str(tmp_path / "cache"), "--disable-remote-logging"], tmp_path / "worker.log")
+                      "--cache-directory", str(tmp_path / "cache"), "--disable-remote-logging"],
+                     tmp_path / "worker.log")
     try:
         wait_for(lambda: zk.get_text(zk_paths.worker_status(wid)) == zk_paths.IDLE, 30, "worker idle")
         zk.set_text(zk_paths.worker_queue(wid), stage)

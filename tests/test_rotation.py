@@ -6,7 +6,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from pero_worker.log_daemon.rotation import (
-    file_to_continue, files_to_prune, is_due, log_file_name, parse_log_file_name,
+    file_to_continue,
+    files_to_prune,
+    is_due,
+    log_file_name,
+    parse_log_file_name,
 )
 
 T0 = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)

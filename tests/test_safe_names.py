@@ -7,8 +7,14 @@ import unicodedata
 import pytest
 
 from pero_worker.libs.safe_names import (
-    MAX_NAME_BYTES, dedup_key, deduplicate, is_reserved, is_safe_file_name, request_folder_name,
-    safe_file_name, short_id,
+    MAX_NAME_BYTES,
+    dedup_key,
+    deduplicate,
+    is_reserved,
+    is_safe_file_name,
+    request_folder_name,
+    safe_file_name,
+    short_id,
 )
 
 SANITISED = [

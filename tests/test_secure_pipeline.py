@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from needs import require  # tests/ helper: a skip here, a failure with CI=true
 
 from pero_worker.libs import zk_paths
 from pero_worker.libs.addresses import Address
@@ -38,10 +39,8 @@ from pero_worker.libs.config import ConnectionConfig
 from pero_worker.libs.mq import MQAuthenticationError, MQConnectionError, MQSession, MQSettings
 from pero_worker.libs.sftp import SftpAuthError, SftpClient, SftpConnectError, SftpSettings
 from pero_worker.libs.zk import ZkConnectionError, ZooKeeper
-from pero_worker.scripts.deploy import pki
-from pero_worker.scripts.deploy.layout import Layout
-
-from needs import require  # tests/ helper: a skip here, a failure with CI=true
+from pero_worker.tools.deploy import pki
+from pero_worker.tools.deploy.layout import Layout
 
 REPO = Path(__file__).resolve().parent.parent
 SETUP = REPO / "scripts" / "system_setup.py"
@@ -262,9 +261,9 @@ TLS_PORTS = {"ZooKeeper": ZK_PORT, "AMQPS": AMQPS_PORT, "HTTPS management": MGMT
 
 def _handshake(port: int, context: ssl.SSLContext) -> tuple[str, str]:
     """(TLS version, cipher suite) that the server at 127.0.0.1:port agrees to with this client context."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls_socket:
-            return tls_socket.version(), tls_socket.cipher()[0]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls_socket:
+        return tls_socket.version(), tls_socket.cipher()[0]
 
 
 @pytest.mark.parametrize("service", list(TLS_PORTS))
@@ -615,8 +614,9 @@ def other_ca(tmp_path_factory) -> str:
     return str(folder / "ca.pem")
 
 
-BAD = {"wrong password": ("-p", "wrong-password", "refused the login of user 'perosec'"),
-       "untrusted CA": ("-e", None, "TLS certificate is not signed by the CA in")}
+# option, value, the one line that says so, the tools' exit code (ExitCode.ACCESS_REFUSED, ExitCode.UNREACHABLE)
+BAD = {"wrong password": ("-p", "wrong-password", "refused the login of user 'perosec'", 4),
+       "untrusted CA": ("-e", None, "TLS certificate is not signed by the CA in", 3)}
 
 
 @pytest.mark.parametrize("problem", list(BAD))
@@ -625,11 +625,11 @@ BAD = {"wrong password": ("-p", "wrong-password", "refused the login of user 'pe
     ["scripts/stage_config_manager.py", "--connection-config", "{config}/worker.ini", "--list"],
 ], ids=["publisher", "stage_config_manager"])
 def test_tools_stop_with_one_line_on_bad_credentials(deployment, other_ca, tmp_path, tool, problem):
-    option, value, message = BAD[problem]
+    option, value, message, code = BAD[problem]
     argv = [part.format(config=deployment.config, tmp=tmp_path) for part in tool] + [option, value or other_ca]
     started = time.monotonic()
     done = subprocess.run([PY, *argv], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 3, done.stdout + done.stderr
+    assert done.returncode == code, done.stdout + done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], done.stderr
     assert time.monotonic() - started < 15
@@ -643,7 +643,7 @@ def test_daemons_report_bad_credentials_clearly_and_back_off(deployment, other_c
                "logd": [PY, "log_daemon/log_daemon.py", "-c", f"{config}/logd.ini", "-o", str(tmp_path / "logd")]}
     running = {}
     for name, argv in daemons.items():
-        for problem, (option, value, _message) in BAD.items():
+        for problem, (option, value, _message, _code) in BAD.items():
             log = tmp_path / f"{name}-{problem.replace(' ', '_')}.log"
             argv_now = [part.replace("sec_probe", f"sec_probe_{problem[:5]}") for part in argv]
             running[(name, problem)] = (log, _spawn(argv_now + [option, value or other_ca], log, dict(os.environ)))

@@ -8,7 +8,7 @@ import pytest
 
 from pero_worker.libs import zk_paths
 from pero_worker.libs.zk import ZooKeeper
-from pero_worker.scripts import server_config_manager as scm
+from pero_worker.tools import server_config as scm
 
 
 @pytest.fixture

@@ -6,16 +6,20 @@ import os
 import shutil
 import socket
 import uuid
-from pathlib import Path
 
 import pytest
 
+from pero_worker.dev import local_services
 from pero_worker.libs import zk_paths
 from pero_worker.libs.addresses import Address
 from pero_worker.libs.sftp import (
-    SftpAuthError, SftpClient, SftpConnectError, SftpError, SftpNotFoundError, SftpSettings,
+    SftpAuthError,
+    SftpClient,
+    SftpConnectError,
+    SftpError,
+    SftpNotFoundError,
+    SftpSettings,
 )
-from pero_worker.scripts import local_services
 
 
 def _closed_port() -> int:

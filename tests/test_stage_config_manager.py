@@ -5,8 +5,8 @@ import dataclasses
 import datetime
 import hashlib
 import io
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -14,14 +14,15 @@ from types import SimpleNamespace
 
 import pytest
 
+from pero_worker.dev.local_services import SFTP_HOME, write_server_lists
 from pero_worker.libs import zk_paths
 from pero_worker.libs.addresses import Address
+from pero_worker.libs.exit_codes import ExitCode
 from pero_worker.libs.mq import MQError, MQSession, MQSettings
 from pero_worker.libs.sftp import SftpClient, SftpSettings
 from pero_worker.libs.zk import ZooKeeper
-from pero_worker.scripts import stage_config_manager as scm
-from pero_worker.scripts.cli_common import validate_stage_name
-from pero_worker.scripts.local_services import SFTP_HOME, write_server_lists
+from pero_worker.tools import stage_config as scm
+from pero_worker.tools.cli import validate_stage_name
 
 NOW = datetime.datetime(2024, 5, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
 CONFIG = "[PAGE_PARSER]\nRUN_LAYOUT_PARSER = yes\n\n[WORKER]\nDUMMY = TRUE\nTIME_SCALE = 0\n"
@@ -371,7 +372,7 @@ def test_zookeeper_is_written_before_the_queue_is_declared(env, services, capsys
     env.zk.client.set_acls(zk_paths.QUEUE_ROOT, [ACL(Permissions.READ | Permissions.ADMIN,
                                                      Id("sasl", services.user))])
     try:
-        assert env.run("--name", name) == 1
+        assert env.run("--name", name) == ExitCode.ACCESS_REFUSED
         err = capsys.readouterr().err
         assert "ZooKeeper refused access" in err and "Traceback" not in err
         # ... and no queue was declared for it.

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pero_worker.libs.message_pb2 import ProcessingRequest
-from pero_worker.scripts.publisher import Downloader
-from pero_worker.scripts.stats import parse_info, percentile, summarize
+from pero_worker.tools.publishing.download import Downloader
+from pero_worker.tools.stats import parse_info, percentile, summarize
 
 STATS = Path(__file__).resolve().parent.parent / "scripts" / "stats.py"
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
@@ -46,7 +46,8 @@ def test_parse_info_reads_the_publishers_format(folder):
     info = next(p for p in folder.iterdir() if p.is_dir() and "r1" in p.name) / "request_info.txt"
     record = parse_info(info.read_text())
     assert record.uuid == "r1"
-    assert [(s.stage, s.status, s.host) for s in record.stages] == [("ocr: v2", "OK", "hostA"), ("layout", "OK", "hostA")]
+    assert [(s.stage, s.status, s.host) for s in record.stages] == [("ocr: v2", "OK", "hostA"),
+                                                                    ("layout", "OK", "hostA")]
     assert record.stages[0].seconds == pytest.approx(0.2)
     assert (record.end_time - record.start_time).total_seconds() == pytest.approx(2.5)
 
@@ -59,7 +60,7 @@ def test_percentile(values, fraction, expected):
 
 
 def test_summary_numbers(folder):
-    from pero_worker.scripts.stats import read_folder
+    from pero_worker.tools.stats import read_folder
     records, problems = read_folder(str(folder))
     assert len(records) == 6 and problems == ["stray: no request_info.txt"]
     stages, total = summarize(records)

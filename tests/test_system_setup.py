@@ -23,9 +23,9 @@ from cryptography import x509
 
 from pero_worker.libs import tls
 from pero_worker.libs.config import read_ini_section
-from pero_worker.scripts.deploy import pki, render, samples
-from pero_worker.scripts.deploy.layout import Layout, Settings
-from pero_worker.scripts.deploy.secrets_store import SecretError, ensure_password, write_private
+from pero_worker.tools.deploy import pki, render, samples
+from pero_worker.tools.deploy.layout import Layout, Settings
+from pero_worker.tools.deploy.secrets_store import SecretError, ensure_password, write_private
 
 REPO = Path(__file__).resolve().parent.parent
 SETUP = REPO / "scripts" / "system_setup.py"
@@ -168,7 +168,7 @@ def test_sshd_config_is_sftp_only_for_one_jailed_user(jail):
 
 
 def _problems(bad: dict[str, str]):
-    return lambda path: bad.get(path)
+    return bad.get
 
 
 @pytest.mark.parametrize("given, bad, expected, note_word", [
@@ -232,7 +232,7 @@ def test_ini_files_are_what_the_daemons_read(tmp_path):
 def test_sample_config_matches_the_generators():
     for name, text in samples.sample_files().items():
         path = REPO / "sample-config" / name
-        assert path.read_text() == text, f"sample-config/{name} is stale: python -m pero_worker.scripts.deploy.samples"
+        assert path.read_text() == text, f"sample-config/{name} is stale: python -m pero_worker.tools.deploy.samples"
 
 
 # --- certificates --------------------------------------------------------------------------
@@ -549,7 +549,7 @@ def foreign_account():
 
 
 def test_an_existing_account_keeps_its_password_unless_told(foreign_account, tmp_path):
-    from pero_worker.scripts.deploy import postconfig
+    from pero_worker.tools.deploy import postconfig
     s = Settings("a", "b", "c", service_user=foreign_account)
     lay = Layout(tmp_path / "config", tmp_path / "data", tmp_path / "jail")
     before = _shadow_entry(foreign_account)
@@ -566,7 +566,8 @@ def test_an_existing_account_keeps_its_password_unless_told(foreign_account, tmp
 def test_an_account_the_deployment_created_is_removed_by_stop(tmp_path):
     import pwd
     import uuid
-    from pero_worker.scripts.deploy import postconfig
+
+    from pero_worker.tools.deploy import postconfig
     if os.geteuid() != 0:
         pytest.skip("needs root to create a system account")
     name = f"perot{uuid.uuid4().hex[:8]}"

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from pero_worker.libs.exit_codes import ExitCode
+
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "sample-config" / "systemd"
 INSTALLED = "/opt/pero-worker/"
@@ -33,7 +35,12 @@ def test_unit_restarts_its_daemon_as_an_unprivileged_user(name):
     service = unit["Service"]
     assert service["Restart"] == "always"
     assert 1 <= float(service["RestartSec"]) <= 5, "quick, but not a busy loop"
-    assert service["RestartPreventExitStatus"] == "2", "exit 2 = bad configuration: restarting cannot fix it"
+    # The exit codes a restart cannot fix (libs/exit_codes.py); "interrupted" and "unreachable" are retried.
+    prevented = {ExitCode(int(code)) for code in service["RestartPreventExitStatus"].split()}
+    expected = {ExitCode.USAGE, ExitCode.ACCESS_REFUSED}
+    if name.startswith("pero-worker@"):
+        expected.add(ExitCode.DUPLICATE_WORKER)
+    assert prevented == expected
     assert int(unit["Unit"]["StartLimitBurst"]) * float(service["RestartSec"]) < \
         int(unit["Unit"]["StartLimitIntervalSec"]), "the start limit can actually be reached"
     assert service["User"] not in ("", "root", "0") and service["Group"] not in ("", "root", "0")

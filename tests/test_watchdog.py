@@ -9,9 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from opsplane import (
-    WATCHDOG, Process, drain, dummy_stage_config, make_stage, publish_requests, start_watchdog, start_worker,
-    wait_for, worker_connected, worker_queue,
+from pero_worker.dev.opsplane import (
+    WATCHDOG,
+    Process,
+    drain,
+    dummy_stage_config,
+    make_stage,
+    publish_requests,
+    start_watchdog,
+    start_worker,
+    wait_for,
+    worker_connected,
+    worker_queue,
 )
 from pero_worker.libs import zk_paths
 from pero_worker.libs.mq import MQSession, MQSettings

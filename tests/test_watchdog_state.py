@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from opsplane import dummy_stage_config, make_stage, publish_requests, wait_for
+from pero_worker.dev.opsplane import dummy_stage_config, make_stage, publish_requests, wait_for
 from pero_worker.libs import zk_paths
 from pero_worker.libs.addresses import Address
 from pero_worker.libs.mq import MQSession, MQSettings

@@ -6,9 +6,16 @@ import sys
 
 import pytest
 
-from opsplane import (
-    REPO, drain, dummy_stage_config, make_stage, publish_requests, start_worker, wait_for,
-    worker_connected, worker_queue,
+from pero_worker.dev.opsplane import (
+    REPO,
+    drain,
+    dummy_stage_config,
+    make_stage,
+    publish_requests,
+    start_worker,
+    wait_for,
+    worker_connected,
+    worker_queue,
 )
 from pero_worker.libs import zk_paths
 from pero_worker.libs.mq import MQSession, MQSettings

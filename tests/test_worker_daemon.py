@@ -10,10 +10,10 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime
 import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -248,11 +248,11 @@ def test_duplicate_live_id_is_refused(start_worker, zk: ZooKeeper, tmp_path: Pat
     owner = zk.ephemeral_owner(zk_paths.worker_connected(first.worker_id))
     # another host (another cache directory): refused by the live ZooKeeper session
     second = start_worker(first.worker_id, cache_dir=tmp_path / "elsewhere")
-    assert second.wait_exit(10) == 3
+    assert second.wait_exit(10) == 5   # ExitCode.DUPLICATE_WORKER
     assert "in use by another live ZooKeeper session" in second.log()
     # the same host and cache directory: refused by the lock file
     third = start_worker(first.worker_id, cache_dir=tmp_path / f"cache_{first.worker_id}")
-    assert third.wait_exit(10) == 3
+    assert third.wait_exit(10) == 5
     assert "is running on this host" in third.log()
     # the first one is untouched
     assert first.proc.poll() is None
@@ -498,10 +498,11 @@ def test_pero_ocr_stage_fails_non_image_and_reads_image(services, zk_root: str, 
     import dataclasses
     import shutil
 
+    from ocr_model_factory import build_ocr_model, pack_model, render_page, stage_config_text
+
+    from pero_worker.dev.local_services import SFTP_HOME, write_server_lists
     from pero_worker.libs.addresses import Address
     from pero_worker.libs.sftp import SftpClient, SftpSettings
-    from pero_worker.scripts.local_services import SFTP_HOME, write_server_lists
-    from ocr_model_factory import build_ocr_model, pack_model, render_page, stage_config_text
 
     auth = dataclasses.replace(conn_config, username=services.user, password=services.password)
     zk = ZooKeeper(auth).start()
@@ -656,7 +657,8 @@ def test_a_fresh_fast_stage_raises_its_prefetch_after_its_first_requests(start_w
     zk.set_text(zk_paths.worker_queue(worker.worker_id), stage)
     wait_for(lambda: "re-subscribing with prefetch 64" in worker.log(), 15, "the prefetch to rise to 64")
     lines = worker.log().splitlines()
-    stamp = lambda marker: datetime.strptime(next(l for l in lines if marker in l)[:23], "%Y-%m-%d %H:%M:%S,%f")  # noqa: E731
+    def stamp(marker: str) -> datetime:
+        return datetime.strptime(next(line for line in lines if marker in line)[:23], "%Y-%m-%d %H:%M:%S,%f")
     at_4 = (stamp("re-subscribing with prefetch 64") - stamp(f"consuming stage {stage} (prefetch 4)")).total_seconds()
     print(f"fresh stage: prefetch 4 for {at_4:.3f} s")
     assert at_4 < 0.5, "the estimate waited for the ZooKeeper merge"
@@ -772,7 +774,7 @@ def test_poison_bodies_between_valid_requests_do_not_stop_the_flow(start_worker,
     poison = [b"\xff\xfe not a protobuf \x00", b"", b"\x0a\xff\xff\xff\xff\x0f", request_body([]),
               request_body(["elsewhere", out]), os.urandom(3000)]
     valid = []
-    for round_number in range(5):
+    for _round in range(5):
         for body in poison:
             mq.publish(stage, body)
         for _ in range(6):

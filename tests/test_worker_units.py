@@ -7,13 +7,12 @@ import threading
 
 import pytest
 
+from pero_worker.libs import zk_paths
 from pero_worker.libs.config import ConfigError
 from pero_worker.libs.message_pb2 import ProcessingRequest
-from pero_worker.libs import zk_paths
 from pero_worker.worker import stage_log, stage_setup, stats
 from pero_worker.worker.acks import AckTracker
-from pero_worker.worker.settings import build_parser, build_config
-
+from pero_worker.worker.settings import build_config, build_parser
 
 # --- AckTracker ------------------------------------------------------------------
 
@@ -108,7 +107,8 @@ def test_choose_prefetch(avg, expected) -> None:
 
 
 @pytest.mark.parametrize("current, avg, change", [
-    (4, None, False), (4, 0.001, True), (64, 0.001, False), (64, 5.0, True), (4, 0.3, False), (8, 1.0, False), (32, 1.0, True),
+    (4, None, False), (4, 0.001, True), (64, 0.001, False), (64, 5.0, True), (4, 0.3, False), (8, 1.0, False),
+    (32, 1.0, True),
 ])
 def test_prefetch_should_change(current, avg, change) -> None:
     assert stats.prefetch_should_change(current, avg) is change

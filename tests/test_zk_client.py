@@ -20,9 +20,8 @@ def test_sasl_user_owns_its_nodes_and_anonymous_clients_are_refused(services):
     with ZooKeeper(_config(services, username=services.user, password=services.password)) as owner:
         owner.set_text(f"{root}/x", "secret")
         assert owner.get_text(f"{root}/x") == "secret"
-        with ZooKeeper(_config(services)) as anonymous:
-            with pytest.raises(NoAuthError):
-                anonymous.get(f"{root}/x")
+        with ZooKeeper(_config(services)) as anonymous, pytest.raises(NoAuthError):
+            anonymous.get(f"{root}/x")
         owner.delete(root, recursive=True)
 
 
@@ -43,9 +42,7 @@ def test_data_watch_reports_changes_and_lock_is_exclusive(zk):
     assert events.get(timeout=5) is None
     zk.set_text("/pero/watched", "v1")
     assert events.get(timeout=5) == b"v1"
-    with zk.lock("/pero/lock_a", timeout=2):
-        with ZooKeeper(zk.config).start() as other:
-            from pero_worker.libs.zk import LockTimeout
-            with pytest.raises(LockTimeout):
-                with other.lock("/pero/lock_a", timeout=0.5):
-                    pass
+    with zk.lock("/pero/lock_a", timeout=2), ZooKeeper(zk.config).start() as other:
+        from pero_worker.libs.zk import LockTimeout
+        with pytest.raises(LockTimeout), other.lock("/pero/lock_a", timeout=0.5):
+            pass

@@ -54,7 +54,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from ..libs import zk_paths
+from pero_worker.libs import zk_paths
 
 DISABLED_PRIORITY = -1
 

@@ -1,10 +1,10 @@
 """Readable tables of the watchdog's view (--dry-run, worker_controller)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
-from .planning import Plan, PlannerSettings, drain_time, msg_time, switch_time, work
-from .state import Snapshot
+from pero_worker.watchdog.planning import Plan, PlannerSettings, drain_time, msg_time, switch_time, work
+from pero_worker.watchdog.state import Snapshot
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

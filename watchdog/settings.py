@@ -5,11 +5,17 @@ import argparse
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
-from ..libs import zk_paths
-from ..libs.config import ConfigError, ConnectionConfig, add_connection_arguments, connection_config, read_ini_section
-from .planning import PlannerSettings
+from pero_worker.libs import zk_paths
+from pero_worker.libs.config import (
+    ConfigError,
+    ConnectionConfig,
+    add_connection_arguments,
+    connection_config,
+    read_ini_section,
+)
+from pero_worker.libs.exit_codes import ExitCode, exit_codes_help
+from pero_worker.watchdog.planning import PlannerSettings
 
 # Additive node (not in the original layout): kazoo Election among watchdog instances.
 ELECTION_PATH = zk_paths.WATCHDOG_ELECTION
@@ -49,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "elected active, the others stand by and take over when it dies.",
         epilog="INI file: section [WATCHDOG] (or [WORKER]) with zookeeper_servers, username, password, "
                "ca_cert; optional interval, session_timeout, starvation_timeout, state_directory. Command-line "
-               "options override it. Exit codes: 0 stopped normally, 2 bad configuration, 3 ZooKeeper "
-               "unreachable or refusing access (--dry-run).",
+               "options override it. "
+               + exit_codes_help(ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.UNREACHABLE,
+                                 ExitCode.ACCESS_REFUSED) + " (3 and 4: --dry-run only; the daemon keeps retrying).",
     )
     add_connection_arguments(parser)
     parser.add_argument("--dry-run", action="store_true",
@@ -100,5 +107,3 @@ def build_settings(args: argparse.Namespace) -> WatchdogSettings:
     )
 
 
-def parse_settings(argv: Sequence[str] | None = None) -> WatchdogSettings:
-    return build_settings(build_parser().parse_args(argv))

@@ -16,14 +16,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from ..libs import zk_paths
-from ..libs.backoff import Backoff
-from ..libs.config import ConnectionConfig
-from ..libs.mq import MQConnectionError, MQError, MQSession, MQSettings
-from ..libs.mq_management import ManagementClient, ManagementError, QueueStats
-from ..libs.stages import classify_stage_config
-from ..libs.zk import ZooKeeper
-from .planning import Plan, StageView, WorkerView
+from pero_worker.libs import zk_paths
+from pero_worker.libs.backoff import Backoff
+from pero_worker.libs.config import ConnectionConfig
+from pero_worker.libs.mq import MQConnectionError, MQError, MQSession, MQSettings
+from pero_worker.libs.mq_management import ManagementClient, ManagementError, QueueStats
+from pero_worker.libs.stages import classify_stage_config
+from pero_worker.libs.zk import ZooKeeper
+from pero_worker.watchdog.planning import Plan, StageView, WorkerView
 
 log = logging.getLogger(__name__)
 

@@ -18,17 +18,25 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import signal
 import socket
 import sys
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from pero_worker.libs.backoff import Backoff
-from pero_worker.libs.daemon_logging import setup_daemon_logging
 from pero_worker.libs.config import ConfigError
-from pero_worker.libs.zk import KazooException, KazooState, ZkConnectionError, ZooKeeper, describe_zk_error
+from pero_worker.libs.daemon import StopRequest, configuration_error, run_guarded, setup_logging
+from pero_worker.libs.exit_codes import ExitCode
+from pero_worker.libs.zk import (
+    KazooException,
+    KazooState,
+    NoAuthError,
+    ZkConnectionError,
+    ZkLoginRefused,
+    ZooKeeper,
+    describe_zk_error,
+)
 from pero_worker.libs.zk_session import SessionFile, SessionFileBusy, close_stale_session
 from pero_worker.watchdog import report
 from pero_worker.watchdog.planning import Move, plan
@@ -37,18 +45,15 @@ from pero_worker.watchdog.state import StateReader, apply_plan
 
 log = logging.getLogger("pero_worker.watchdog")
 
-EXIT_OK = 0
-EXIT_CONFIG = 2
-EXIT_CONNECTION = 3
-
 SESSION_SLOTS = 16   # watchdogs of one ZooKeeper tree on one host, each with its own session file
 
 
 class Watchdog:
-    def __init__(self, settings: WatchdogSettings) -> None:
+    def __init__(self, settings: WatchdogSettings, stop: StopRequest | None = None) -> None:
         self.settings = settings
         self.identifier = f"{socket.gethostname()}:{os.getpid()}"
-        self.stopping = threading.Event()
+        self.stopping = stop or StopRequest()
+        self.stopping.on_stop(self._cancel_election)
         self.session_lost = threading.Event()
         self.suspended = threading.Event()
         self.zk: ZooKeeper | None = None
@@ -59,7 +64,10 @@ class Watchdog:
     # --- lifecycle ----------------------------------------------------------------
     def stop(self) -> None:
         """Safe from a signal handler: the main loop notices within one interval."""
-        self.stopping.set()
+        self.stopping.stop("stop requested")
+
+    def _cancel_election(self) -> None:
+        """A standby blocks in the election: cancel it so that a stop is noticed at once."""
         election = self._election
         if election is not None:
             try:
@@ -80,7 +88,7 @@ class Watchdog:
     def _connect(self) -> ZooKeeper | None:
         backoff = Backoff(initial=0.5, cap=5.0)
         last = ""
-        while not self.stopping.is_set():
+        while not self.stopping.requested:
             try:
                 return ZooKeeper(self.settings.connection, session_timeout=self.settings.session_timeout).start()
             except ZkConnectionError as error:
@@ -117,9 +125,9 @@ class Watchdog:
 
     def _close_stale_session(self, zk: ZooKeeper, session_file: SessionFile) -> None:
         stale = session_file.load()
-        if stale is not None and stale[0] != zk.session_id:
-            if close_stale_session(self.settings.connection, stale, timeout=3.0):
-                log.info("closed the ZooKeeper session 0x%x left by a watchdog that died here", stale[0])
+        if stale is not None and stale[0] != zk.session_id \
+                and close_stale_session(self.settings.connection, stale, timeout=3.0):
+            log.info("closed the ZooKeeper session 0x%x left by a watchdog that died here", stale[0])
         session_file.save(zk.session_credentials)
 
     def run(self) -> int:
@@ -134,7 +142,7 @@ class Watchdog:
     def _run(self, session_file: SessionFile | None) -> int:
         zk = self._connect()
         if zk is None:
-            return EXIT_OK
+            return ExitCode.OK
         self.zk = zk
         zk.add_state_listener(self._on_zk_state)
         clean = False
@@ -143,19 +151,19 @@ class Watchdog:
                 self._close_stale_session(zk, session_file)
             backoff = Backoff(initial=0.5, cap=5.0)
             last_reason = ""
-            while not self.stopping.is_set():
+            while not self.stopping.requested:
                 self.session_lost.clear()
                 try:
                     if session_file is not None:
                         session_file.save(zk.session_credentials)   # a new session after an expiry
                     zk.ensure_path(ELECTION_PATH)
                     self._election = zk.election(ELECTION_PATH, self.identifier)
-                    if self.stopping.is_set():
+                    if self.stopping.requested:   # a stop between the check above and the election
                         break
                     log.info("watchdog %s standing for election", self.identifier)
                     self._election.run(self._lead)
                 except Exception as error:  # connection loss, cancelled election, expired session, NoAuth
-                    if self.stopping.is_set():
+                    if self.stopping.requested:
                         break
                     reason = describe_zk_error(error) if isinstance(error, KazooException) else \
                         f"{type(error).__name__}: {error}"
@@ -172,29 +180,33 @@ class Watchdog:
             zk.stop()   # closes the session: the election node goes at once and a standby takes over
             if clean and session_file is not None:
                 session_file.clear()
-        log.info("watchdog %s stopped after %d rounds as active", self.identifier, self.rounds)
-        return EXIT_OK
+        log.info("watchdog %s stopped (%s) after %d rounds as active", self.identifier,
+                 self.stopping.reason or "stop requested", self.rounds)
+        return ExitCode.OK
 
     # --- active -----------------------------------------------------------------------
     def _lead(self) -> None:
         assert self.zk is not None
         log.info("watchdog %s is now ACTIVE", self.identifier)
         reader = StateReader(self.zk, self.settings.connection, management_interval=self.settings.management_interval)
+        # Two failed rounds in a row may be a hiccup; from the third on, rounds slow down (up to 5 s apart).
+        backoff = Backoff(initial=self.settings.interval, cap=max(5.0, self.settings.interval))
         failures = 0
         try:
-            while not self.stopping.is_set() and not self.session_lost.is_set():
+            while not self.stopping.requested and not self.session_lost.is_set():
                 started = time.monotonic()
                 if not self.suspended.is_set():
                     try:
                         self.round(reader)
                         failures = 0
+                        backoff.reset()
                     except Exception as error:  # ZooKeeper hiccup, a node removed under us ...
                         failures += 1
                         reason = describe_zk_error(error) if isinstance(error, KazooException) else \
                             f"{type(error).__name__}: {error}"
                         log.error("planning round failed (%s)", reason, exc_info=self.settings.debug)
                         if failures >= 3:
-                            self.stopping.wait(min(5.0, failures * self.settings.interval))
+                            self.stopping.wait(backoff.delay())
                 elapsed = time.monotonic() - started
                 self.stopping.wait(max(0.0, self.settings.interval - elapsed))
         finally:
@@ -213,7 +225,7 @@ class Watchdog:
             return
         recent = tuple(m for m in self.recent_moves if m.unlock_time > now)
         result = plan(snapshot.worker_views, snapshot.stage_views, now, self.settings.planner, recent)
-        if self.session_lost.is_set() or self.stopping.is_set():
+        if self.session_lost.is_set() or self.stopping.requested:
             return
         apply_plan(self.zk, result, now)
         self.recent_moves = recent + tuple(m for m in result.moves if m.to_queue)
@@ -221,11 +233,12 @@ class Watchdog:
 
 
 def dry_run(settings: WatchdogSettings) -> int:
+    """Print the state and the moves a round would make; writes nothing."""
     try:
         zk = ZooKeeper(settings.connection).start()
     except ZkConnectionError as error:
         log.error("%s", error)
-        return EXIT_CONNECTION
+        return ExitCode.ACCESS_REFUSED if isinstance(error, ZkLoginRefused) else ExitCode.UNREACHABLE
     reader = StateReader(zk, settings.connection)
     try:
         now = time.time()
@@ -237,35 +250,23 @@ def dry_run(settings: WatchdogSettings) -> int:
               + (f" (active: {contenders[0]})" if contenders else ""))
     except KazooException as error:   # e.g. NoAuth: a secured tree read without credentials
         log.error("%s", describe_zk_error(error))
-        return EXIT_CONNECTION
+        return ExitCode.ACCESS_REFUSED if isinstance(error, NoAuthError) else ExitCode.UNREACHABLE
     finally:
         reader.close()
         zk.stop()
-    return EXIT_OK
-
-
-def setup_logging(debug: bool) -> None:
-    setup_daemon_logging("WATCHDOG", debug)
+    return ExitCode.OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.debug)
     try:
-        settings = build_settings(args)
+        settings = build_settings(build_parser().parse_args(argv))
     except ConfigError as error:
-        log.error("%s", error)
-        return EXIT_CONFIG
+        return configuration_error("worker_watchdog.py", error)
+    setup_logging("WATCHDOG", settings.debug)
     if settings.dry_run:
-        return dry_run(settings)
-    watchdog = Watchdog(settings)
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d received, stopping", signum)
-        watchdog.stop()
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    return watchdog.run()
+        return run_guarded(log, lambda: dry_run(settings))
+    stop = StopRequest.on_signals()
+    return run_guarded(log, lambda: Watchdog(settings, stop).run())
 
 
 if __name__ == "__main__":

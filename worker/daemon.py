@@ -10,11 +10,15 @@ Threads and who owns what:
 - stats thread (stats.py) and log-shipping thread (log_shipping.py): their own
   ZooKeeper / RabbitMQ work, never on the request path.
 
-The stage life cycle is a small reconcile loop: the `queue` node says which
-stage is wanted, `config_version` which version of it; whenever what runs
-differs from what is wanted, the consumer is cancelled, deliveries not started
-are requeued, in-flight ones are finished (published, confirmed, acked), and
-only then is the new stage configured and consumed.
+Other threads talk to the main loop only through typed events (the frozen
+dataclasses below), dispatched by type in `_handle_events`.
+
+The stage life cycle is a small reconcile loop over one state object
+(stage_state.py, pure): the `queue` node says which stage is wanted,
+`config_version` which version of it; whenever what runs differs from what is
+wanted, the consumer is cancelled, deliveries not started are requeued,
+in-flight ones are finished (published, confirmed, acked), and only then is
+the new stage configured and consumed.
 """
 from __future__ import annotations
 
@@ -23,45 +27,84 @@ import logging
 import queue as queue_module
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
 
-from ..libs import zk_paths
-from ..libs.mq import DEAD_LETTER_QUEUE, Delivery, MQConnectionError, MQError, MQSession, MQSettings, PublishOutcome
-from ..libs.backoff import Backoff
-from ..libs.zk import KazooException, KazooState, ZooKeeper, describe_zk_error
-from . import routing, stats
-from .acks import AckTracker
-from .log_shipping import LogShipper
-from .processing import Outcome, ProcessingThread, StageContext, reroute_after_return
-from .registration import DuplicateWorkerError, Registration, SessionStore
-from .settings import WorkerConfig
-from .stage_log import RequestLogCapture
-from .stage_setup import CONFIG_RETRY_INTERVAL, StageLoader, StageSetupError, is_processing_error, setup_retry
+from pero_worker.libs import zk_paths
+from pero_worker.libs.backoff import Backoff
+from pero_worker.libs.daemon import StopRequest
+from pero_worker.libs.exit_codes import ExitCode
+from pero_worker.libs.mq import (
+    DEAD_LETTER_QUEUE,
+    Delivery,
+    MQConnectionError,
+    MQError,
+    MQSession,
+    MQSettings,
+    PublishOutcome,
+)
+from pero_worker.libs.zk import KazooException, KazooState, ZooKeeper, describe_zk_error
+from pero_worker.worker import routing, stats
+from pero_worker.worker.acks import AckTracker
+from pero_worker.worker.log_shipping import LogShipper
+from pero_worker.worker.processing import Outcome, ProcessingThread, StageContext, reroute_after_return
+from pero_worker.worker.registration import DuplicateWorkerError, Registration, SessionStore
+from pero_worker.worker.settings import WorkerConfig
+from pero_worker.worker.stage_log import RequestLogCapture
+from pero_worker.worker.stage_setup import CONFIG_RETRY_INTERVAL, StageLoader, StageSetupError, is_processing_error
+from pero_worker.worker.stage_state import Action, StageState, Target
 
 log = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_UNEXPECTED = 1
-EXIT_USAGE = 2
-EXIT_DUPLICATE = 3
 
 PUMP_INTERVAL = 0.25
 # A stopping worker finishes in-flight requests for at most this long; the rest are redelivered by the broker.
 STOP_GRACE = 1.2
-# Backoff of transient stage set-up failures (stage_setup.setup_retry decides the rest).
-TRANSIENT_RETRY = dict(initial=0.25, cap=2.0)
+
+
+# --- events: what other threads hand to the main loop ---------------------------------------------
+
+@dataclass(frozen=True)
+class QueueAssigned:          # kazoo thread: the worker's `queue` node
+    stage: str
 
 
 @dataclass(frozen=True)
-class Target:
-    stage: str          # '' = no stage
-    version: str | None  # None = not known yet
+class VersionChanged:         # kazoo thread: a watched stage's `config_version` node
+    stage: str
+    version: str
+
+
+@dataclass(frozen=True)
+class EnabledChanged:         # kazoo thread: the worker's `enabled` node
+    value: str
+
+
+@dataclass(frozen=True)
+class AverageMeasured:        # stats thread: a stage's new average time per request
+    stage: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ZkStateChanged:         # kazoo thread: CONNECTED / SUSPENDED / LOST
+    state: str
+
+
+@dataclass(frozen=True)
+class StageConfigured:        # processing thread: a set-up job finished (error '' = success)
+    target: Target
+    version: str | None
+    error: str = ""
+    seconds: float = 0.0
+    transient: bool = False
+
+
+Event = QueueAssigned | VersionChanged | EnabledChanged | AverageMeasured | ZkStateChanged | StageConfigured
 
 
 class WorkerDaemon:
     def __init__(self, config: WorkerConfig, zk: ZooKeeper, registration: Registration, store: SessionStore,
-                 capture: RequestLogCapture, shipper: LogShipper | None,
+                 capture: RequestLogCapture, shipper: LogShipper | None, stop: StopRequest | None = None,
                  loader_factory: Callable[[], StageLoader] | None = None) -> None:
         self.config = config
         self.worker_id = config.worker_id
@@ -69,9 +112,15 @@ class WorkerDaemon:
         self.registration = registration
         self.store = store
         self.shipper = shipper
+        self.stop = stop or StopRequest()
         self.loader = loader_factory() if loader_factory else StageLoader(zk, config.connection, config.cache_dir,
                                                                            config.device)
-        self._events: queue_module.SimpleQueue[tuple[Any, ...]] = queue_module.SimpleQueue()
+        self._events: queue_module.SimpleQueue[Event] = queue_module.SimpleQueue()
+        self._handlers: dict[type, Callable] = {
+            QueueAssigned: self._on_queue_assigned, VersionChanged: self._on_version_changed,
+            EnabledChanged: self._on_enabled_changed, AverageMeasured: self._on_average_measured,
+            ZkStateChanged: self._on_zk_state_changed, StageConfigured: self._on_stage_configured,
+        }
         self._kick = threading.Event()
         self._session: MQSession | None = None
         self._generation = 0
@@ -81,25 +130,10 @@ class WorkerDaemon:
         self.stats = stats.StatsReporter(zk, self.worker_id, on_average=self._on_average)
         self.processing = ProcessingThread(self.worker_id, capture, self._on_outcomes, self.stats.record,
                                            is_processing_error)
-        # desired state (from ZooKeeper watches)
-        self._wanted_stage = ""
-        self._versions: dict[str, str] = {}
+        self.stage = StageState()                  # the stage life cycle (main thread only)
         self._watched_stages: set[str] = set()
-        self._stop_reason: str | None = None
-        self._exit_code = EXIT_OK
-        # actual state
-        self._active: Target | None = None          # what the processing thread is configured for
-        self._configuring: Target | None = None
-        self._failed: Target | None = None
-        self._retry_at = 0.0                    # when to try the failed target again
-        self._failed_transient = False          # failing transiently, still within TRANSIENT_GRACE
-        self._transient_since: float | None = None
-        self._last_setup_error = ""
-        self._setup_backoff = Backoff(**TRANSIENT_RETRY)
-        self._consuming: str | None = None
-        self._prefetch = 0
-        self._resubscribe = False
         self._averages: dict[str, float] = {}
+        self._exit_code = ExitCode.OK
         self._mq_retry_at = 0.0
         # Capped at 1 s: the worker consumes again within ~1.5 s of the broker coming back (jitter spreads
         # the reconnects of many workers after a broker restart).
@@ -107,41 +141,37 @@ class WorkerDaemon:
         self._last_mq_error = ""
         self._dead_letter_problem: str | None = None
         self._zk_session_lost = False
-        # Set by signal handlers (a plain assignment: no locks in a handler); checked every loop.
-        self.signalled: str | None = None
 
     # --- events from other threads -------------------------------------------------
 
-    def post(self, *event: Any) -> None:
+    def post(self, event: Event) -> None:
         """Thread-safe: hand an event to the main loop and wake it."""
         self._events.put(event)
+        self._wake()
+
+    def request_stop(self, reason: str) -> None:
+        """Thread-safe (a signal handler sets the StopRequest itself)."""
+        self.stop.stop(reason)
+        self._wake()
+
+    def _wake(self) -> None:
         self._kick.set()
         session = self._session
         if session is not None:
             try:
                 session.wake()
-            except Exception:
+            except Exception:   # a session closing meanwhile: the loop wakes within PUMP_INTERVAL anyway
                 pass
-
-    def request_stop(self, reason: str) -> None:
-        """Thread-safe (not for signal handlers: set `signalled` there)."""
-        self.post("stop", reason)
 
     def _on_outcomes(self, outcomes: list[Outcome]) -> None:   # processing thread
         self._outcomes.append(outcomes)
-        self._kick.set()
-        session = self._session
-        if session is not None:
-            try:
-                session.wake()
-            except Exception:
-                pass
+        self._wake()
 
     def _on_average(self, stage: str, average: float) -> None:  # stats thread
-        self.post("average", stage, average)
+        self.post(AverageMeasured(stage, average))
 
     def _on_zk_state(self, state: str) -> None:                  # kazoo thread
-        self.post("zk_state", state)
+        self.post(ZkStateChanged(state))
 
     # --- run --------------------------------------------------------------------------
 
@@ -150,16 +180,14 @@ class WorkerDaemon:
         self.stats.start()
         self.zk.add_state_listener(self._on_zk_state)
         self.zk.watch_data(zk_paths.worker_queue(self.worker_id),
-                           lambda data: self.post("queue", zk_paths.decode_text(data).strip()))
+                           lambda data: self.post(QueueAssigned(zk_paths.decode_text(data).strip())))
         self.zk.watch_data(zk_paths.worker_enabled(self.worker_id),
-                           lambda data: self.post("enabled", zk_paths.decode_text(data).strip()))
+                           lambda data: self.post(EnabledChanged(zk_paths.decode_text(data).strip())))
         log.info("worker %s started (cache %s, device %s)", self.worker_id, self.config.cache_dir, self.config.device)
         try:
             while True:
                 self._handle_events()
-                if self.signalled and self._stop_reason is None:
-                    self._stop_reason = self.signalled
-                if self._stop_reason is not None:
+                if self.stop.requested:
                     break
                 if self._session is None:
                     self._connect_mq()
@@ -175,7 +203,7 @@ class WorkerDaemon:
 
     def _wait(self, timeout: float) -> None:
         """Pump RabbitMQ (or sleep without a connection) until something happens or `timeout` passes."""
-        if not self._events.empty() or self._outcomes or self.signalled:
+        if not self._events.empty() or self._outcomes or self.stop.requested:
             timeout = 0.0
         if self._session is None:
             if timeout:
@@ -195,31 +223,26 @@ class WorkerDaemon:
                 event = self._events.get_nowait()
             except queue_module.Empty:
                 return
-            kind = event[0]
-            if kind == "stop":
-                if self._stop_reason is None:
-                    self._stop_reason = event[1]
-            elif kind == "queue":
-                if event[1] != self._wanted_stage:
-                    log.info("assigned stage %r (was %r)", event[1] or "(none)", self._wanted_stage or "(none)")
-                self._wanted_stage = event[1]
-                self._watch_stage(event[1])
-            elif kind == "version":
-                self._versions[event[1]] = event[2]
-            elif kind == "enabled":
-                if event[1].lower() == "false" and self._stop_reason is None:
-                    self._stop_reason = "disabled in ZooKeeper (enabled = false)"
-            elif kind == "average":
-                self._averages[event[1]] = event[2]
-                if (event[1] == self._consuming and not self._resubscribe
-                        and stats.prefetch_should_change(self._prefetch, event[2])):
-                    log.info("stage %s takes %.4f s per request: re-subscribing with prefetch %d",
-                             event[1], event[2], stats.choose_prefetch(event[2]))
-                    self._resubscribe = True
-            elif kind == "zk_state":
-                self._zk_state(event[1])
-            elif kind == "configured":
-                self._configured(*event[1:])
+            self._handlers[type(event)](event)
+
+    def _on_queue_assigned(self, event: QueueAssigned) -> None:
+        if event.stage != self.stage.wanted_stage:
+            log.info("assigned stage %r (was %r)", event.stage or "(none)", self.stage.wanted_stage or "(none)")
+        self.stage.wanted_stage = event.stage
+        self._watch_stage(event.stage)
+
+    def _on_version_changed(self, event: VersionChanged) -> None:
+        self.stage.versions[event.stage] = event.version
+
+    def _on_enabled_changed(self, event: EnabledChanged) -> None:
+        if event.value.lower() == "false":
+            self.stop.stop("disabled in ZooKeeper (enabled = false)")
+
+    def _on_average_measured(self, event: AverageMeasured) -> None:
+        self._averages[event.stage] = event.seconds
+        if self.stage.on_average(event.stage, event.seconds):
+            log.info("stage %s takes %.4f s per request: re-subscribing with prefetch %d",
+                     event.stage, event.seconds, stats.choose_prefetch(event.seconds))
 
     def _watch_stage(self, stage: str) -> None:
         if not stage or stage in self._watched_stages:
@@ -231,15 +254,15 @@ class WorkerDaemon:
             return
         self._watched_stages.add(stage)
         self.zk.watch_data(path, lambda data, stage=stage: self.post(
-            "version", stage, zk_paths.decode_text(data).strip()))
+            VersionChanged(stage, zk_paths.decode_text(data).strip())))
 
-    def _zk_state(self, state: str) -> None:
+    def _on_zk_state_changed(self, event: ZkStateChanged) -> None:
         # Runs on the main loop: kazoo's listener only posted the state (it must not block kazoo's thread).
         # libs/zk.py logs the outage and the recovery; here only what they mean for this worker.
-        if state == KazooState.LOST:
+        if event.state == KazooState.LOST:
             log.warning("the worker's registration is gone with the session; it is restored on reconnection")
             self._zk_session_lost = True
-        elif state == KazooState.CONNECTED:
+        elif event.state == KazooState.CONNECTED:
             self._after_zk_reconnect()
 
     def _after_zk_reconnect(self) -> None:
@@ -254,7 +277,7 @@ class WorkerDaemon:
                 self.registration.set_status(self.registration.status or zk_paths.STARTING, force=True)
         except DuplicateWorkerError as error:
             log.error("%s", error)
-            self._exit_code = EXIT_DUPLICATE
+            self._exit_code = ExitCode.DUPLICATE_WORKER
             self.request_stop("another worker took over this id")
         except KazooException as error:
             log.warning("could not restore the registration after reconnecting: %s", error or type(error).__name__)
@@ -269,16 +292,19 @@ class WorkerDaemon:
 
     # --- RabbitMQ connection -------------------------------------------------------------------
 
+    def _open_mq(self) -> tuple[MQSession, MQSettings, str | None]:
+        settings = MQSettings.from_zookeeper(self.zk, self.config.connection)
+        session = MQSession(settings, name=f"pero-worker {self.worker_id}")
+        session.open(retry_for=0)
+        return session, settings, session.declare_shared_queue(DEAD_LETTER_QUEUE)
+
     def _connect_mq(self) -> None:
         now = time.monotonic()
         if now < self._mq_retry_at:
             return
         self._set_status(zk_paths.CONNECTING)
         try:
-            settings = MQSettings.from_zookeeper(self.zk, self.config.connection)
-            session = MQSession(settings, name=f"pero-worker {self.worker_id}")
-            session.open(retry_for=0)
-            problem = session.declare_shared_queue(DEAD_LETTER_QUEUE)
+            session, settings, problem = self._open_mq()
         except (MQError, KazooException) as error:
             text = describe_zk_error(error) if isinstance(error, KazooException) else str(error)
             if text != self._last_mq_error:
@@ -297,8 +323,8 @@ class WorkerDaemon:
         self._session = session
         if self.shipper is not None:
             self.shipper.set_settings(settings)
-        if self._failed is not None or self._configuring is not None or not self._wanted_stage:
-            self._set_status(self._steady_status())
+        if self.stage.failed is not None or self.stage.configuring is not None or not self.stage.wanted_stage:
+            self._set_status(self.stage.status())
         # otherwise _reconcile() sets PROCESSING once the consumer is back (no IDLE flicker for the watchdog)
 
     def _mq_lost(self, error: BaseException) -> None:
@@ -313,125 +339,87 @@ class WorkerDaemon:
         self._ack_upto = None
         self._outcomes.clear()
         self.processing.take_waiting()
-        self._consuming = None
+        self.stage.consuming_stopped()
         self._set_status(zk_paths.MQ_CONNECTION_FAILED)
         self._mq_retry_at = time.monotonic() + self._mq_backoff.delay()
 
     # --- stage life cycle ----------------------------------------------------------------------------
 
-    def _target(self) -> Target:
-        stage = self._wanted_stage
-        return Target(stage, self._versions.get(stage) if stage else None)
-
-    def _matches(self, active: Target | None, target: Target) -> bool:
-        if active is None:
-            return target.stage == ""
-        return active.stage == target.stage and (target.version is None or active.version == target.version)
-
-    def _steady_status(self) -> str:
-        if self._failed is not None:
-            return zk_paths.CONFIGURING if self._failed_transient else zk_paths.CONFIGURATION_FAILED
-        if self._configuring is not None:
-            return zk_paths.CONFIGURING
-        return zk_paths.PROCESSING if self._consuming else zk_paths.IDLE
-
     def _reconcile(self) -> None:
-        target = self._target()
-        if self._configuring is not None:
-            return  # a set-up job is running; its result comes as an outcome event
-        matches = self._matches(self._active, target)
-        if self._consuming and (not matches or self._resubscribe):
-            self._stop_consuming()
-        if self._consuming:
-            return
-        if len(self._tracker) or not self.processing.idle:
-            return  # still finishing in-flight requests of the previous stage
-        if matches:
-            self._resubscribe = False
-            if target.stage:
-                self._start_consuming(target.stage)
-            else:
+        """Apply the stage state's next action (stopping the consumer may allow the next one at once)."""
+        for _attempt in range(2):
+            in_flight = bool(len(self._tracker)) or not self.processing.idle
+            action = self.stage.next_action(time.monotonic(), in_flight)
+            if action is Action.STOP_CONSUMING:
+                self._stop_consuming()
+                if self._session is None or self.stage.consuming:
+                    return
+                continue
+            if action is Action.START_CONSUMING:
+                self._start_consuming(self.stage.target().stage)
+            elif action is Action.REPORT_IDLE:
+                self.stage.resubscribe = False
                 self._set_status(zk_paths.IDLE)
+            elif action is Action.CONFIGURE:
+                self._configure(self.stage.target())
             return
-        if self._failed is not None and self._failed == target and time.monotonic() < self._retry_at:
-            return
-        self._configure(target)
 
     def _configure(self, target: Target) -> None:
-        if self._failed != target:   # a new target: a new series of attempts
-            self._setup_backoff.reset()
-            self._transient_since = None
-            self._last_setup_error = ""
-        # A retry after the transient grace keeps reporting CONFIGURATION_FAILED (no flicker every attempt).
-        still_failed = self._failed == target and self._transient_since is not None and not self._failed_transient
-        self._configuring = target
-        self._failed = None
+        still_failed = self.stage.begin_configure(target)
         if not still_failed:
             self._set_status(zk_paths.CONFIGURING if target.stage else zk_paths.IDLE)
         if target.stage:
             log.info("configuring stage %s (version %s)", target.stage, target.version or "-")
+        self.processing.run_job(lambda: self._setup_job(target))
 
-        def job() -> None:    # on the processing thread
-            old, self.processing.context = self.processing.context, None
-            if old is not None:
-                try:
-                    old.processor.close()
-                except Exception as error:
-                    log.warning("closing the processor of stage %s failed: %s", old.stage, error)
-            if not target.stage:
-                self.post("configured", target, None, "", 0.0)
-                return
+    def _setup_job(self, target: Target) -> None:
+        """On the processing thread: close the old processor, build the new one, post StageConfigured."""
+        old, self.processing.context = self.processing.context, None
+        if old is not None:
             try:
-                processor, version, seconds = self.loader.load(target.stage)
-            except StageSetupError as error:
-                self.post("configured", target, None, str(error), 0.0, error.transient)
-                return
-            except Exception as error:   # a bug must not leave the worker waiting for this job forever
-                log.debug("stage set-up failed", exc_info=True)
-                self.post("configured", target, None, f"{type(error).__name__}: {error}", 0.0)
-                return
-            self.processing.context = StageContext(target.stage, version, processor)
-            self.post("configured", target, version, "", seconds)
-        self.processing.run_job(job)
-
-    def _configured(self, target: Target, version: str | None, error: str, seconds: float,
-                    transient: bool = False) -> None:
-        self._configuring = None
-        if error:
-            self._active = None
-            self._failed = target
-            self._set_status(self._setup_failed(error, transient))
-            return
-        self._transient_since = None
-        self._setup_backoff.reset()
-        self._last_setup_error = ""
+                old.processor.close()
+            except Exception as error:
+                log.warning("closing the processor of stage %s failed: %s", old.stage, error)
         if not target.stage:
-            self._active = None
+            self.post(StageConfigured(target, None))
+            return
+        try:
+            processor, version, seconds = self.loader.load(target.stage)
+        except StageSetupError as error:
+            self.post(StageConfigured(target, None, str(error), transient=error.transient))
+            return
+        except Exception as error:   # a bug must not leave the worker waiting for this job forever
+            log.debug("stage set-up failed", exc_info=True)
+            self.post(StageConfigured(target, None, f"{type(error).__name__}: {error}"))
+            return
+        self.processing.context = StageContext(target.stage, version, processor)
+        self.post(StageConfigured(target, version, "", seconds))
+
+    def _on_stage_configured(self, event: StageConfigured) -> None:
+        target = event.target
+        if event.error:
+            self._setup_failed(target, event.error, event.transient)
+            return
+        self.stage.configured(target, event.version)
+        if not target.stage:
             self._set_status(zk_paths.IDLE)
             return
-        self._active = Target(target.stage, version)
-        log.info("stage %s ready (version %s) in %.2f s", target.stage, version or "-", seconds)
+        log.info("stage %s ready (version %s) in %.2f s", target.stage, event.version or "-", event.seconds)
         try:
-            stats.record_switch_time(self.zk, target.stage, seconds, self.worker_id)
+            stats.record_switch_time(self.zk, target.stage, event.seconds, self.worker_id)
         except Exception as error:   # statistics are best effort
             log.warning("could not record the switch time of stage %s: %s", target.stage, error)
 
-    def _setup_failed(self, error: str, transient: bool) -> str:
-        """Schedule the next attempt at a stage whose set-up failed; returns the status to report."""
-        stage = self._failed.stage if self._failed else "?"
-        decision = setup_retry(time.monotonic(), transient, self._transient_since,
-                               self._setup_backoff.delay() if transient else 0.0)
-        self._retry_at = decision.retry_at
-        self._transient_since = decision.transient_since
-        self._failed_transient = transient and decision.status == zk_paths.CONFIGURING
+    def _setup_failed(self, target: Target, error: str, transient: bool) -> None:
+        """Report a failed set-up once per series of identical failures and schedule the next attempt."""
+        self._set_status(self.stage.setup_failed(target, time.monotonic(), transient))
         if not transient:
             log.error("cannot take up stage %s: %s (next attempt in %.0f s or when the stage changes)",
-                      stage, error, CONFIG_RETRY_INTERVAL)
-        elif error != self._last_setup_error:
+                      target.stage, error, CONFIG_RETRY_INTERVAL)
+        elif error != self.stage.last_setup_error:
             log.warning("cannot take up stage %s yet: %s (a service is unreachable; retrying every %.1f s at most)",
-                        stage, error, self._setup_backoff.cap)
-            self._last_setup_error = error
-        return decision.status
+                        target.stage, error, self.stage.setup_backoff.cap)
+            self.stage.last_setup_error = error
 
     def _start_consuming(self, stage: str) -> None:
         assert self._session is not None
@@ -453,21 +441,19 @@ class WorkerDaemon:
             self._mq_lost(error)
             return
         except MQError as error:
-            self._failed = self._target()
-            self._active = None
-            self._set_status(self._setup_failed(f"cannot consume: {error}", transient=False))
+            self._setup_failed(self.stage.target(), f"cannot consume: {error}", transient=False)
             if self._session is not None and not self._session.is_open:
                 self._mq_lost(error)
             return
-        self._consuming = stage
-        self._prefetch = prefetch
+        self.stage.consuming_started(stage, prefetch)
         log.info("consuming stage %s (prefetch %d)", stage, prefetch)
         self._set_status(zk_paths.PROCESSING)
 
     def _stop_consuming(self) -> None:
         """Cancel the consumer and put deliveries not started back in the queue (in-flight ones finish)."""
         assert self._session is not None
-        stage, self._consuming = self._consuming, None
+        stage = self.stage.consuming
+        self.stage.consuming_stopped()
         try:
             self._session.cancel_consumer()
             for delivery in self.processing.take_waiting():
@@ -539,13 +525,13 @@ class WorkerDaemon:
     # --- shutdown ---------------------------------------------------------------------------------------
 
     def _shutdown(self) -> None:
-        reason = self._stop_reason or "stopping"
+        reason = self.stop.reason or "stopping"
         log.info("worker %s stopping: %s", self.worker_id, reason)
         deadline = time.monotonic() + STOP_GRACE
         session = self._session
         if session is not None:
             try:
-                if self._consuming:
+                if self.stage.consuming:
                     self._stop_consuming()
                 while self._session is not None and (len(self._tracker) or self._outcomes
                                                      or not self.processing.idle):

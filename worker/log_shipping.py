@@ -1,4 +1,4 @@
-"""Ship the worker's log lines to the log queue (SPEC section 3) without ever slowing processing down.
+"""Ship the worker's log lines to the log queue (docs/protocol.md §3) without ever slowing processing down.
 
 Records go into a bounded in-memory buffer; a separate thread with its own
 RabbitMQ connection publishes them, one UTF-8 line per message.  When RabbitMQ
@@ -12,8 +12,8 @@ import logging
 import threading
 import time
 
-from ..libs.backoff import Backoff
-from ..libs.mq import MQConnectionError, MQError, MQSession, MQSettings, PublishOutcome
+from pero_worker.libs.backoff import Backoff
+from pero_worker.libs.mq import MQConnectionError, MQError, MQSession, MQSettings, PublishOutcome
 
 log = logging.getLogger(__name__)
 

@@ -25,16 +25,17 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
-from ..libs import archive as archive_lib
-from ..libs.safe_names import is_reserved, safe_file_name
+from pero_worker.libs import archive as archive_lib
+from pero_worker.libs.safe_names import is_reserved, safe_file_name
 
 if TYPE_CHECKING:
-    from ..libs.sftp import SftpClient
+    from pero_worker.libs.sftp import SftpClient
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ class ModelCache:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def get(self, stage: str, version: str, remote_path: str | None,
-            sftp_factory: Callable[[], "SftpClient"], *, progress: Progress | None = None) -> CachedModel:
+            sftp_factory: Callable[[], SftpClient], *, progress: Progress | None = None) -> CachedModel:
         """The unpacked model folder of (stage, version); downloads and unpacks it on first use.
 
         `remote_path` is the stage's `config_path` ('' or None: the stage has no
@@ -221,8 +222,13 @@ class ModelCache:
         return result
 
     def _fetch(self, stage: str, version: str, remote_path: str, stage_dir: Path, key: str,
-               sftp_factory: Callable[[], "SftpClient"], progress: Progress | None) -> CachedModel:
-        from ..libs.sftp import SftpAuthError, SftpConnectError, SftpError, SftpNotFoundError  # lazy: paramiko
+               sftp_factory: Callable[[], SftpClient], progress: Progress | None) -> CachedModel:
+        from pero_worker.libs.sftp import (  # lazy: paramiko
+            SftpAuthError,
+            SftpConnectError,
+            SftpError,
+            SftpNotFoundError,
+        )
 
         started = time.monotonic()
         downloads = stage_dir / "downloads"
@@ -275,8 +281,8 @@ class ModelCache:
         return CachedModel(version_dir / "model", fetched=True, seconds=seconds, bytes=size)
 
     @staticmethod
-    def _remote_checksum(sftp: "SftpClient", remote_path: str) -> str | None:
-        from ..libs.sftp import SftpNotFoundError
+    def _remote_checksum(sftp: SftpClient, remote_path: str) -> str | None:
+        from pero_worker.libs.sftp import SftpNotFoundError
 
         checksum_path = remote_path + CHECKSUM_SUFFIX
         try:

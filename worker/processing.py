@@ -17,14 +17,15 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
-from ..libs.message_pb2 import ProcessingRequest
-from ..libs.mq import Delivery
-from . import routing
-from .routing import Route
-from .stage_log import RequestLogCapture, append_stage_log, now_ns
+from pero_worker.libs.message_pb2 import ProcessingRequest
+from pero_worker.libs.mq import Delivery
+from pero_worker.worker import routing
+from pero_worker.worker.routing import Route
+from pero_worker.worker.stage_log import RequestLogCapture, append_stage_log, now_ns
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The worker's presence in ZooKeeper (SPEC section 4) and the refusal of duplicate ids.
+"""The worker's presence in ZooKeeper (docs/protocol.md §4) and the refusal of duplicate ids.
 
 A worker is "connected" while the ephemeral node `<id>/status/connected` exists;
 it belongs to the worker's ZooKeeper session.  A second live process with the
@@ -22,9 +22,9 @@ import datetime as dt
 import logging
 from pathlib import Path
 
-from ..libs import zk_paths
-from ..libs.zk import NodeExistsError, NoNodeError, ZooKeeper
-from ..libs.zk_session import SessionFile, SessionFileBusy, close_stale_session  # noqa: F401 (re-exported)
+from pero_worker.libs import zk_paths
+from pero_worker.libs.zk import NodeExistsError, NoNodeError, ZooKeeper
+from pero_worker.libs.zk_session import SessionFile, SessionFileBusy, close_stale_session  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -109,5 +109,3 @@ class Registration:
     def status(self) -> str | None:
         return self._last_status
 
-    def read_queue(self) -> str:
-        return self.zk.get_text(zk_paths.worker_queue(self.worker_id)).strip()

@@ -1,4 +1,4 @@
-"""Where a request goes next: pure decisions, no I/O (SPEC section 2, routing rules).
+"""Where a request goes next: pure decisions, no I/O (docs/protocol.md §3, where a request goes).
 
 The daemon parses a delivery, asks these functions what to do, and applies the
 answer (publish, then ack).  Keeping the rules here makes every case a row in
@@ -17,12 +17,12 @@ Rules:
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from google.protobuf.message import DecodeError
 
-from ..libs.message_pb2 import ProcessingRequest
+from pero_worker.libs.message_pb2 import ProcessingRequest
 
 # StageLog.status words written by the worker.
 STATUS_OK = "OK"

@@ -1,25 +1,34 @@
-"""The worker's one configuration object, built once from worker.ini [WORKER] and the command line (SPEC 6, 7)."""
+"""The worker's one configuration object, built once from worker.ini [WORKER], the environment and the command line.
+
+Keys and variables: docs/protocol.md §6, §7.
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
-from ..libs.config import ConfigError, ConnectionConfig, add_connection_arguments, connection_config, read_ini_section
-from ..libs.mq import DEFAULT_LOG_QUEUE
+from pero_worker.libs.config import (
+    ConfigError,
+    ConnectionConfig,
+    add_connection_arguments,
+    connection_config,
+    read_ini_section,
+)
+from pero_worker.libs.exit_codes import ExitCode, exit_codes_help
+from pero_worker.libs.mq import DEFAULT_LOG_QUEUE
 
 INI_SECTIONS = ("WORKER",)
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # Worker ids become ZooKeeper node names and file names: keep them plain.
 _WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 
-EXIT_CODES_HELP = ("exit codes: 0 stopped cleanly (signal or enabled=false), 1 unexpected error, "
-                   "2 bad arguments or configuration (ZooKeeper refusing access included), "
-                   "3 another live worker already uses this id")
+EXIT_CODES_HELP = exit_codes_help(ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.ACCESS_REFUSED,
+                                  ExitCode.DUPLICATE_WORKER)
 
 
 @dataclass(frozen=True)

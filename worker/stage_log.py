@@ -12,9 +12,9 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
-from ..libs.message_pb2 import ProcessingRequest
+from pero_worker.libs.message_pb2 import ProcessingRequest
 
 # A request's log must not balloon the message: keep the first lines, then say how many were cut.
 MAX_LOG_CHARS = 64 * 1024

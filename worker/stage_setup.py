@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..libs import zk_paths
-from ..libs.config import ConnectionConfig
-from ..libs.zk import KazooException, ZooKeeper, describe_zk_error
+from pero_worker.libs import zk_paths
+from pero_worker.libs.config import ConnectionConfig
+from pero_worker.libs.zk import KazooException, ZooKeeper, describe_zk_error
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +89,12 @@ class StageLoader:
 
     def _model_cache(self):
         if self._cache is None:
-            from .model_cache import ModelCache  # lazy: pulls in paramiko
+            from pero_worker.worker.model_cache import ModelCache  # lazy: pulls in paramiko
             self._cache = ModelCache(self.cache_dir)
         return self._cache
 
     def _sftp_client(self):
-        from ..libs.sftp import SftpClient, SftpSettings
+        from pero_worker.libs.sftp import SftpClient, SftpSettings
         return SftpClient(SftpSettings.from_zookeeper(self.zk, self.connection))
 
     def load(self, stage: str) -> tuple[object, str, float]:
@@ -104,8 +104,8 @@ class StageLoader:
             nodes = read_stage_nodes(self.zk, stage)
         except KazooException as error:
             raise StageSetupError(f"stage {stage!r}: {describe_zk_error(error)}", transient=True) from None
-        from .model_cache import ModelCacheError  # lazy: pulls in paramiko
-        from .processors import StageConfigError, build_processor  # lazy: may pull in pero-ocr/torch
+        from pero_worker.worker.model_cache import ModelCacheError  # lazy: pulls in paramiko
+        from pero_worker.worker.processors import StageConfigError, build_processor  # lazy: may pull in pero-ocr/torch
         model_dir: Path | None = None
         try:
             if nodes.config_path:
@@ -125,5 +125,5 @@ class StageLoader:
 
 def is_processing_error(error: BaseException) -> bool:
     """True for the processors' 'bad input for this request' error (vs. a crash)."""
-    from .processors import ProcessingError
+    from pero_worker.worker.processors import ProcessingError
     return isinstance(error, ProcessingError)

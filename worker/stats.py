@@ -13,10 +13,10 @@ import logging
 import math
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from ..libs import zk_paths
-from ..libs.zk import KazooException, LockTimeout, ZooKeeper
+from pero_worker.libs import zk_paths
+from pero_worker.libs.zk import KazooException, LockTimeout, ZooKeeper
 
 log = logging.getLogger(__name__)
 

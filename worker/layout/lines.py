@@ -56,24 +56,8 @@ def group_lines(boxes: np.ndarray, idx: np.ndarray, h: float, split_gap: float) 
         core[dissolved] = False
         clusters = real
 
-    # Core band of every line: the span of its letters' centres, widened a little.
-    bands = []
-    for c in clusters:
-        ch = np.median(heights[c])
-        bands.append((centers[c].min() - 0.25 * ch, centers[c].max() + 0.25 * ch))
-    bands_a = np.array(bands)
-
-    # 2. Attach the other components to the nearest line core (by vertical distance,
-    #    or by overlap for tall ones that touch several lines).
-    for k in np.flatnonzero(~core):
-        y0, y1 = b[k, 1], b[k, 3]
-        overlap = np.minimum(y1, bands_a[:, 1]) - np.maximum(y0, bands_a[:, 0])
-        if overlap.max() > 0:
-            j = int(np.argmax(overlap))
-        else:
-            dist = np.maximum(bands_a[:, 0] - y1, y0 - bands_a[:, 1])
-            j = int(np.argmin(dist))
-        clusters[j].append(int(k))
+    # 2. Attach the other components to the nearest line core.
+    _attach_to_cores(b, heights, centers, core, clusters)
 
     # 3. Split lines at wide horizontal gaps, order everything.
     lines: list[tuple[float, float, np.ndarray]] = []
@@ -84,6 +68,27 @@ def group_lines(boxes: np.ndarray, idx: np.ndarray, h: float, split_gap: float) 
     lines.sort(key=lambda t: (t[0], t[1]))
     # Segments of one line (same centre) must stay left to right even with tiny centre differences.
     return _order_segments(lines, h)
+
+
+def _attach_to_cores(b: np.ndarray, heights: np.ndarray, centers: np.ndarray, core: np.ndarray,
+                     clusters: list[list[int]]) -> None:
+    """Add each non-core component to the line whose core band it overlaps most, else the nearest one."""
+    # Core band of every line: the span of its letters' centres, widened a little.
+    bands = []
+    for c in clusters:
+        ch = np.median(heights[c])
+        bands.append((centers[c].min() - 0.25 * ch, centers[c].max() + 0.25 * ch))
+    bands_a = np.array(bands)
+    # By vertical distance, or by overlap for tall components that touch several lines.
+    for k in np.flatnonzero(~core):
+        y0, y1 = b[k, 1], b[k, 3]
+        overlap = np.minimum(y1, bands_a[:, 1]) - np.maximum(y0, bands_a[:, 0])
+        if overlap.max() > 0:
+            j = int(np.argmax(overlap))
+        else:
+            dist = np.maximum(bands_a[:, 0] - y1, y0 - bands_a[:, 1])
+            j = int(np.argmin(dist))
+        clusters[j].append(int(k))
 
 
 def _split_wide_gaps(b: np.ndarray, members: np.ndarray, split_gap: float) -> list[np.ndarray]:

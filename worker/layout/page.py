@@ -17,12 +17,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import binarize as binarize_mod
-from .components import Components, classify, dark_area_mask, estimate_text_height, find_components
-from .geometry import line_geometry, line_polygon
-from .lines import group_lines
-from .skew import apply_affine, deskew_transform, estimate_skew, invert_affine, warp_mask
-from .xycut import CutParams, xy_cut
+from pero_worker.worker.layout import binarize as binarize_mod
+from pero_worker.worker.layout.components import (
+    Components,
+    classify,
+    dark_area_mask,
+    estimate_text_height,
+    find_components,
+)
+from pero_worker.worker.layout.geometry import line_geometry, line_polygon
+from pero_worker.worker.layout.lines import group_lines
+from pero_worker.worker.layout.skew import apply_affine, deskew_transform, estimate_skew, invert_affine, warp_mask
+from pero_worker.worker.layout.xycut import CutParams, xy_cut
 
 
 @dataclass(frozen=True)
@@ -118,27 +124,32 @@ def analyze_page(image: np.ndarray, params: LayoutParams = LayoutParams()) -> Pa
                     fine_row_gap=0.25 * h)
     blocks = xy_cut(boxes, cut, idx)
 
-    regions: list[Region] = []
-    for block in blocks:
-        bh = _block_text_height(dcomps, block, h)
-        lines = group_lines(boxes, block, bh, params.line_split_gap * h)
-        region_lines: list[Line] = []
-        corners = []
-        for members in lines:
-            line = _make_line(dcomps, members, m_inv, (H, W))
-            if line is None:
-                continue
-            region_lines.append(line[0])
-            corners.append(line[1])
-        if not region_lines:
-            continue
-        pts_d = np.concatenate(corners, axis=0)
-        x0, y0 = pts_d.min(axis=0)
-        x1, y1 = pts_d.max(axis=0)
-        rect = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
-        regions.append(Region(polygon=_clip(apply_affine(m_inv, rect), (H, W)), lines=region_lines))
+    regions = [region for block in blocks
+               if (region := _block_region(dcomps, block, h, params, m_inv, (H, W))) is not None]
     return PageAnalysis(size=(H, W), skew_deg=angle, text_height=h, regions=regions,
                         picture_mask=classes.picture_mask)
+
+
+def _block_region(dcomps: Components, block: np.ndarray, h: float, params: LayoutParams, m_inv: np.ndarray,
+                  size: tuple[int, int]) -> Region | None:
+    """One text block (components of the deskewed page) as a region of lines on the original page."""
+    bh = _block_text_height(dcomps, block, h)
+    lines = group_lines(dcomps.boxes, block, bh, params.line_split_gap * h)
+    region_lines: list[Line] = []
+    corners = []
+    for members in lines:
+        line = _make_line(dcomps, members, m_inv, size)
+        if line is None:
+            continue
+        region_lines.append(line[0])
+        corners.append(line[1])
+    if not region_lines:
+        return None
+    pts_d = np.concatenate(corners, axis=0)
+    x0, y0 = pts_d.min(axis=0)
+    x1, y1 = pts_d.max(axis=0)
+    rect = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+    return Region(polygon=_clip(apply_affine(m_inv, rect), size), lines=region_lines)
 
 
 def _block_text_height(comps: Components, block: np.ndarray, h: float) -> float:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from ...libs.message_pb2 import ProcessingRequest
+    from pero_worker.libs.message_pb2 import ProcessingRequest
 
 DUMMY = "DUMMY"
 FAILTEST = "FAILTEST"
@@ -43,7 +43,7 @@ class StageConfigError(Exception):
 
 
 class Processor(Protocol):
-    def process(self, request: "ProcessingRequest") -> None:
+    def process(self, request: ProcessingRequest) -> None:
         """Add/replace results of `request` in place; raise ProcessingError for bad input."""
 
     def close(self) -> None:
@@ -108,10 +108,10 @@ def build_processor(config_text: str, model_dir: Path | None, *, device: str = "
     model_dir = Path(model_dir) if model_dir is not None else None
     try:
         if kind == DUMMY:
-            from .dummy import DummyProcessor
+            from pero_worker.worker.processors.dummy import DummyProcessor
             return DummyProcessor.from_config(config)
         if kind == FAILTEST:
-            from .failtest import FailTestProcessor
+            from pero_worker.worker.processors.failtest import FailTestProcessor
             return FailTestProcessor()
         if kind == LAYOUT:
             try:
@@ -122,7 +122,7 @@ def build_processor(config_text: str, model_dir: Path | None, *, device: str = "
                 raise StageConfigError("the LAYOUT processor is not available in this installation "
                                        "(worker/processors/layout_stage.py is missing)") from None
             return layout_stage.build(config, model_dir)
-        from . import pero_ocr_stage
+        from pero_worker.worker.processors import pero_ocr_stage
         return pero_ocr_stage.build(config, model_dir, device=device)
     except StageConfigError:
         raise

@@ -1,4 +1,4 @@
-"""DUMMY processor: simulates processing time without touching the request (SPEC.md section 5).
+"""DUMMY processor: simulates processing time without touching the request (docs/protocol.md §5).
 
 The time for one request is `len(image bytes) * TIME_SCALE` plus a random
 offset drawn uniformly from TIME_DIFF_MIN..TIME_DIFF_MAX, or from
@@ -14,14 +14,15 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from . import WORKER_SECTION, ProcessingError, StageConfigError
-from .images import image_format
+from pero_worker.worker.processors import WORKER_SECTION, ProcessingError, StageConfigError
+from pero_worker.worker.processors.images import image_format
 
 if TYPE_CHECKING:
-    from ...libs.message_pb2 import Data, ProcessingRequest
+    from pero_worker.libs.message_pb2 import Data, ProcessingRequest
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def dummy_duration(size: int, settings: DummySettings,
     return max(0.0, size * settings.time_scale + offset)
 
 
-def input_size(results: Sequence["Data"]) -> int:
+def input_size(results: Sequence[Data]) -> int:
     """Bytes of the first image (by content), else of the first result; ProcessingError for an empty request."""
     for data in results:
         if image_format(data.content) is not None:
@@ -95,7 +96,7 @@ class DummyProcessor:
         self.settings = settings
 
     @classmethod
-    def from_config(cls, config: configparser.ConfigParser) -> "DummyProcessor":
+    def from_config(cls, config: configparser.ConfigParser) -> DummyProcessor:
         section = dict(config.items(WORKER_SECTION, raw=True)) if config.has_section(WORKER_SECTION) else {}
         keys = {key.upper(): value for key, value in section.items()}
         processor = cls(dummy_settings(keys))
@@ -107,7 +108,7 @@ class DummyProcessor:
             time.sleep(delay)
         return processor
 
-    def process(self, request: "ProcessingRequest") -> None:
+    def process(self, request: ProcessingRequest) -> None:
         if self.settings.instant:
             return
         size = input_size(request.results)

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import ProcessingError
+from pero_worker.worker.processors import ProcessingError
 
 if TYPE_CHECKING:
-    from ...libs.message_pb2 import ProcessingRequest
+    from pero_worker.libs.message_pb2 import ProcessingRequest
 
 FAILTEST_MESSAGE = "FAILTEST stage: this stage fails every request on purpose ([WORKER] FAILTEST = TRUE)"
 
 
 class FailTestProcessor:
-    def process(self, request: "ProcessingRequest") -> None:
+    def process(self, request: ProcessingRequest) -> None:
         raise ProcessingError(FAILTEST_MESSAGE)
 
     def close(self) -> None:

@@ -1,21 +1,25 @@
 """Find the input image among a request's results by content, and decode it.
 
 Result names are untrusted and often wrong ('scan' without extension,
-'page.jpg' that is really a PNG), so the image is recognised by its magic
-bytes.  Recognising is cheap and needs no imaging library; decoding imports
-OpenCV (and Pillow as a fallback) only when it is first needed.
+'page.jpg' that is really a PNG), so the image is recognised by its content
+type, as libmagic (python-magic, the `file` command's library) reads it from
+the first bytes.  Decoding imports OpenCV (and Pillow as a fallback) only when
+it is first needed.
 """
 from __future__ import annotations
 
+import functools
 import io
 import logging
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from . import ProcessingError
+from pero_worker.worker.processors import ProcessingError
 
 if TYPE_CHECKING:
     import numpy as np
-    from ...libs.message_pb2 import Data
+
+    from pero_worker.libs.message_pb2 import Data
 
 log = logging.getLogger(__name__)
 
@@ -25,28 +29,41 @@ MAX_IMAGE_PIXELS = 175_000_000
 MIN_IMAGE_SIDE = 2
 
 FORMAT_NAMES = "PNG, JPEG, TIFF, BMP, JPEG 2000, WebP, GIF"
-_BMP_HEADER_SIZES = {12, 16, 40, 52, 56, 64, 108, 124}
+# Content types (libmagic's MIME names) of the images we decode -> our short format names.
+IMAGE_TYPES = {
+    "image/png": "png", "image/jpeg": "jpeg", "image/tiff": "tiff", "image/bmp": "bmp", "image/x-ms-bmp": "bmp",
+    "image/jp2": "jp2", "image/jpx": "jp2", "image/x-jp2-codestream": "jp2", "image/webp": "webp", "image/gif": "gif",
+}
+# libmagic reads the headers of every format from the first bytes; more would only slow it down.
+HEAD_BYTES = 4096
+# Text, compression and container checks cannot find an image and are the slow part of a miss.
+_SKIPPED_CHECKS = ("MAGIC_NO_CHECK_TEXT", "MAGIC_NO_CHECK_ENCODING", "MAGIC_NO_CHECK_TOKENS",
+                   "MAGIC_NO_CHECK_COMPRESS", "MAGIC_NO_CHECK_TAR", "MAGIC_NO_CHECK_CDF", "MAGIC_NO_CHECK_ELF",
+                   "MAGIC_NO_CHECK_APPTYPE")
+
+
+@functools.cache
+def _detector():
+    """One libmagic handle for the process (python-magic serialises calls on it with its own lock)."""
+    import magic  # lazy: loads libmagic (Debian libmagic1) only when a processor needs it
+    detector = magic.Magic(mime=True)
+    flags = magic.MAGIC_MIME_TYPE
+    for name in _SKIPPED_CHECKS:
+        flags |= getattr(magic, name)
+    magic.magic_setflags(detector.cookie, flags)
+    return detector
+
+
+def content_type(data: bytes) -> str | None:
+    """libmagic's MIME type of the data (None for empty data)."""
+    if not data:
+        return None
+    return _detector().from_buffer(bytes(data[:HEAD_BYTES]))
 
 
 def image_format(data: bytes) -> str | None:
-    """'png', 'jpeg', 'tiff', 'bmp', 'jp2', 'webp', 'gif' from the first bytes, else None (pure)."""
-    head = bytes(data[:32])
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
-        return "tiff"
-    if head.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n") or head.startswith(b"\xff\x4f\xff\x51"):
-        return "jp2"
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return "webp"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "gif"
-    # 'BM' alone is too weak (text starting with "BM"): also require a known DIB header size.
-    if head.startswith(b"BM") and len(head) >= 18 and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES:
-        return "bmp"
-    return None
+    """'png', 'jpeg', 'tiff', 'bmp', 'jp2', 'webp' or 'gif' by content type, else None."""
+    return IMAGE_TYPES.get(content_type(data) or "")
 
 
 def _describe(name: str) -> str:
@@ -54,7 +71,7 @@ def _describe(name: str) -> str:
     return repr(shown)
 
 
-def find_image(results: Sequence["Data"]) -> tuple[int, "Data"]:
+def find_image(results: Sequence[Data]) -> tuple[int, Data]:
     """(index, Data) of the first result whose content is an image; ProcessingError when there is none."""
     for index, data in enumerate(results):
         if image_format(data.content) is not None:
@@ -71,6 +88,7 @@ def find_image(results: Sequence["Data"]) -> tuple[int, "Data"]:
 def _pixels_from_header(data: bytes, name: str) -> tuple[int, int] | None:
     """(width, height) read from the header only, without decoding; None when Pillow cannot tell."""
     import warnings
+
     from PIL import Image
     try:
         with warnings.catch_warnings():
@@ -83,7 +101,7 @@ def _pixels_from_header(data: bytes, name: str) -> tuple[int, int] | None:
         return None
 
 
-def decode_image(data: bytes, name: str = "") -> "np.ndarray":
+def decode_image(data: bytes, name: str = "") -> np.ndarray:
     """The image as an H x W x 3 uint8 BGR array (what pero-ocr's cv2.imread(path, 1) gives).
 
     ProcessingError when it cannot be decoded or is absurdly large/small.
@@ -112,7 +130,7 @@ def decode_image(data: bytes, name: str = "") -> "np.ndarray":
     return image
 
 
-def _decode_with_pillow(data: bytes) -> "np.ndarray | None":
+def _decode_with_pillow(data: bytes) -> np.ndarray | None:
     """Formats or variants this OpenCV build cannot read (animated GIF, some JPEG 2000 ...)."""
     import numpy as np
     from PIL import Image
@@ -124,4 +142,4 @@ def _decode_with_pillow(data: bytes) -> "np.ndarray | None":
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
-__all__ = ["image_format", "find_image", "decode_image", "MAX_IMAGE_PIXELS", "FORMAT_NAMES"]
+__all__ = ["content_type", "image_format", "find_image", "decode_image", "MAX_IMAGE_PIXELS", "FORMAT_NAMES"]

@@ -28,12 +28,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import ProcessingError, StageConfigError
-from .images import decode_image, find_image
+from pero_worker.worker.processors import ProcessingError, StageConfigError
+from pero_worker.worker.processors.images import decode_image, find_image
 
 if TYPE_CHECKING:
-    from ...libs.message_pb2 import ProcessingRequest
-    from ..layout import LayoutParams
+    from pero_worker.libs.message_pb2 import ProcessingRequest
+    from pero_worker.worker.layout import LayoutParams
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ PAGE_XML_SUFFIX = "_page.xml"
 LAYOUT_SECTION = "LAYOUT"
 
 
-def layout_params(config: configparser.ConfigParser) -> "LayoutParams":
+def layout_params(config: configparser.ConfigParser) -> LayoutParams:
     """LayoutParams from the optional [LAYOUT] section (pure); StageConfigError for unknown keys or bad values."""
-    from ..layout import LayoutParams
+    from pero_worker.worker.layout import LayoutParams
 
     defaults = LayoutParams()
     if not config.has_section(LAYOUT_SECTION):
@@ -75,11 +75,11 @@ def image_stem(name: str) -> str:
 
 
 class LayoutProcessor:
-    def __init__(self, params: "LayoutParams") -> None:
+    def __init__(self, params: LayoutParams) -> None:
         self.params = params
 
-    def process(self, request: "ProcessingRequest") -> None:
-        from ..layout import analyze_page, to_page_layout
+    def process(self, request: ProcessingRequest) -> None:
+        from pero_worker.worker.layout import analyze_page, to_page_layout
 
         results = request.results
         _, image_data = find_image(results)

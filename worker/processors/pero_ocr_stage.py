@@ -1,4 +1,4 @@
-"""PERO_OCR processor: runs a pero-ocr PageParser on the request's image (SPEC.md section 5).
+"""PERO_OCR processor: runs a pero-ocr PageParser on the request's image (docs/protocol.md §5).
 
 For one request:
 1. the input image is the first result whose content is an image (images.py);
@@ -33,14 +33,15 @@ import logging
 import os
 import pickle
 import posixpath
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
-from . import ProcessingError, StageConfigError
-from .images import decode_image, find_image
+from pero_worker.worker.processors import ProcessingError, StageConfigError
+from pero_worker.worker.processors.images import decode_image, find_image
 
 if TYPE_CHECKING:
-    from ...libs.message_pb2 import Data, ProcessingRequest
+    from pero_worker.libs.message_pb2 import Data, ProcessingRequest
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def check_model_files(config: configparser.ConfigParser, model_dir: Path) -> lis
     return problems
 
 
-def pick_result(results: Sequence["Data"], suffix: str, preferred: str, exclude: int) -> int | None:
+def pick_result(results: Sequence[Data], suffix: str, preferred: str, exclude: int) -> int | None:
     """Index of the result to read (and write back) for `suffix`: the one named `preferred`, else the first
     whose name ends with `suffix` (case-insensitive), never the image itself (pure)."""
     first = None
@@ -260,7 +261,7 @@ class PeroOcrProcessor:
             raise ProcessingError(f"result {name!r} is not a usable PAGE XML: {type(error).__name__}: {error}") \
                 from None
 
-    def process(self, request: "ProcessingRequest") -> None:
+    def process(self, request: ProcessingRequest) -> None:
         from pero_ocr.core.layout import PageLayout
 
         results = request.results

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .secrets_store import write_private
+from pero_worker.tools.deploy.secrets_store import write_private
 
 CA_DAYS = 3650
 SERVER_DAYS = 825

@@ -12,12 +12,11 @@ import hashlib
 import json
 import os
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from pero_worker.libs.addresses import format_address
-
-from .layout import Layout, Settings
+from pero_worker.tools.deploy.layout import Layout, Settings
 
 RABBIT_HASHING = "rabbit_password_hashing_sha256"
 ZK_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
@@ -345,7 +344,7 @@ def atmoz_users_conf(user: str, crypt_hash: str, uid: int = 1001) -> str:
     return f"{user}:{crypt_hash}:e:{uid}\n"
 
 
-# --- INI files for the suite's daemons (SPEC section 6) ----------------------------
+# --- INI files for the suite's daemons (docs/protocol.md §6) ----------------------------
 
 def _connection_lines(s: Settings, lay: Layout) -> str:
     zk = format_address(s.zk_host, s.zk_port)

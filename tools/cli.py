@@ -9,28 +9,22 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from pero_worker.libs.config import ConfigError, ConnectionConfig, connection_config, read_ini_section
-from pero_worker.libs.mq import MQConnectionError, MQError, MQSession, MQSettings
-from pero_worker.libs.zk import KazooException, NoAuthError, ZkConnectionError, ZooKeeper
+from pero_worker.libs.exit_codes import ExitCode, exit_codes_help
+from pero_worker.libs.mq import MQAuthenticationError, MQConnectionError, MQError, MQSession, MQSettings
+from pero_worker.libs.zk import KazooException, NoAuthError, ZkConnectionError, ZkLoginRefused, ZooKeeper
 from pero_worker.libs.zk_paths import zookeeper_refused_character
 
-EXIT_OK = 0
-EXIT_FAILURE = 1        # the operation ran and failed (nacked publish, missing stage ...)
-EXIT_USAGE = 2          # bad arguments or configuration (argparse uses 2 as well)
-EXIT_CONNECTION = 3     # a service (ZooKeeper, RabbitMQ, SFTP) could not be reached
-EXIT_INTERRUPTED = 130  # Ctrl-C where it is not the normal way to stop
-
-EXIT_CODES_HELP = (
-    "exit codes: 0 success, 1 the operation failed, 2 bad arguments or configuration, "
-    "3 a server could not be reached, 130 interrupted"
-)
+# The codes a tool can exit with (libs/exit_codes.py has the one table of daemons and tools).
+EXIT_CODES_HELP = exit_codes_help(ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.UNREACHABLE,
+                                  ExitCode.ACCESS_REFUSED, ExitCode.INTERRUPTED)
 
 # Sections of the INI file (-c) that may carry the connection settings, first match wins.
 INI_SECTIONS = ("TOOLS", "WORKER", "WATCHDOG", "LOGD")
 
-log = logging.getLogger("pero_worker.scripts")
+log = logging.getLogger("pero_worker.tools")
 
 MAX_STAGE_NAME = 200   # AMQP queue names are at most 255 bytes
 
@@ -38,7 +32,7 @@ MAX_STAGE_NAME = 200   # AMQP queue names are at most 255 bytes
 class CliError(Exception):
     """A failure to report as one line and an exit code."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+    def __init__(self, message: str, exit_code: int = ExitCode.FAILED) -> None:
         super().__init__(message)
         self.exit_code = exit_code
 
@@ -91,14 +85,16 @@ def build_connection_config(args: argparse.Namespace, ini_path: str | None = Non
         ini = read_ini_section(ini_path, INI_SECTIONS) if ini_path else {}
         return connection_config(args, ini)
     except ConfigError as error:
-        raise CliError(str(error), EXIT_USAGE) from None
+        raise CliError(str(error), ExitCode.USAGE) from None
 
 
 def connect_zookeeper(conn: ConnectionConfig, *, timeout: float = 10.0) -> ZooKeeper:
     try:
         return ZooKeeper(conn, timeout=timeout).start()
+    except ZkLoginRefused as error:
+        raise CliError(str(error), ExitCode.ACCESS_REFUSED) from None
     except ZkConnectionError as error:
-        raise CliError(str(error), EXIT_CONNECTION) from None
+        raise CliError(str(error), ExitCode.UNREACHABLE) from None
 
 
 def open_mq(zk: ZooKeeper, conn: ConnectionConfig, *, retry_for: float = 10.0, name: str = "") -> MQSession:
@@ -106,12 +102,14 @@ def open_mq(zk: ZooKeeper, conn: ConnectionConfig, *, retry_for: float = 10.0, n
     try:
         settings = MQSettings.from_zookeeper(zk, conn)
     except MQError as error:
-        raise CliError(str(error), EXIT_USAGE) from None
+        raise CliError(str(error), ExitCode.USAGE) from None
     session = MQSession(settings, name=name)
     try:
         session.open(retry_for=retry_for)
+    except MQAuthenticationError as error:
+        raise CliError(str(error), ExitCode.ACCESS_REFUSED) from None
     except MQConnectionError as error:
-        raise CliError(str(error), EXIT_CONNECTION) from None
+        raise CliError(str(error), ExitCode.UNREACHABLE) from None
     return session
 
 
@@ -122,7 +120,7 @@ def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
     debug = bool(getattr(args, "debug", False))
     setup_logging(debug)
     try:
-        return body(args)
+        return int(body(args))
     except CliError as error:
         if debug:
             log.exception("failed")
@@ -130,21 +128,24 @@ def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
         return error.exit_code
     except ConfigError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
+    except MQAuthenticationError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return ExitCode.ACCESS_REFUSED
     except MQConnectionError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return EXIT_CONNECTION
+        return ExitCode.UNREACHABLE
     except MQError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return EXIT_FAILURE
+        return ExitCode.FAILED
     except NoAuthError:
         print(f"{parser.prog}: error: ZooKeeper refused access (check -u/-p and the node ACLs)", file=sys.stderr)
-        return EXIT_FAILURE
+        return ExitCode.ACCESS_REFUSED
     except KazooException as error:
         if debug:
             log.exception("failed")
         print(f"{parser.prog}: error: ZooKeeper: {type(error).__name__} {error}".rstrip(), file=sys.stderr)
-        return EXIT_CONNECTION
+        return ExitCode.UNREACHABLE

@@ -30,7 +30,7 @@ class TcpProxy:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self) -> "TcpProxy":
+    def start(self) -> TcpProxy:
         self._listen()
         self._thread.start()
         return self

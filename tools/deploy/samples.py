@@ -1,15 +1,15 @@
 """Writes sample-config/: every file system_setup.py generates, for an example deployment, with placeholders
 instead of secrets.  tests/test_system_setup.py checks that sample-config/ matches; refresh it with
 
-    python -m pero_worker.scripts.deploy.samples sample-config
+    python -m pero_worker.tools.deploy.samples sample-config
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from . import render
-from .layout import Layout, Settings
+from pero_worker.tools.deploy import render
+from pero_worker.tools.deploy.layout import Layout, Settings
 
 SETTINGS = Settings(zk_host="zk.example.org", mq_host="mq.example.org", sftp_host="files.example.org",
                     rabbitmq_node="pero_5671@localhost")
@@ -20,7 +20,7 @@ HASH = "<base64(4-byte salt + SHA-256(salt + password)), written by system_setup
 HOST_KEY = "<base64 of the SFTP server's ed25519 host key>"
 CRYPT = "<SHA-512 crypt hash of the service password ($6$...)>"
 
-NOTE = ("# Sample only: made by scripts/deploy/samples.py for zk/mq/files.example.org with config in /etc/pero\n"
+NOTE = ("# Sample only: made by tools/deploy/samples.py for zk/mq/files.example.org with config in /etc/pero\n"
         "# and data in /srv/pero.  Real files come from scripts/system_setup.py.\n")
 
 

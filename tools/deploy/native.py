@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 
 from pero_worker.libs import tls
-
-from . import render
-from .layout import Layout, Settings
+from pero_worker.tools.deploy import render
+from pero_worker.tools.deploy.layout import Layout, Settings
 
 ZK_JARS = ["/usr/share/java/zookeeper.jar",
            # Debian's zookeeper.jar manifest omits these, and the Netty TLS handler needs them.
@@ -109,7 +108,7 @@ def wait_for_tls(host: str, port: int, ca_cert: str, service: str, deadline: flo
 
 
 def _chown_tree(path: Path, uid: int, gid: int) -> None:
-    for root, dirs, files in os.walk(path):
+    for root, _dirs, files in os.walk(path):
         os.chown(root, uid, gid)
         for name in files:
             os.chown(os.path.join(root, name), uid, gid)
@@ -117,7 +116,7 @@ def _chown_tree(path: Path, uid: int, gid: int) -> None:
 
 def _private_tree(path: Path) -> None:
     """Folders 0700 and files 0600 under `path`: an engine's data is readable by that engine only."""
-    for root, dirs, files in os.walk(path):
+    for root, _dirs, files in os.walk(path):
         os.chmod(root, 0o700)
         for name in files:
             file_path = os.path.join(root, name)

@@ -27,18 +27,24 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, TextIO
+from typing import TextIO
 
+from pero_worker.libs.config import ConnectionConfig
+from pero_worker.libs.exit_codes import ExitCode
 from pero_worker.libs.message_pb2 import ProcessingRequest
 from pero_worker.libs.message_size import SizeLimit, choose_limit, format_size, parse_size_refusal
 from pero_worker.libs.mq import MQChannelClosedError, MQConnectionError, MQSession, PublishOutcome
 from pero_worker.libs.mq_management import ManagementClient, ManagementError
 from pero_worker.libs.zk import ZooKeeper
-from pero_worker.libs.config import ConnectionConfig
-from pero_worker.scripts.cli_common import (
-    EXIT_CONNECTION, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError, build_connection_config,
-    connect_zookeeper, log, open_mq, validate_stage_name,
+from pero_worker.tools.cli import (
+    CliError,
+    build_connection_config,
+    connect_zookeeper,
+    log,
+    open_mq,
+    validate_stage_name,
 )
 
 MAX_IN_FLIGHT = 1000                     # unconfirmed requests held for a re-publish
@@ -93,7 +99,7 @@ def list_upload_files(images: Sequence[str], directory: str | None) -> list[str]
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except OSError as error:
-            raise CliError(f"cannot read directory {directory}: {error.strerror}", EXIT_USAGE) from None
+            raise CliError(f"cannot read directory {directory}: {error.strerror}", ExitCode.USAGE) from None
         files += [entry.path for entry in entries if not entry.name.startswith(".") and entry.is_file()]
     return files
 
@@ -146,7 +152,7 @@ class ByteBudget:
 Item = tuple[int, str, "bytes | OSError | TooLarge"]
 
 
-def _read_ahead(paths: Sequence[str], out: "queue_module.Queue", stop: threading.Event, limit: SizeLimit,
+def _read_ahead(paths: Sequence[str], out: queue_module.Queue, stop: threading.Event, limit: SizeLimit,
                 budget: ByteBudget) -> None:
     """Reader thread: lists of (index, path, bytes | OSError | TooLarge), then None.
 
@@ -394,18 +400,18 @@ def upload(args: argparse.Namespace) -> int:
         try:
             validate_stage_name(stage)
         except ValueError as error:
-            raise CliError(str(error), EXIT_USAGE) from None
+            raise CliError(str(error), ExitCode.USAGE) from None
     paths = list_upload_files(args.images, args.directory)
     if not paths:
-        raise CliError("nothing to upload: give --images FILE ... or --directory DIR with files", EXIT_USAGE)
+        raise CliError("nothing to upload: give --images FILE ... or --directory DIR with files", ExitCode.USAGE)
     if not 0 <= args.priority <= 2**31 - 1:
-        raise CliError(f"priority must be between 0 and {2**31 - 1} (the queues honour 0 and 1)", EXIT_USAGE)
+        raise CliError(f"priority must be between 0 and {2**31 - 1} (the queues honour 0 and 1)", ExitCode.USAGE)
     if len(stages) < 2:
         log.warning("only one stage given: requests will stay in %r (the output stage is normally last)", stages[0])
     try:
         manifest = open(args.manifest, "a", encoding="utf-8") if args.manifest else None
     except OSError as error:
-        raise CliError(f"cannot write the manifest {args.manifest}: {error.strerror}", EXIT_USAGE) from None
+        raise CliError(f"cannot write the manifest {args.manifest}: {error.strerror}", ExitCode.USAGE) from None
 
     conn = build_connection_config(args)
     zk = connect_zookeeper(conn)
@@ -434,7 +440,7 @@ def upload(args: argparse.Namespace) -> int:
             if session.queue_length(stage) is None:
                 what = "first stage" if position == 0 else "stage"
                 raise CliError(f"the {what} queue {stage!r} does not exist; create it first with "
-                               f"stage_config_manager.py --name {stage}", EXIT_FAILURE)
+                               f"stage_config_manager.py --name {stage}", ExitCode.FAILED)
         files: queue_module.Queue = queue_module.Queue(maxsize=READ_AHEAD)
         reader = threading.Thread(target=_read_ahead, args=(paths, files, stop, limit, budget), daemon=True,
                                   name="read-ahead")
@@ -487,10 +493,10 @@ def upload(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     if interrupted:
         print(f"interrupted: {len(paths) - stats.confirmed} image(s) not uploaded", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     if aborted is not None:
-        raise CliError(str(aborted), EXIT_CONNECTION)
-    return EXIT_FAILURE if lines else EXIT_OK
+        raise CliError(str(aborted), ExitCode.UNREACHABLE)
+    return ExitCode.FAILED if lines else ExitCode.OK
 
 
 __all__ = ["UploadStats", "Uploader", "UploadAborted", "build_request", "list_upload_files", "upload",

@@ -11,8 +11,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from pero_worker.libs import zk_paths
 from pero_worker.libs.message_pb2 import ProcessingRequest

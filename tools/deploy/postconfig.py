@@ -8,8 +8,8 @@ import json
 import os
 import pwd
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import requests
 
@@ -17,8 +17,7 @@ from pero_worker.libs import tls, zk_paths
 from pero_worker.libs.addresses import Address, format_address, parse_address
 from pero_worker.libs.config import ConnectionConfig
 from pero_worker.libs.zk import ZkConnectionError, ZooKeeper
-
-from .layout import Layout, Settings
+from pero_worker.tools.deploy.layout import Layout, Settings
 
 
 class PostConfigError(Exception):
@@ -120,6 +119,8 @@ def ensure_sftp_account(s: Settings, lay: Layout, password: str, *, reset_existi
     try:
         account = pwd.getpwnam(s.service_user)
     except KeyError:
+        account = None
+    if account is None:
         done = subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", str(lay.sftp_root),
                                "--shell", "/usr/sbin/nologin", "--comment", "pero-worker SFTP user",
                                s.service_user], capture_output=True, text=True, timeout=60)
@@ -194,5 +195,3 @@ def configure_zookeeper(s: Settings, lay: Layout, password: str) -> list[str]:
     return actions or ["server lists already complete"]
 
 
-def read_admin_password(path: Path) -> str:
-    return path.read_text(encoding="utf-8").strip()

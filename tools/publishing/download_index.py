@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 INDEX_FILE = ".pero_downloaded.sqlite3"
 LEGACY_INDEX_FILE = ".pero_downloaded"

@@ -237,6 +237,16 @@ class MQSession:
                 self.close()
                 raise MQConnectionError(f"cannot connect to RabbitMQ at {servers}: {error}") from None
 
+    @property
+    def broker_version(self) -> str:
+        """The version the broker announced when the connection opened ('' when unknown or not connected)."""
+        connection = self._connection
+        if connection is None:
+            return ""
+        properties = getattr(connection._impl, "server_properties", None) or {}   # pika keeps them on the impl
+        version = properties.get("version", "")
+        return version.decode("utf-8", "replace") if isinstance(version, bytes) else str(version or "")
+
     def _setup_channel(self) -> None:
         assert self._connection is not None
         self._channel = self._connection.channel()

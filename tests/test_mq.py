@@ -188,3 +188,13 @@ def test_a_log_queue_declared_by_an_earlier_version_is_used_as_it_is(session):
             original_declare(session, other)
         finally:
             session.delete_queue(other)
+
+
+def test_the_broker_version_is_known_after_connecting(session):
+    """The worker takes the default max_message_size of this version until the broker names its own."""
+    from pero_worker.libs.message_size import default_max_message_size
+    version = session.broker_version
+    answer = requests.get("http://127.0.0.1:15672/api/overview", auth=("guest", "guest"), timeout=5).json()
+    assert version == answer["rabbitmq_version"]
+    assert default_max_message_size(version) is not None
+    assert MQSession(SETTINGS).broker_version == ""     # not connected: unknown

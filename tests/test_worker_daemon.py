@@ -790,3 +790,39 @@ def test_poison_bodies_between_valid_requests_do_not_stop_the_flow(start_worker,
     assert mq.queue_length(stage) == 0
     assert worker.status == zk_paths.PROCESSING and worker.proc.poll() is None
     assert "Traceback" not in worker.log()
+
+
+# --- results over the broker's message size limit ---------------------------------------------
+
+def test_a_result_over_the_message_size_limit_goes_to_the_output_stage_failed(start_worker, zk: ZooKeeper,
+                                                                               mq: MQSession, unique_name) -> None:
+    """Before: the broker closed the channel, the input came back and failed again, for ever."""
+    import cv2
+
+    from pero_worker.bench import synth
+
+    page = synth.render_page(synth.PageSpec(width_in=5.8, height_in=8.3, margin_in=0.5, dpi=100, columns=1,
+                                            title=False, seed=5))
+    ok, png = cv2.imencode(".png", page.image)
+    assert ok
+    stage, out = unique_name("layout"), unique_name("out")
+    make_stage(zk, mq, stage, "[WORKER]\nMETHOD = LAYOUT\n")
+    make_stage(zk, mq, out, None)
+    big = request_body([stage, out], content=png.tobytes(), request_id="big")
+    # The input fits; the input plus its PAGE XML (several KB for a page of text) does not.
+    limit = len(big) + 1024
+    worker = start_worker(extra=["--disable-remote-logging", "--max-message-size", str(limit)])
+    zk.set_text(zk_paths.worker_queue(worker.worker_id), stage)
+    worker.wait_status(zk_paths.PROCESSING)
+    publish(mq, stage, big)
+    publish(mq, stage, request_body([stage, out], content=b"\x89PNG\r\n\x1a\n not an image", request_id="small"))
+    results = {request.uuid: request for request in collect(mq, out, 2)}
+    failed = results["big"]
+    assert [r.name for r in failed.results] == ["page.jpg"]          # as it came in, without the PAGE XML
+    assert list(failed.processing_stages) == [out]
+    assert failed.logs[-1].status == "FAILED" and failed.logs[-1].stage == stage
+    assert "over the broker's maximum message size" in failed.logs[-1].log
+    assert results["small"].logs[-1].status == "FAILED"              # the worker went on with the next one
+    assert mq.queue_length(stage) == 0
+    assert worker.status == zk_paths.PROCESSING
+    assert "over the broker's maximum message size" in worker.log()

@@ -34,9 +34,11 @@ from pero_worker.libs import zk_paths
 from pero_worker.libs.backoff import Backoff
 from pero_worker.libs.daemon import StopRequest
 from pero_worker.libs.exit_codes import ExitCode
+from pero_worker.libs.message_size import SizeLimit, choose_limit, format_size, parse_size_refusal
 from pero_worker.libs.mq import (
     DEAD_LETTER_QUEUE,
     Delivery,
+    MQChannelClosedError,
     MQConnectionError,
     MQError,
     MQSession,
@@ -47,7 +49,13 @@ from pero_worker.libs.zk import KazooException, KazooState, ZooKeeper, describe_
 from pero_worker.worker import routing, stats
 from pero_worker.worker.acks import AckTracker
 from pero_worker.worker.log_shipping import LogShipper
-from pero_worker.worker.processing import Outcome, ProcessingThread, StageContext, reroute_after_return
+from pero_worker.worker.processing import (
+    Outcome,
+    ProcessingThread,
+    StageContext,
+    fit_to_limit,
+    reroute_after_return,
+)
 from pero_worker.worker.registration import DuplicateWorkerError, Registration, SessionStore
 from pero_worker.worker.settings import WorkerConfig
 from pero_worker.worker.stage_log import RequestLogCapture
@@ -57,6 +65,7 @@ from pero_worker.worker.stage_state import Action, StageState, Target
 log = logging.getLogger(__name__)
 
 PUMP_INTERVAL = 0.25
+SIZE_LIMIT_FROM_REFUSAL = "the limit the broker named when it refused a message"
 # A stopping worker finishes in-flight requests for at most this long; the rest are redelivered by the broker.
 STOP_GRACE = 1.2
 
@@ -141,6 +150,9 @@ class WorkerDaemon:
         self._last_mq_error = ""
         self._dead_letter_problem: str | None = None
         self._zk_session_lost = False
+        # The broker's max_message_size: the operator's value, else the default of the broker's version, until
+        # the broker itself names its limit by refusing a message (docs/protocol.md §3).
+        self._size_limit = choose_limit(config.max_message_size, None)
 
     # --- events from other threads -------------------------------------------------
 
@@ -321,15 +333,31 @@ class WorkerDaemon:
         self._last_mq_error = ""
         self._mq_backoff.reset()
         self._session = session
+        self._adopt_broker_version(session.broker_version)
         if self.shipper is not None:
             self.shipper.set_settings(settings)
         if self.stage.failed is not None or self.stage.configuring is not None or not self.stage.wanted_stage:
             self._set_status(self.stage.status())
         # otherwise _reconcile() sets PROCESSING once the consumer is back (no IDLE flicker for the watchdog)
 
+    def _adopt_broker_version(self, version: str) -> None:
+        """Take the default size limit of the broker's version, unless the operator or the broker said better."""
+        if self.config.max_message_size is None and self._size_limit.source != SIZE_LIMIT_FROM_REFUSAL:
+            self._size_limit = choose_limit(None, version)
+
+    def _learn_size_limit(self, error: BaseException) -> None:
+        """A channel closed for a too large message names the broker's real limit: check against it from now on."""
+        refusal = parse_size_refusal(error.reply_text) if isinstance(error, MQChannelClosedError) else None
+        if refusal is not None:
+            size, limit = refusal
+            self._size_limit = SizeLimit(limit, SIZE_LIMIT_FROM_REFUSAL)
+            log.warning("RabbitMQ refused a message of %s (its limit is %s): results over it now go to the "
+                        "output stage as failed", format_size(size), format_size(limit))
+
     def _mq_lost(self, error: BaseException) -> None:
         """The channel is gone: its deliveries will be redelivered; forget them and reconnect."""
         log.error("RabbitMQ connection lost: %s", error)
+        self._learn_size_limit(error)
         self._last_mq_error = str(error)   # so that the reconnection is logged
         if self._session is not None:
             self._session.close()
@@ -484,7 +512,9 @@ class WorkerDaemon:
                     return
     def _publish(self, outcome: Outcome) -> None:
         assert self._session is not None and outcome.route is not None
+        outcome = fit_to_limit(outcome, self._size_limit.limit, self.worker_id)
         route = outcome.route
+        assert route is not None
         queue = DEAD_LETTER_QUEUE if route.kind is routing.RouteKind.DEAD_LETTER else route.queue
         assert queue is not None
         generation = self._generation

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pero_worker.libs.message_pb2 import ProcessingRequest
+from pero_worker.libs.message_size import format_size
 from pero_worker.libs.mq import Delivery
 from pero_worker.worker import routing
 from pero_worker.worker.routing import Route
@@ -224,3 +225,39 @@ def reroute_after_return(outcome: Outcome, worker_id: str) -> Outcome:
     request.processing_stages.extend(route.stages)
     return Outcome(delivery, outcome.generation, route, request.SerializeToString(), outcome.priority, None,
                    request)
+
+
+def fit_to_limit(outcome: Outcome, limit: int, worker_id: str) -> Outcome:
+    """The outcome to publish when the broker takes messages of at most `limit` bytes (pure).
+
+    A successor over the limit would make the broker close the channel; the input
+    would come back and fail the same way for ever.  So a request whose results
+    grew too large goes to the output stage as it came in, with a failed StageLog
+    that says why (its input fitted: the broker took it); only when even that is
+    over the limit does the raw input go to the dead-letter queue.
+    """
+    if outcome.route is None or len(outcome.body) <= limit:
+        return outcome
+    delivery = outcome.delivery
+    if outcome.route.kind is routing.RouteKind.DEAD_LETTER:
+        return outcome       # the raw input (or its failure record): nothing smaller to send
+    request, _reason = routing.parse_request(delivery.body)
+    done = outcome.request.logs[-1] if outcome.request is not None and outcome.request.logs else None
+    text = (f"the result of stage {delivery.queue!r} is {format_size(len(outcome.body))}, over the broker's "
+            f"maximum message size of {format_size(limit)}; the request goes to the output stage without it")
+    if request is not None and len(request.processing_stages) >= 2:
+        start_ns = done.start.ToNanoseconds() if done is not None else now_ns()
+        append_stage_log(request, host_id=worker_id, stage=delivery.queue, start_ns=start_ns, end_ns=now_ns(),
+                         status=routing.STATUS_FAILED, log_text=text, version=done.version if done else "")
+        route = routing.plan_next(request.processing_stages, False)
+        del request.processing_stages[:]
+        request.processing_stages.extend(route.stages)
+        body = request.SerializeToString()
+        if len(body) <= limit:
+            log.warning("request %s: %s", request.uuid or "?", text)
+            return Outcome(delivery, outcome.generation, route, body, outcome.priority, None, request,
+                           outcome.seconds)
+    reason = f"{routing.REASON_TOO_LARGE}: {text}, and the request with its failure record is still too large"
+    log.warning("request from queue %s sent to the dead-letter queue: %s", delivery.queue, reason)
+    return Outcome(delivery, outcome.generation, routing.dead_letter(reason), delivery.body, delivery.priority,
+                   dead_letter_headers(reason, delivery.queue, worker_id))

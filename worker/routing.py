@@ -37,6 +37,7 @@ REASON_WRONG_QUEUE = "wrong_queue"
 REASON_NO_OUTPUT_STAGE = "no_output_stage"
 REASON_OUTPUT_UNROUTABLE = "output_unroutable"
 REASON_INTERNAL_ERROR = "internal_error"   # the worker itself failed on this request (a bug)
+REASON_TOO_LARGE = "too_large"             # not even the failed request fits under the broker's size limit
 
 
 class RouteKind(enum.Enum):

@@ -20,9 +20,11 @@ from pero_worker.libs.config import (
     read_ini_section,
 )
 from pero_worker.libs.exit_codes import ExitCode, exit_codes_help
+from pero_worker.libs.message_size import parse_byte_size
 from pero_worker.libs.mq import DEFAULT_LOG_QUEUE
 
 INI_SECTIONS = ("WORKER",)
+MAX_MESSAGE_SIZE_ENV = "PERO_MAX_MESSAGE_SIZE"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # Worker ids become ZooKeeper node names and file names: keep them plain.
 _WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
@@ -42,6 +44,9 @@ class WorkerConfig:
     remote_logging: bool
     debug: bool
     device: str
+    # The broker's max_message_size when the operator knows it (None: the default of the broker's version,
+    # corrected by the broker's own refusal; docs/protocol.md §3).
+    max_message_size: int | None = None
 
 
 def default_cache_dir() -> Path:
@@ -68,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="do not send log lines to the log queue")
     group.add_argument("--device", metavar="DEVICE",
                        help="where pero-ocr runs: auto (GPU when available), cpu, cuda or cuda:N (default auto)")
+    group.add_argument("--max-message-size", metavar="BYTES",
+                       help=("the broker's max_message_size (e.g. 128MiB), when it is not the default of its "
+                             f"version; a result over it goes to the output stage as failed (default "
+                             f"${MAX_MESSAGE_SIZE_ENV}, else the version's default)"))
     group.add_argument("-d", "--debug", action="store_true", help="verbose logging")
     return parser
 
@@ -102,7 +111,18 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
 
     remote_logging = not (args.disable_remote_logging or _truthy(ini.get("disable_remote_logging")))
     return WorkerConfig(connection=connection, worker_id=worker_id, worker_id_given=given, cache_dir=cache_dir,
-                        log_queue=log_queue, remote_logging=remote_logging, debug=bool(args.debug), device=device)
+                        log_queue=log_queue, remote_logging=remote_logging, debug=bool(args.debug), device=device,
+                        max_message_size=_max_message_size(args, ini))
+
+
+def _max_message_size(args: argparse.Namespace, ini: dict[str, str]) -> int | None:
+    raw = args.max_message_size or os.environ.get(MAX_MESSAGE_SIZE_ENV) or ini.get("max_message_size") or ""
+    if not raw.strip():
+        return None
+    try:
+        return parse_byte_size(raw)
+    except ValueError as error:
+        raise ConfigError(f"max message size: {error}") from None
 
 
 def parse_worker_config(argv: Sequence[str] | None = None) -> WorkerConfig:

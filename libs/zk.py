@@ -286,6 +286,11 @@ class ZooKeeper:
     def exists(self, path: str) -> bool:
         return self.client.exists(path) is not None
 
+    def created_at(self, path: str) -> float | None:
+        """Epoch seconds the node was created (a worker's uptime is its ephemeral node's age); None if absent."""
+        stat = self.client.exists(path)
+        return None if stat is None else stat.ctime / 1000.0
+
     def children(self, path: str) -> list[str]:
         try:
             return sorted(self.client.get_children(path))

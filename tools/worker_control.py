@@ -26,6 +26,7 @@ from pero_worker.tools.cli import (
     run_main,
     validate_stage_name,
 )
+from pero_worker.tools.dead_letters import dead_letter_line
 from pero_worker.watchdog.report import format_table, seconds
 from pero_worker.watchdog.settings import ELECTION_PATH
 from pero_worker.watchdog.state import StateReader, format_iso, read_workers
@@ -98,6 +99,7 @@ def queues(zk: ZooKeeper, conn: ConnectionConfig) -> int:
         reader.close()
     if not snapshot.stages and not snapshot.other_stages:
         print("no stages configured")
+        print(dead_letter_line(zk, conn))
         return ExitCode.OK
     by_stage: dict[str, list[str]] = {}
     for record in snapshot.workers:
@@ -119,6 +121,7 @@ def queues(zk: ZooKeeper, conn: ConnectionConfig) -> int:
             f"{name} ({reason})" for name, reason in sorted(snapshot.other_stages.items())))
     if snapshot.depth_source != "amqp+management":
         print(f"\n(queue depths from: {snapshot.depth_source or 'nowhere: broker unreachable'})")
+    print("\n" + dead_letter_line(zk, conn))
     return ExitCode.OK
 
 

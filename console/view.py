@@ -7,10 +7,10 @@ shows what the watchdog would decide now, not a second opinion.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from pero_worker.libs import zk_paths
 from pero_worker.tools.dead_letters import DeadLetter, age_of, format_age

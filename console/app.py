@@ -203,8 +203,9 @@ class Console:
         session = MQSession(MQSettings.from_zookeeper(self.zk, self.settings.connection), name="pero-console-replay")
         session.open(retry_for=5)
         try:
-            report, lines = replay(DeadLetterQueue(session), Selection(ids=ids, everything=everything),
-                                   to_stage=to_stage, now=time.time())
+            queue = DeadLetterQueue(session, self.settings.dead_letter_queue)
+            report, lines = replay(queue, Selection(ids=ids, everything=everything), to_stage=to_stage,
+                                   now=time.time())
         finally:
             session.close()
         refused = [line for line in lines if "not replayed" in line]

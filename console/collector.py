@@ -145,7 +145,7 @@ class Collector:
 
     def _dead_letter_depth(self, errors: list[str]) -> int | None:
         try:
-            return DeadLetterQueue(self._mq()).depth()
+            return DeadLetterQueue(self._mq(), self.settings.dead_letter_queue).depth()
         except MQError as error:
             self._session = None
             errors.append(f"dead-letter queue unreadable: {error}")
@@ -166,8 +166,10 @@ class Collector:
             self._management = None
             errors.append(f"management API: {error}")
         try:
-            letters, _report = DeadLetterQueue(self._mq()).read(Selection(), time.time(), limit=DEAD_LETTERS_SHOWN) \
-                if depth else ([], None)
+            letters: list[DeadLetter] = []
+            if depth:
+                queue = DeadLetterQueue(self._mq(), self.settings.dead_letter_queue)
+                letters, _report = queue.read(Selection(), time.time(), limit=DEAD_LETTERS_SHOWN)
             self._letters = tuple(letters)
         except Exception as error:   # a peek that fails keeps the last list (CliError, MQError)
             errors.append(f"dead letters: {error}")

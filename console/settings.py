@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pero_worker.libs.config import ConnectionConfig, add_connection_arguments
 from pero_worker.libs.exit_codes import ExitCode, exit_codes_help
+from pero_worker.libs.mq import DEAD_LETTER_QUEUE
 from pero_worker.tools.cli import CliError, add_debug_argument, build_connection_config
 
 LISTEN_ENV = "PERO_CONSOLE_LISTEN"
@@ -30,6 +31,7 @@ class ConsoleSettings:
     key: str | None = None
     refresh: float = DEFAULT_REFRESH        # seconds between two snapshots of ZooKeeper and RabbitMQ
     log_dir: Path | None = None             # the log daemon's output folder: last errors per worker
+    dead_letter_queue: str = DEAD_LETTER_QUEUE
     debug: bool = False
     login_user: str = "guest"
     login_password: str = field(default="guest", repr=False)
@@ -60,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                           f"{DEFAULT_REFRESH:g})")
     web.add_argument("--log-dir", type=Path, metavar="DIR",
                      help="the log daemon's output folder: shows each worker's last error and recent failures")
+    web.add_argument("--dead-letter-queue", default=DEAD_LETTER_QUEUE, metavar="QUEUE",
+                     help=f"the dead-letter queue to show and replay from (default {DEAD_LETTER_QUEUE})")
     add_debug_argument(parser)
     return parser
 
@@ -87,5 +91,6 @@ def build_settings(args: argparse.Namespace) -> ConsoleSettings:
     user = conn.username or "guest"
     password = conn.password if conn.username else "guest"
     return ConsoleSettings(connection=conn, host=host, port=port, cert=args.cert, key=args.key,
-                           refresh=args.refresh, log_dir=args.log_dir, debug=args.debug, login_user=user,
+                           refresh=args.refresh, log_dir=args.log_dir, debug=args.debug,
+                           dead_letter_queue=args.dead_letter_queue, login_user=user,
                            login_password=password or "")

@@ -138,10 +138,11 @@ def stage_rows(snapshot: Snapshot, settings: PlannerSettings) -> list[StageRow]:
         s = record.view
         served = counts.get(name, 0)
         rate = record.deliver_rate
+        load = work(s, settings)
         rows.append(StageRow(
             name=name, priority="disabled" if s.disabled else str(s.admin_priority),
             ready=str(s.ready) if record.queue_exists else "no queue", unacked=s.unacked, workers=served,
-            rate="-" if rate is None else f"{rate:.1f}/s", eta=duration(drain_time(work(s, settings), served)),
+            rate="-" if rate is None else f"{rate:.1f}/s", eta=duration(drain_time(load, served)) if load > 0 else "-",
             waiting=duration(snapshot.time - s.waiting_since) if s.waiting_since is not None else "-"))
     return rows
 

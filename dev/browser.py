@@ -103,3 +103,12 @@ def login(driver, base_url: str, user: str, password: str) -> None:
     page = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.ID, "login-button").click()
     WebDriverWait(driver, 30).until(staleness_of(page))
+
+
+def full_page_screenshot(driver, path: Path, width: int = 1400, max_height: int = 4000) -> None:
+    """The whole page in one image (headless Chromium shoots only the window: grow it to the page first)."""
+    height = int(driver.execute_script("return document.documentElement.scrollHeight"))
+    driver.set_window_size(width, min(max(height + 40, 600), max_height))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(path))
+    driver.set_window_size(1400, 1000)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from pero_worker.dev.browser import REPO, ConsoleProcess, chromium_paths, login, start_chromium
+from pero_worker.dev.browser import REPO, ConsoleProcess, chromium_paths, full_page_screenshot, login, start_chromium
 from pero_worker.dev.opsplane import (
     dummy_stage_config,
     make_stage,
@@ -64,8 +64,7 @@ def deployment(zk_root, zk, conn_config, tmp_path, unique_name):
 def screenshot(driver, name: str) -> None:
     folder = os.environ.get("PERO_CONSOLE_SCREENSHOTS")
     if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(Path(folder) / name))
+        full_page_screenshot(driver, Path(folder) / name)
 
 
 def row(driver, table: str, key: str, value: str):

@@ -56,3 +56,4 @@ bench: services
 	$(PY) bench/scheduling.py
 	$(PY) bench/cer.py
 	$(PY) bench/download_memory.py
+	$(PY) bench/console.py

@@ -155,6 +155,7 @@ def test_replay_dead_letters_from_the_page(deployment):
     wait_page(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#dead-letters tr[data-letter]")) == 2,
               "both dead letters listed")
     assert driver.find_element(By.ID, "dead-letter-depth").text.startswith("2")
+    screenshot(driver, "console-dead-letters.png")
     first = driver.find_elements(By.CSS_SELECTOR, "#dead-letters tr[data-letter]")[0]
     first.find_element(By.NAME, "letter").click()
     submit(driver, driver.find_element(By.ID, "replay-selected"))

@@ -15,9 +15,11 @@ import requests
 
 from pero_worker.dev.browser import REPO, ConsoleProcess, chromium_paths, full_page_screenshot, login, start_chromium
 from pero_worker.dev.opsplane import (
+    Process,
     dummy_stage_config,
     make_stage,
     request_body,
+    start_watchdog,
     start_worker,
     wait_for,
     worker_connected,
@@ -59,6 +61,10 @@ def deployment(zk_root, zk, conn_config, tmp_path, unique_name):
     for name in (stage, out, dlq):
         mq.delete_queue(name)
     mq.close()
+
+
+def console_zk_root(console: ConsoleProcess) -> str:
+    return console.proc.args[console.proc.args.index("-z") + 1]
 
 
 def screenshot(driver, name: str) -> None:
@@ -238,3 +244,67 @@ def test_https_with_the_given_certificate_and_tls_deployments_require_it(zk_root
     refused = subprocess.run([sys.executable, str(REPO / "scripts" / "console.py"), "-z", zk_root, "-e", str(cert)],
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "--cert and --key" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_watchdog_and_planned_moves_are_shown(deployment, tmp_path):
+    """With work waiting and no watchdog, the page shows the move the planner would make; once a real
+    watchdog runs, it is shown as active and the worker ends up where the plan said."""
+    driver, console, zk, mq = deployment["driver"], deployment["console"], deployment["zk"], deployment["mq"]
+    worker, stage, out = deployment["worker"], deployment["stage"], deployment["out"]
+    for _ in range(3):
+        mq.publish(stage, request_body([stage, out]))
+    assert mq.wait_for_confirms(30)
+    login(driver, console.url, "guest", "guest")
+    wait_page(driver, lambda d: [cell.text for cell in d.find_elements(By.CSS_SELECTOR, "#moves td")][:3]
+              == [worker, "-", stage], "the planned move of the idle worker")
+    assert driver.find_element(By.ID, "watchdog").text == "no watchdog running"
+    watchdog = start_watchdog(console_zk_root(console), tmp_path, "console")
+    try:
+        wait_page(driver, lambda d: d.find_element(By.ID, "watchdog").text.startswith("active: "),
+                  "the active watchdog", timeout=30)
+        wait_for(lambda: zk.get_text(zk_paths.worker_queue(worker)) == stage, 30, "the watchdog's move")
+    finally:
+        watchdog.stop()
+
+
+def test_last_error_and_failures_come_from_the_log_daemons_files(zk_root, zk, conn_config, tmp_path, unique_name):
+    """A real worker ships its log lines to a real log daemon; a stage config the worker refuses makes it log
+    an error, which the console (--log-dir) shows as the worker's last error and in the recent failures."""
+    mq = MQSession(MQSettings.from_zookeeper(zk, conn_config), name="test-console-logs")
+    mq.open(retry_for=10)
+    broken, log_queue, worker_id, dlq = unique_name("broken"), unique_name("log"), unique_name("w"), unique_name("dlq")
+    mq.declare_stage_queue(dlq)
+    make_stage(zk_root, broken, "[WORKER]\nMETHOD = NO_SUCH_METHOD\n")
+    logs = tmp_path / "logs"
+    logd = Process([sys.executable, str(REPO / "log_daemon" / "log_daemon.py"), "-z", zk_root, "-q", log_queue,
+                    "-o", str(logs)], tmp_path / "logd.log")
+    worker = Process([sys.executable, str(REPO / "worker" / "run_worker.py"), "-z", zk_root, "-i", worker_id,
+                      "--cache-directory", str(tmp_path / "cache"), "-q", log_queue], tmp_path / "worker.log")
+    console = driver = None
+    try:
+        wait_for(lambda: worker_connected(zk, worker_id), 30, "worker connected")
+        zk.set_text(zk_paths.worker_queue(worker_id), broken)
+        wait_for(lambda: zk.get_text(zk_paths.worker_status(worker_id)) == zk_paths.CONFIGURATION_FAILED, 30,
+                 "the worker refuses the stage")
+        wait_for(lambda: any("ERROR" in p.read_text() for p in logs.glob("pero_*.log")), 30, "the error logged")
+        console = ConsoleProcess(["-z", zk_root, "--log-dir", str(logs), "--dead-letter-queue", dlq],
+                                 tmp_path / "console.log")
+        driver = start_chromium(str(tmp_path / "chromium"))
+        login(driver, console.url, "guest", "guest")
+        cell = row(driver, "workers", "worker", worker_id).find_element(By.CLASS_NAME, "error").text
+        assert "NO_SUCH_METHOD" in cell or "unknown" in cell.lower(), cell
+        failures = driver.find_element(By.ID, "failures").text
+        assert f"worker {worker_id}: CONFIGURATION_FAILED" in failures
+        assert f"{worker_id} ERROR" in failures
+        assert "failed" in row(driver, "workers", "worker", worker_id).get_attribute("class")
+        screenshot(driver, "console-failures.png")
+    finally:
+        if driver is not None:
+            driver.quit()
+        if console is not None:
+            console.stop()
+        worker.stop()
+        logd.stop()
+        for name in (broken, log_queue, dlq):
+            mq.delete_queue(name)
+        mq.close()

@@ -84,7 +84,10 @@ class Console:
 
     # --- pages ------------------------------------------------------------------------------------------
     def _render(self, request: Request, name: str, **context: Any) -> Response:
-        context.setdefault("view", self.collector.view)
+        view = context.setdefault("view", self.collector.view)
+        context["age"] = time.time() - view.time if view is not None else 0.0
+        context["stale_after"] = max(5.0, 5 * self.settings.refresh)
+        context["round_ms"] = self.collector.last_round_s * 1000
         context["csrf"] = _csrf(request)
         context["user"] = request.session.get("user")
         context["messages"] = request.session.pop("flash", []) if name != "live.html" else []

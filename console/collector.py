@@ -14,7 +14,6 @@ from pathlib import Path
 
 from pero_worker.console.settings import ConsoleSettings
 from pero_worker.console.view import ConsoleView, Extras, LogProblem, build_view, parse_problems
-from pero_worker.libs import zk_paths
 from pero_worker.libs.mq import MQError, MQSession, MQSettings
 from pero_worker.libs.mq_management import ManagementClient, ManagementError
 from pero_worker.libs.zk import KazooException, ZooKeeper, describe_zk_error
@@ -66,6 +65,7 @@ class Collector:
         self.reader = StateReader(zk, settings.connection)
         self.view: ConsoleView | None = None
         self.rounds = 0
+        self.last_round_s = 0.0   # how long the last read of ZooKeeper and RabbitMQ took (shown on the page)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="console-collector", daemon=True)
@@ -83,7 +83,8 @@ class Collector:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
         self.reader.close()
         if self._session is not None:
             self._session.close()
@@ -106,6 +107,7 @@ class Collector:
             started = time.monotonic()
             try:
                 self.view = self.collect(time.time())
+                self.last_round_s = time.monotonic() - started
             except KazooException as error:
                 log.warning("reading ZooKeeper failed: %s", describe_zk_error(error))
             except Exception:   # the page keeps the last view; the log has the bug
@@ -122,11 +124,7 @@ class Collector:
         if time.monotonic() >= self._slow_at:
             self._read_slow(depth)
             self._slow_at = time.monotonic() + SLOW_INTERVAL
-        uptimes = {}
-        for record in snapshot.workers:
-            created = self.zk.created_at(zk_paths.worker_connected(record.view.worker_id))
-            if created is not None:
-                uptimes[record.view.worker_id] = created
+        uptimes = {r.view.worker_id: r.connected_since for r in snapshot.workers if r.connected_since is not None}
         contenders = self.zk.election(ELECTION_PATH, "console").contenders() if self.zk.exists(ELECTION_PATH) \
             else []
         if not snapshot.depth_source:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (  # re-exported: callers catch these from here
@@ -259,6 +259,27 @@ class ZooKeeper:
             return None
         return data
 
+    def get_many(self, paths: Sequence[str]) -> list[bytes | None]:
+        """Several nodes' bytes (None where absent) in about one round trip: the requests are pipelined on
+        the session instead of waiting for each answer (readers of every worker's nodes: watchdog, console)."""
+        pending = [self.client.get_async(path) for path in paths]
+        result: list[bytes | None] = []
+        for request in pending:
+            try:
+                result.append(request.get()[0])
+            except NoNodeError:
+                result.append(None)
+        return result
+
+    def created_many(self, paths: Sequence[str]) -> list[float | None]:
+        """Creation times (epoch s) of several nodes, None where absent; pipelined like get_many."""
+        pending = [self.client.exists_async(path) for path in paths]
+        result: list[float | None] = []
+        for request in pending:
+            stat = request.get()
+            result.append(None if stat is None else stat.ctime / 1000.0)
+        return result
+
     def get_text(self, path: str, default: str = "") -> str:
         data = self.get(path)
         return data.decode("utf-8", "replace") if data is not None else default
@@ -285,11 +306,6 @@ class ZooKeeper:
 
     def exists(self, path: str) -> bool:
         return self.client.exists(path) is not None
-
-    def created_at(self, path: str) -> float | None:
-        """Epoch seconds the node was created (a worker's uptime is its ephemeral node's age); None if absent."""
-        stat = self.client.exists(path)
-        return None if stat is None else stat.ctime / 1000.0
 
     def children(self, path: str) -> list[str]:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import signal
 import socket
 from collections.abc import Sequence
 
@@ -40,7 +41,12 @@ def _run(args: argparse.Namespace) -> int:
         config = uvicorn.Config(app, host=settings.host, port=settings.port, ssl_certfile=settings.cert,
                                 ssl_keyfile=settings.key, log_level="debug" if settings.debug else "warning",
                                 access_log=settings.debug, server_header=False)
+        # uvicorn stops gracefully on SIGINT/SIGTERM and then re-raises the signal to the handler that was
+        # installed before it: make that one a no-op, so that a stop is exit 0 like every daemon's.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda _signum, _frame: None)
         uvicorn.Server(config).run()
+        log.info("console stopped")
     finally:
         zk.stop()
     return ExitCode.OK

@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from pero_worker.dev.browser import REPO, ConsoleProcess, chromium_paths, full_page_screenshot, login, start_chromium
+from pero_worker.dev.browser import (
+    REPO,
+    ConsoleProcess,
+    chromium_paths,
+    free_port,
+    full_page_screenshot,
+    login,
+    start_chromium,
+)
 from pero_worker.dev.opsplane import (
     Process,
     dummy_stage_config,
@@ -308,3 +316,18 @@ def test_last_error_and_failures_come_from_the_log_daemons_files(zk_root, zk, co
         for name in (broken, log_queue, dlq):
             mq.delete_queue(name)
         mq.close()
+
+
+def test_startup_failures_are_one_line_with_their_exit_code(zk_root, tmp_path):
+    console = REPO / "scripts" / "console.py"
+    down = subprocess.run([sys.executable, str(console), "-z", "127.0.0.1:1", "--listen", f"127.0.0.1:{free_port()}"],
+                          capture_output=True, text=True, timeout=120)
+    assert down.returncode == 3 and "Traceback" not in down.stderr
+    assert len(down.stderr.strip().splitlines()) == 1, down.stderr
+    running = ConsoleProcess(["-z", zk_root], tmp_path / "console.log")
+    try:
+        busy = subprocess.run([sys.executable, str(console), "-z", zk_root, "--listen", f"127.0.0.1:{running.port}"],
+                              capture_output=True, text=True, timeout=60)
+        assert busy.returncode == 1 and "in use" in busy.stderr and "Traceback" not in busy.stderr
+    finally:
+        assert running.stop() == 0   # SIGTERM: a clean stop

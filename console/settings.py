@@ -90,6 +90,9 @@ def build_settings(args: argparse.Namespace) -> ConsoleSettings:
         raise CliError("--refresh must be positive", ExitCode.USAGE)
     user = conn.username or "guest"
     password = conn.password if conn.username else "guest"
+    if not password:
+        raise CliError(f"operators log in with the deployment's password, and user {user!r} has none here: give "
+                       "--password-file, -p or PERO_PASSWORD (or the INI's password)", ExitCode.USAGE)
     return ConsoleSettings(connection=conn, host=host, port=port, cert=args.cert, key=args.key,
                            refresh=args.refresh, log_dir=args.log_dir, debug=args.debug,
                            dead_letter_queue=args.dead_letter_queue, login_user=user,

@@ -149,8 +149,11 @@ def test_login_is_the_deployments_user(monkeypatch, tmp_path):
     (["--cert", "x.pem"], "go together"),
     (["--cert", "/nonexistent.pem", "--key", "/nonexistent.key"], "no such file"),
     (["--refresh", "0"], "positive"),
+    (["-u", "pero"], "has none here"),
 ])
-def test_bad_settings_are_usage_errors(argv, why):
+def test_bad_settings_are_usage_errors(argv, why, monkeypatch):
+    for key in ("PERO_USER", "PERO_PASSWORD", "PERO_PASSWORD_FILE"):
+        monkeypatch.delenv(key, raising=False)
     with pytest.raises(CliError, match=why) as error:
         settings_from(*argv)
     assert error.value.exit_code == 2

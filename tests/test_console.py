@@ -331,3 +331,27 @@ def test_startup_failures_are_one_line_with_their_exit_code(zk_root, tmp_path):
         assert busy.returncode == 1 and "in use" in busy.stderr and "Traceback" not in busy.stderr
     finally:
         assert running.stop() == 0   # SIGTERM: a clean stop
+
+
+def _login_with(web: requests.Session, url: str, user: str, password: str) -> requests.Response:
+    page = web.get(url + "/login", timeout=10).text
+    token = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    return web.post(url + "/login", data={"csrf": token, "username": user, "password": password}, timeout=30)
+
+
+def test_login_is_the_user_and_password_the_deployment_names(zk_root, services, tmp_path):
+    """With -u/--password-file (the local services' `pero` user, SASL on ZooKeeper, a RabbitMQ user) that
+    pair is the login: guest/guest no longer is."""
+    password_file = REPO / "run" / "secrets" / "password"
+    if not password_file.exists():
+        missing("the local services' password file run/secrets/password is missing (make services)")
+    console = ConsoleProcess(["-z", zk_root, "-u", "pero", "--password-file", str(password_file)],
+                             tmp_path / "console.log")
+    try:
+        assert _login_with(requests.Session(), console.url, "guest", "guest").url.endswith("/login")
+        assert _login_with(requests.Session(), console.url, "pero", "wrong").url.endswith("/login")
+        page = _login_with(requests.Session(), console.url, "pero", password_file.read_text().strip())
+        assert page.url == console.url + "/" and 'id="who">pero<' in page.text
+        assert 'id="workers"' in page.text   # the console reads the tree as that user
+    finally:
+        console.stop()

@@ -40,6 +40,7 @@ require_module("selenium")
 if None in chromium_paths():
     missing("chromium and chromium-driver are not installed (install_dependencies.sh installs them)")
 
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -118,6 +119,16 @@ def test_login_refuses_a_wrong_password_and_admits_the_deployments_user(deployme
     assert "IDLE" in worker_row.find_element(By.CLASS_NAME, "status").text
     assert row(driver, "stages", "stage", deployment["stage"]).find_element(By.CLASS_NAME, "ready").text == "0"
     assert "refused login" in console.log()
+    # The page refreshes itself (console.js fetches /live every 2 s): new data appears without a reload.
+    mq = deployment["mq"]
+    mq.publish(deployment["stage"], request_body([deployment["stage"], deployment["out"]]))
+    assert mq.wait_for_confirms(30)
+    def ready_cell() -> str:
+        try:
+            return row(driver, "stages", "stage", deployment["stage"]).find_element(By.CLASS_NAME, "ready").text
+        except WebDriverException:   # the live area was replaced between finding and reading
+            return ""
+    wait_for(lambda: ready_cell() == "1", 20, "the live refresh shows the queued request")
     submit(driver, driver.find_element(By.ID, "logout"))
     driver.get(console.url + "/")
     assert driver.current_url.endswith("/login")

@@ -218,10 +218,16 @@ def test_purge_by_selection_and_confirmation(zk_root, mq, unique_name):
     assert session.queue_length(dlq) == 0
 
 
-def test_bad_input_is_one_line(zk_root, mq, unique_name):
+def test_bad_input_is_one_line(zk_root, mq, unique_name, tmp_path):
     missing = tool(zk_root, "list", "--queue", unique_name("nothere"))
     assert missing.returncode == 0 and "does not exist yet" in missing.stdout
-    bad_stage = tool(zk_root, "replay", "--queue", queue(mq, unique_name("dlq")), "--all", "--to", "a/b")
+    dlq = queue(mq, unique_name("dlq"))
+    put_letter(mq[0], dlq, b"x", "unparsable: test", "a")
+    (tmp_path / "file").write_text("not a folder")
+    unwritable = tool(zk_root, "export", "--queue", dlq, "--all", "--remove", str(tmp_path / "file" / "sub"))
+    assert unwritable.returncode == 1 and "cannot export to" in unwritable.stderr
+    assert "Traceback" not in unwritable.stderr and mq[0].queue_length(dlq) == 1   # kept
+    bad_stage = tool(zk_root, "replay", "--queue", dlq, "--all", "--to", "a/b")
     assert bad_stage.returncode == 2 and "Traceback" not in bad_stage.stderr
     down = subprocess.run([sys.executable, str(TOOL), "list", "-z", "127.0.0.1:1"], capture_output=True, text=True,
                           timeout=60)

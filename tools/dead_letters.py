@@ -398,8 +398,6 @@ def _write_file(path: Path, data: bytes) -> None:
 
 def export(queue: DeadLetterQueue, selection: Selection, folder: Path, *, remove: bool, now: float,
            progress: bool = False) -> ScanReport:
-    folder.mkdir(parents=True, exist_ok=True)
-
     def decide(letter: DeadLetter) -> Decision:
         if not selection.matches(letter, now):
             return Decision(Action.KEEP)
@@ -409,7 +407,12 @@ def export(queue: DeadLetterQueue, selection: Selection, folder: Path, *, remove
                     json.dumps(export_record(letter, now), indent=2, sort_keys=True).encode() + b"\n")
         return Decision(Action.REMOVE if remove else Action.KEEP_MATCHED)
 
-    return queue.scan(decide, progress=progress)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return queue.scan(decide, progress=progress)
+    except OSError as error:
+        # The letter being written was not acked: it goes back to the queue with every other one not yet done.
+        raise CliError(f"cannot export to {folder}: {error.strerror or error}") from None
 
 
 def purge(queue: DeadLetterQueue, selection: Selection, *, now: float, progress: bool = False) -> ScanReport:

@@ -20,6 +20,9 @@ Figures, printed last as `RESULT <name> <value> <unit>`:
   console_page_bytes          size of the page's HTML (bytes)
   console_refresh_round_median  how long the console's background read of ZooKeeper and RabbitMQ takes
                               (ms, as the pages report it): it must stay under the 1 s refresh
+  zk_worker_reads_sequential_median / _pipelined_median
+                              the 100 workers' nodes read one round trip per node (as before issue 13)
+                              and pipelined (watchdog/state.py read_workers now), interleaved, 7 rounds
 
 Run: `.venv/bin/python bench/console.py [--loads 30] [--screenshot docs/img/console-100-workers.png]`
 (about a minute; needs the local services, chromium and chromium-driver).
@@ -44,7 +47,7 @@ from pero_worker.libs.addresses import Address
 from pero_worker.libs.config import ConnectionConfig
 from pero_worker.libs.mq import MQSession, MQSettings
 from pero_worker.libs.zk import ZooKeeper
-from pero_worker.watchdog.state import format_iso
+from pero_worker.watchdog.state import format_iso, read_workers
 
 STAGES = 50
 WORKERS = 100
@@ -79,6 +82,29 @@ def populate(zk: ZooKeeper, mq: MQSession, tag: str) -> tuple[list[str], str]:
     if not mq.wait_for_confirms(60):
         raise RuntimeError("the broker did not confirm the bench's messages")
     return stages, dlq
+
+
+def sequential_worker_reads(zk: ZooKeeper) -> None:
+    """How watchdog/state.py read_workers read the tree before issue 13: one round trip per node (baseline)."""
+    for worker in zk.children(zk_paths.WORKER_STATUS_ROOT):
+        zk.get_text(zk_paths.worker_status(worker))
+        zk.exists(zk_paths.worker_connected(worker))
+        zk.get_text(zk_paths.worker_queue(worker))
+        zk.get_text(zk_paths.worker_enabled(worker))
+        zk.get_text(zk_paths.worker_unlock_time(worker))
+
+
+def worker_reads(zk: ZooKeeper, rounds: int = 7) -> tuple[float, float]:
+    """Median ms of the sequential baseline and of read_workers (pipelined), interleaved in one run."""
+    sequential, pipelined = [], []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        sequential_worker_reads(zk)
+        sequential.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        read_workers(zk)
+        pipelined.append((time.perf_counter() - started) * 1000)
+    return statistics.median(sequential), statistics.median(pipelined)
 
 
 def measure(driver, url: str, loads: int, rounds: list[float]) -> tuple[list[float], int]:
@@ -131,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     mq.open(retry_for=10)
     stages: list[str] = []
     rounds: list[float] = []
+    reads = (0.0, 0.0)
     dlq = ""
     folder = Path(tempfile.mkdtemp(prefix="bench_console_"))
     console = driver = None
@@ -146,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             args.screenshot.parent.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(str(args.screenshot))
         http, size = http_times(console.url, args.loads)
+        console.stop()
+        console = None
+        reads = worker_reads(zk)
     finally:
         if driver is not None:
             driver.quit()
@@ -174,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"RESULT console_http_median {statistics.median(http):.1f} ms")
     print(f"RESULT console_page_bytes {size} bytes")
     print(f"RESULT console_refresh_round_median {statistics.median(rounds):.1f} ms")
+    print(f"RESULT zk_worker_reads_sequential_median {reads[0]:.1f} ms")
+    print(f"RESULT zk_worker_reads_pipelined_median {reads[1]:.1f} ms")
     return 0
 
 

@@ -65,6 +65,7 @@ class Collector:
         self.reader = StateReader(zk, settings.connection)
         self.view: ConsoleView | None = None
         self.rounds = 0
+        self._failing = False
         self.last_round_s = 0.0   # how long the last read of ZooKeeper and RabbitMQ took (shown on the page)
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -108,8 +109,14 @@ class Collector:
             try:
                 self.view = self.collect(time.time())
                 self.last_round_s = time.monotonic() - started
+                if self._failing:
+                    log.info("reading ZooKeeper and RabbitMQ works again")
+                self._failing = False
             except KazooException as error:
-                log.warning("reading ZooKeeper failed: %s", describe_zk_error(error))
+                if not self._failing:   # once per outage, not once a second
+                    log.warning("reading ZooKeeper failed: %s; the page shows the last figures read",
+                                describe_zk_error(error))
+                self._failing = True
             except Exception:   # the page keeps the last view; the log has the bug
                 log.exception("collecting the console's view failed")
             self.rounds += 1

@@ -32,6 +32,7 @@ from pero_worker.dev.opsplane import (
     wait_for,
     worker_connected,
 )
+from pero_worker.dev.tcp_proxy import TcpProxy
 from pero_worker.libs import zk_paths
 from pero_worker.libs.mq import MQSession, MQSettings, PublishOutcome
 from tests.needs import missing, require_module
@@ -366,3 +367,25 @@ def test_login_is_the_user_and_password_the_deployment_names(zk_root, services, 
         assert 'id="workers"' in page.text   # the console reads the tree as that user
     finally:
         console.stop()
+
+
+def test_the_page_says_when_zookeeper_cannot_be_read(zk_root, zk, tmp_path):
+    """ZooKeeper cut off (a proxy between the console and it): the page keeps the last figures and says how
+    old they are; once it is back, the warning goes."""
+    proxy = TcpProxy("127.0.0.1", int(zk_root.split("/", 1)[0].rsplit(":", 1)[1])).start()
+    chroot = "/" + zk_root.split("/", 1)[1]
+    console = ConsoleProcess(["-z", f"{proxy.address}{chroot}", "--refresh", "0.5"], tmp_path / "console.log")
+    driver = start_chromium(str(tmp_path / "chromium"))
+    try:
+        login(driver, console.url, "guest", "guest")
+        assert not driver.find_elements(By.ID, "stale")
+        proxy.cut()
+        wait_page(driver, lambda d: "s old" in d.find_element(By.ID, "stale").text, "the stale warning", 40)
+        assert driver.find_element(By.ID, "workers")   # the last figures are still shown
+        proxy.restore()
+        wait_page(driver, lambda d: not d.find_elements(By.ID, "stale"), "the warning gone", 40)
+        assert console.log().count("reading ZooKeeper failed") <= 1
+    finally:
+        driver.quit()
+        console.stop()
+        proxy.close()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from needs import missing, require_module  # tests/ helper: a skip here, a failure with CI=true
 
 from pero_worker.dev.browser import (
     REPO,
@@ -35,7 +36,6 @@ from pero_worker.dev.opsplane import (
 from pero_worker.dev.tcp_proxy import TcpProxy
 from pero_worker.libs import zk_paths
 from pero_worker.libs.mq import MQSession, MQSettings, PublishOutcome
-from tests.needs import missing, require_module
 
 require_module("selenium")
 if None in chromium_paths():

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from pero_worker.console.settings import ConsoleSettings
 from pero_worker.console.view import ConsoleView, Extras, LogProblem, build_view, parse_problems
+from pero_worker.libs import zk_paths
 from pero_worker.libs.mq import MQError, MQSession, MQSettings
 from pero_worker.libs.mq_management import ManagementClient, ManagementError
-from pero_worker.libs.zk import KazooException, ZooKeeper, describe_zk_error
+from pero_worker.libs.zk import CachedTree, KazooException, NodeReader, ZooKeeper, describe_zk_error
 from pero_worker.log_daemon.rotation import parse_log_file_name
 from pero_worker.tools.dead_letters import DeadLetter, DeadLetterQueue, Selection
 from pero_worker.watchdog.planning import PlannerSettings, plan
@@ -62,9 +63,12 @@ class Collector:
     def __init__(self, settings: ConsoleSettings, zk: ZooKeeper) -> None:
         self.settings = settings
         self.zk = zk
+        # The console reads every node once a second: it follows the tree with watches instead (load()).
+        self.tree = CachedTree(zk, zk_paths.ROOT)
         self.reader = StateReader(zk, settings.connection)
         self.view: ConsoleView | None = None
         self.rounds = 0
+        self._loaded = False
         self._failing = False
         self.last_round_s = 0.0   # how long the last read of ZooKeeper and RabbitMQ took (shown on the page)
         self._stop = threading.Event()
@@ -78,7 +82,24 @@ class Collector:
         self._problems: tuple[LogProblem, ...] = ()
         self._slow_errors: tuple[str, ...] = ()
 
+    def load(self) -> None:
+        """Load ZooKeeper's tree into memory (ZkConnectionError when that fails).
+
+        Not before the tree exists: kazoo's TreeCache would create its root, and the console writes nothing
+        on its own.  Until then (an empty deployment) the reads go to ZooKeeper directly."""
+        if self._loaded or not self.zk.exists(zk_paths.ROOT):
+            return
+        self.tree.start()
+        self._loaded = True
+        self.reader.close()
+        self.reader = StateReader(self.tree, self.settings.connection)
+
+    @property
+    def nodes(self) -> NodeReader:
+        return self.tree if self._loaded else self.zk
+
     def start(self) -> None:
+        self.load()
         self._thread.start()
 
     def stop(self) -> None:
@@ -87,6 +108,7 @@ class Collector:
         if self._thread.is_alive():
             self._thread.join(timeout=10)
         self.reader.close()
+        self.tree.close()
         if self._session is not None:
             self._session.close()
         if self._management is not None:
@@ -124,6 +146,7 @@ class Collector:
             self._wake.clear()
 
     def collect(self, now: float) -> ConsoleView:
+        self.load()
         snapshot = self.reader.snapshot(now)
         planned = plan(snapshot.worker_views, snapshot.stage_views, now, PlannerSettings())
         errors: list[str] = []
@@ -132,7 +155,7 @@ class Collector:
             self._read_slow(depth)
             self._slow_at = time.monotonic() + SLOW_INTERVAL
         uptimes = {r.view.worker_id: r.connected_since for r in snapshot.workers if r.connected_since is not None}
-        contenders = self.zk.election(ELECTION_PATH, "console").contenders() if self.zk.exists(ELECTION_PATH) \
+        contenders = self.zk.election(ELECTION_PATH, "console").contenders() if self.nodes.exists(ELECTION_PATH) \
             else []
         if not snapshot.depth_source:
             errors.append("RabbitMQ unreachable: queue depths unknown")
@@ -143,7 +166,7 @@ class Collector:
 
     def _mq(self) -> MQSession:
         if self._session is None or not self._session.is_open:
-            self._session = MQSession(MQSettings.from_zookeeper(self.zk, self.settings.connection),
+            self._session = MQSession(MQSettings.from_zookeeper(self.nodes, self.settings.connection),
                                       name="pero-console")
             self._session.open(retry_for=0)
         return self._session
@@ -160,7 +183,7 @@ class Collector:
         errors: list[str] = []
         try:
             if self._management is None:
-                self._management = ManagementClient.from_zookeeper(self.zk, self.settings.connection)
+                self._management = ManagementClient.from_zookeeper(self.nodes, self.settings.connection)
             hosts = {}
             for entry in self._management.connections():
                 name = str((entry.get("client_properties") or {}).get("connection_name") or "")

@@ -13,6 +13,7 @@ import uvicorn
 from pero_worker.console.app import create_app
 from pero_worker.console.settings import build_parser, build_settings
 from pero_worker.libs.exit_codes import ExitCode
+from pero_worker.libs.zk import ZkConnectionError
 from pero_worker.tools.cli import CliError, connect_zookeeper, run_main
 
 log = logging.getLogger("pero_worker.console")
@@ -36,6 +37,10 @@ def _run(args: argparse.Namespace) -> int:
     zk = connect_zookeeper(settings.connection)
     try:
         app = create_app(settings, zk)
+        try:
+            app.state.console.collector.load()
+        except ZkConnectionError as error:
+            raise CliError(str(error), ExitCode.UNREACHABLE) from None
         scheme = "https" if settings.https else "http"
         log.info("console on %s://%s:%d/ (log in as %s)", scheme, settings.host, settings.port, settings.login_user)
         config = uvicorn.Config(app, host=settings.host, port=settings.port, ssl_certfile=settings.cert,

@@ -36,7 +36,7 @@ from pero_worker.libs.backoff import Backoff
 
 if TYPE_CHECKING:
     from pero_worker.libs.config import ConnectionConfig
-    from pero_worker.libs.zk import ZooKeeper
+    from pero_worker.libs.zk import NodeReader
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class MQSettings:
     heartbeat: int = 30
 
     @classmethod
-    def from_zookeeper(cls, zk: ZooKeeper, conn: ConnectionConfig, **overrides: Any) -> MQSettings:
+    def from_zookeeper(cls, zk: NodeReader, conn: ConnectionConfig, **overrides: Any) -> MQSettings:
         """Broker addresses come from ZooKeeper; credentials and CA from the process config."""
         default_port = DEFAULT_PORTS["amqps" if conn.use_tls else "amqp"]
         servers = []

@@ -22,7 +22,7 @@ from pero_worker.libs.config import ConnectionConfig
 from pero_worker.libs.mq import MQConnectionError, MQError, MQSession, MQSettings
 from pero_worker.libs.mq_management import ManagementClient, ManagementError, QueueStats
 from pero_worker.libs.stages import classify_stage_config
-from pero_worker.libs.zk import ZooKeeper
+from pero_worker.libs.zk import NodeReader, ZooKeeper
 from pero_worker.watchdog.planning import Plan, StageView, WorkerView
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class Snapshot:
         return {name: record.view for name, record in self.stages.items()}
 
 
-def read_workers(zk: ZooKeeper) -> list[WorkerRecord]:
+def read_workers(zk: NodeReader) -> list[WorkerRecord]:
     """Every registered worker's nodes, read pipelined (one round trip's time for all, not five per worker)."""
     ids = []
     for worker_id in zk.children(zk_paths.WORKER_STATUS_ROOT):
@@ -117,7 +117,7 @@ def _optional_float(raw: bytes | None) -> float | None:
     return value if value >= 0 else None
 
 
-def read_stage_nodes(zk: ZooKeeper) -> tuple[dict[str, StageView], dict[str, str]]:
+def read_stage_nodes(zk: NodeReader) -> tuple[dict[str, StageView], dict[str, str]]:
     """(processing stages, other stages -> why they never get a worker).
 
     Every child of /pero/queue is a stage, but only one whose config names a processor
@@ -155,7 +155,7 @@ def read_stage_nodes(zk: ZooKeeper) -> tuple[dict[str, StageView], dict[str, str
 class StateReader:
     """Keeps the connections the watchdog reads through and builds snapshots."""
 
-    def __init__(self, zk: ZooKeeper, conn: ConnectionConfig, *, management_interval: float = 5.0,
+    def __init__(self, zk: NodeReader, conn: ConnectionConfig, *, management_interval: float = 5.0,
                  vhost: str = "pero") -> None:
         self.zk = zk
         self.conn = conn

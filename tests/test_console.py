@@ -41,7 +41,7 @@ require_module("selenium")
 if None in chromium_paths():
     missing("chromium and chromium-driver are not installed (install_dependencies.sh installs them)")
 
-from selenium.common.exceptions import WebDriverException  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -87,6 +87,26 @@ def row(driver, table: str, key: str, value: str):
     return driver.find_element(By.CSS_SELECTOR, f"#{table} tr[data-{key}='{value}']")
 
 
+def on_page(action) -> None:
+    """Run `action` (find elements, fill, submit) again if the page's live refresh replaced the elements it
+    found meanwhile (it does every 2 s, unless a field has the focus or a box is ticked)."""
+    for attempt in range(5):
+        try:
+            action()
+            return
+        except StaleElementReferenceException:
+            if attempt == 4:
+                raise
+
+
+def move(driver, worker: str, stage: str) -> None:
+    def act() -> None:
+        form = row(driver, "workers", "worker", worker)
+        form.find_element(By.NAME, "stage").send_keys(stage)
+        submit(driver, form.find_element(By.CLASS_NAME, "move"))
+    on_page(act)
+
+
 def submit(driver, button) -> None:
     """Click a form's button and wait until the browser has loaded the answer (the old page is gone)."""
     page = driver.find_element(By.TAG_NAME, "html")
@@ -116,9 +136,11 @@ def test_login_refuses_a_wrong_password_and_admits_the_deployments_user(deployme
     login(driver, console.url, "guest", "guest")
     assert driver.find_element(By.ID, "who").text == "guest"
     # The live tables show the real worker and stage.
-    worker_row = row(driver, "workers", "worker", deployment["worker"])
-    assert "IDLE" in worker_row.find_element(By.CLASS_NAME, "status").text
-    assert row(driver, "stages", "stage", deployment["stage"]).find_element(By.CLASS_NAME, "ready").text == "0"
+    def tables() -> None:
+        worker_row = row(driver, "workers", "worker", deployment["worker"])
+        assert "IDLE" in worker_row.find_element(By.CLASS_NAME, "status").text
+        assert row(driver, "stages", "stage", deployment["stage"]).find_element(By.CLASS_NAME, "ready").text == "0"
+    on_page(tables)
     assert "refused login" in console.log()
     # The page refreshes itself (console.js fetches /live every 2 s): new data appears without a reload.
     mq = deployment["mq"]
@@ -130,7 +152,7 @@ def test_login_refuses_a_wrong_password_and_admits_the_deployments_user(deployme
         except WebDriverException:   # the live area was replaced between finding and reading
             return ""
     wait_for(lambda: ready_cell() == "1", 20, "the live refresh shows the queued request")
-    submit(driver, driver.find_element(By.ID, "logout"))
+    on_page(lambda: submit(driver, driver.find_element(By.ID, "logout")))
     driver.get(console.url + "/")
     assert driver.current_url.endswith("/login")
 
@@ -139,9 +161,7 @@ def test_move_disable_enable_act_on_zookeeper_and_the_worker(deployment):
     driver, console, zk = deployment["driver"], deployment["console"], deployment["zk"]
     worker, stage, out, mq = deployment["worker"], deployment["stage"], deployment["out"], deployment["mq"]
     login(driver, console.url, "guest", "guest")
-    form = row(driver, "workers", "worker", worker)
-    form.find_element(By.NAME, "stage").send_keys(stage)
-    submit(driver, form.find_element(By.CLASS_NAME, "move"))
+    move(driver, worker, stage)
     assert f"worker {worker} -> {stage}" in driver.find_element(By.ID, "messages").text
     assert zk.get_text(zk_paths.worker_queue(worker)) == stage
     wait_for(lambda: zk.get_text(zk_paths.worker_status(worker)) == zk_paths.PROCESSING, 30, "worker on the stage")
@@ -154,19 +174,17 @@ def test_move_disable_enable_act_on_zookeeper_and_the_worker(deployment):
     screenshot(driver, "console.png")
 
     # Bad input: a stage that is not a processing stage is refused with one line, nothing changes.
-    form = row(driver, "workers", "worker", worker)
-    form.find_element(By.NAME, "stage").send_keys(out)
-    submit(driver, form.find_element(By.CLASS_NAME, "move"))
+    move(driver, worker, out)
     messages = driver.find_element(By.ID, "messages").text
     assert "not a processing stage" in messages and "Traceback" not in driver.page_source
     assert zk.get_text(zk_paths.worker_queue(worker)) == stage
 
-    submit(driver, row(driver, "workers", "worker", worker).find_element(By.CLASS_NAME, "disable"))
+    on_page(lambda: submit(driver, row(driver, "workers", "worker", worker).find_element(By.CLASS_NAME, "disable")))
     assert zk.get_text(zk_paths.worker_enabled(worker)) == "false"
     assert deployment["process"].proc.wait(30) == 0          # the real worker obeys and stops
     wait_page(driver, lambda d: row(d, "workers", "worker", worker).find_elements(By.CLASS_NAME, "enable"),
               "the page shows the worker disabled")
-    submit(driver, row(driver, "workers", "worker", worker).find_element(By.CLASS_NAME, "enable"))
+    on_page(lambda: submit(driver, row(driver, "workers", "worker", worker).find_element(By.CLASS_NAME, "enable")))
     assert zk.get_text(zk_paths.worker_enabled(worker)) == "true"
 
 
@@ -182,16 +200,18 @@ def test_replay_dead_letters_from_the_page(deployment):
               "both dead letters listed")
     assert driver.find_element(By.ID, "dead-letter-depth").text.startswith("2")
     screenshot(driver, "console-dead-letters.png")
-    first = driver.find_elements(By.CSS_SELECTOR, "#dead-letters tr[data-letter]")[0]
-    first.find_element(By.NAME, "letter").click()
-    submit(driver, driver.find_element(By.ID, "replay-selected"))
+    def tick_first_and_replay() -> None:
+        first = driver.find_elements(By.CSS_SELECTOR, "#dead-letters tr[data-letter]")[0]
+        first.find_element(By.NAME, "letter").click()
+        submit(driver, driver.find_element(By.ID, "replay-selected"))
+    on_page(tick_first_and_replay)
     assert "replayed 1 of 1 selected" in driver.find_element(By.ID, "messages").text
     assert mq.queue_length(dlq) == 1
     assert mq.queue_length(stage) == 1                     # no worker on the stage: it waits there
-    submit(driver, driver.find_element(By.ID, "replay-all"))
+    on_page(lambda: submit(driver, driver.find_element(By.ID, "replay-all")))
     assert "replayed 1 of 1 selected" in driver.find_element(By.ID, "messages").text
     assert mq.queue_length(dlq) == 0 and mq.queue_length(stage) == 2
-    submit(driver, driver.find_element(By.ID, "replay-selected"))   # nothing ticked: a clear message
+    on_page(lambda: submit(driver, driver.find_element(By.ID, "replay-selected")))   # nothing ticked: a message
     assert "choose the dead letters" in driver.find_element(By.ID, "messages").text
 
 
@@ -311,12 +331,14 @@ def test_last_error_and_failures_come_from_the_log_daemons_files(zk_root, zk, co
                                  tmp_path / "console.log")
         driver = start_chromium(str(tmp_path / "chromium"))
         login(driver, console.url, "guest", "guest")
-        cell = row(driver, "workers", "worker", worker_id).find_element(By.CLASS_NAME, "error").text
-        assert "NO_SUCH_METHOD" in cell or "unknown" in cell.lower(), cell
-        failures = driver.find_element(By.ID, "failures").text
-        assert f"worker {worker_id}: CONFIGURATION_FAILED" in failures
-        assert f"{worker_id} ERROR" in failures
-        assert "failed" in row(driver, "workers", "worker", worker_id).get_attribute("class")
+        def shown() -> None:
+            cell = row(driver, "workers", "worker", worker_id).find_element(By.CLASS_NAME, "error").text
+            assert "NO_SUCH_METHOD" in cell or "unknown" in cell.lower(), cell
+            failures = driver.find_element(By.ID, "failures").text
+            assert f"worker {worker_id}: CONFIGURATION_FAILED" in failures
+            assert f"{worker_id} ERROR" in failures
+            assert "failed" in row(driver, "workers", "worker", worker_id).get_attribute("class")
+        on_page(shown)
         screenshot(driver, "console-failures.png")
     finally:
         if driver is not None:

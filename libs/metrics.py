@@ -191,7 +191,7 @@ def start_metrics_server(config: MetricsConfig | None, registry: CollectorRegist
             server, thread = _bind(config, port, registry)
         except ssl.SSLError as error:
             raise MetricsError(f"metrics TLS: cannot use {config.certfile} / {config.keyfile}: "
-                               f"{error.reason or error}") from None
+                               f"{getattr(error, 'reason', None) or error}") from None
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
                 continue

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
               f"p95 {ordered[int(len(ordered) * 0.95) - 1]:.2f} ms, max {ordered[-1]:.2f} ms; server CPU "
               f"{cpu[name]:.2f} ms per scrape")
     print()
-    for name, (timings, size) in results.items():
+    for name, (timings, _size) in results.items():
         ordered = sorted(timings)
         print(f"RESULT metrics_scrape_{name} {statistics.median(timings):.2f} ms")
         print(f"RESULT metrics_scrape_{name}_p95 {ordered[int(len(ordered) * 0.95) - 1]:.2f} ms")

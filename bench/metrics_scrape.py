@@ -17,6 +17,7 @@ Figures, printed last as `RESULT <name> <value> <unit>` (target: <= 50 ms):
   metrics_scrape_worker_cpu, metrics_scrape_watchdog_cpu   the server's CPU time per scrape (render + gzip +
                                                            HTTP): what a scrape costs the daemon, whatever the load
   metrics_scrape_worker_bytes                              size of the worker's page
+  metrics_request_cost      microseconds of metric updates per request on the worker's request path
 
 Run: `.venv/bin/python bench/metrics_scrape.py [--stages 50] [--scrapes 200]` (a few seconds; no services).
 """
@@ -95,6 +96,17 @@ def time_scrapes(url: str, count: int, stages: int) -> tuple[list[float], int]:
     return timings, size
 
 
+def request_cost(stages: int, calls: int = 200_000) -> float:
+    """Microseconds the worker's request path spends on metrics per request (worker/metrics.request_done: a
+    counter and a histogram child of the request's stage), measured in this process."""
+    from pero_worker.worker import metrics as worker_metrics
+    names = [f"stage_{index:02d}_ocr_layout" for index in range(stages)]
+    started = time.perf_counter()
+    for call in range(calls):
+        worker_metrics.request_done(names[call % stages], 0.003, None)
+    return (time.perf_counter() - started) * 1e6 / calls
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (/proc/PID/stat): the server's own cost of the scrapes,
     which, unlike their wall time, does not grow with the machine's load."""
@@ -139,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"RESULT metrics_scrape_{name}_p95 {ordered[int(len(ordered) * 0.95) - 1]:.2f} ms")
         print(f"RESULT metrics_scrape_{name}_cpu {cpu[name]:.2f} ms")
     print(f"RESULT metrics_scrape_worker_bytes {results['worker'][1]} bytes")
+    print(f"RESULT metrics_request_cost {request_cost(args.stages):.2f} us")
     return 0
 
 

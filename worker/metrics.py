@@ -94,8 +94,19 @@ def for_stage(stage: str) -> StageMetrics:
     return found
 
 
+class _Switch:
+    enabled = True
+
+
+def disable() -> None:
+    """Metrics off (--metrics-address off): the request path records nothing at all."""
+    _Switch.enabled = False
+
+
 def request_done(stage: str, seconds: float, failure: str | None) -> None:
     """One finished request: failure None (success, timed), or one of FAILURE_REASONS."""
+    if not _Switch.enabled:
+        return
     metrics = for_stage(stage)
     metrics.processed.inc()
     if failure is None:

@@ -128,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MetricsError as error:
         return configuration_error("run_worker.py", error)
     worker_metrics.set_identity(config.worker_id)
+    if metrics is None:
+        worker_metrics.disable()
     stop = StopRequest.on_signals()
     try:
         return run_guarded(log, lambda: run(config, stop))

@@ -203,8 +203,8 @@ def start_metrics_server(config: MetricsConfig | None, registry: CollectorRegist
         url = f"{config.scheme}://{format_address(address.host, server.server_port)}/metrics"
         log.info("metrics on %s%s", url, " (mutual TLS)" if config.certfile else "")
         return MetricsServer(server, thread, url)
-    which = "every port of" if address.first_port != address.last_port else "the port of"
-    raise MetricsError(f"metrics address {address}: {which} it is in use (another daemon on this host?); give "
+    which = "every port of the range is" if address.first_port != address.last_port else "the port is"
+    raise MetricsError(f"metrics address {address}: {which} in use (another daemon on this host?); give "
                        f"this one its own with --metrics-address or ${ADDRESS_ENV} (a range FIRST-LAST takes the "
                        "first free port), or 'off'")
 

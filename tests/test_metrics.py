@@ -139,7 +139,7 @@ def test_a_port_in_use_is_one_line_and_a_range_takes_the_next_free_port():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(MetricsError, match=rf"127.0.0.1:{port}: the port of it is in use") as caught:
+        with pytest.raises(MetricsError, match=rf"127.0.0.1:{port}: the port is in use") as caught:
             start_metrics_server(MetricsConfig(MetricsAddress("127.0.0.1", port, port)), CollectorRegistry())
         assert "\n" not in str(caught.value)
         # A range whose first port is taken serves on a later one (when the next one happens to be free).

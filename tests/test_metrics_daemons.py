@@ -188,7 +188,7 @@ def test_a_metrics_port_in_use_exits_2_with_one_line(daemon, argv, tmp_path):
             command += ["--state-directory", str(tmp_path / "state")]
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
-    assert f"metrics address 127.0.0.1:{port}: the port of it is in use" in result.stderr
+    assert f"metrics address 127.0.0.1:{port}: the port is in use" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
 

@@ -15,6 +15,7 @@ Figures (median of --runs runs), printed last as `RESULT <name> <value> <unit>`:
   pipeline_1_worker_metrics_off, ...     the same with --metrics-address off
   pipeline_metrics_ratio                 throughput with metrics on / off: median of the ratios of runs made
                                          back to back (on and off alternate), all worker counts; per count too
+  pipeline_metrics_cpu_ratio             one worker's CPU time per request, off / on (median of the pairs)
   upload_rate                            req/s of publisher.py (its own figure, excluding start-up)
   idle_worker_rss                        MB resident of an idle worker (torch not loaded)
 
@@ -24,6 +25,7 @@ Reference (the original system, this kind of machine, same workload): 99 req/s w
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import re
 import statistics
@@ -110,6 +112,12 @@ def read_output(mq: MQSession, queue: str, expected: int, timeout: float = 120.0
     return bodies
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -159,6 +167,7 @@ class Bench:
         self.stage, self.out, self.work, self.images = stage, out, work, images
         self.idle_rss, self.upload_rates = idle_rss, upload_rates
         self.procs: list[subprocess.Popen] = []
+        self.cpu_ms: collections.defaultdict[tuple[int, bool], list[float]] = collections.defaultdict(list)
 
     def kill(self) -> None:
         for proc in self.procs:
@@ -202,11 +211,13 @@ class Bench:
         wait_for(lambda: mq.queue_length(stage) == args.requests, 30, "the preload to settle")
 
         with Scraper(urls) as scraper:
+            cpu_before = sum(cpu_seconds(proc.pid) for proc in self.procs)
             started = time.monotonic()
             for wid in ids:
                 zk.set_text(zk_paths.worker_queue(wid), stage)
             wait_for(lambda: mq.queue_length(out) >= args.requests, 600, "the stage to drain", interval=0.01)
             elapsed = time.monotonic() - started
+            cpu_ms = (sum(cpu_seconds(proc.pid) for proc in self.procs) - cpu_before) * 1000 / args.requests
         if scraper.failures:
             raise BenchFailure(f"{scraper.failures} of {scraper.scrapes} scrapes of the workers' metrics failed")
         # Only requests whose every stage log says OK count; any failure voids the bench.
@@ -215,8 +226,9 @@ class Bench:
             raise BenchFailure(f"{n_workers} worker(s), run {attempt + 1}, metrics {mode}: {outcome.describe()}",
                                outcome.failed)
         rate = outcome.ok / elapsed
+        self.cpu_ms[(n_workers, metrics_on)].append(cpu_ms)
         print(f"{n_workers} worker(s), run {attempt + 1}, metrics {mode}: {outcome.describe()} in {elapsed:.2f} s "
-              f"= {rate:.0f} req/s ({scraper.scrapes} scrapes)", flush=True)
+              f"= {rate:.0f} req/s, worker CPU {cpu_ms:.3f} ms/request ({scraper.scrapes} scrapes)", flush=True)
         for wid in ids:
             zk.set_text(zk_paths.worker_enabled(wid), "false")
         for proc in self.procs:
@@ -312,6 +324,12 @@ def main(argv: list[str] | None = None) -> int:
         for n_workers, values in ratios.items():
             print(f"RESULT pipeline_metrics_ratio_{n_workers}_worker{'s' if n_workers > 1 else ''} "
                   f"{statistics.median(values):.3f} ratio")
+    cpu_pairs = list(zip(bench.cpu_ms[(1, False)], bench.cpu_ms[(1, True)]))
+    if cpu_pairs:
+        # Worker CPU per request, off / on: what metrics cost the worker, much less sensitive to the machine's
+        # load than wall-clock throughput (a single worker on a zero-time stage is CPU-bound).
+        cpu_ratio = statistics.median(off / on for off, on in cpu_pairs)
+        print(f"RESULT pipeline_metrics_cpu_ratio {cpu_ratio:.3f} ratio")
     if upload_rates:
         print(f"RESULT upload_rate {statistics.median(upload_rates):.1f} req/s")
     if idle_rss:

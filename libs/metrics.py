@@ -164,7 +164,10 @@ def metrics_config(args: argparse.Namespace, ini: dict[str, str], connection: Co
 
 
 class MetricsServer:
-    """A running /metrics server (prometheus_client's WSGI server on its own daemon thread)."""
+    """A running /metrics server (prometheus_client's WSGI server on its own daemon thread).
+
+    The daemons leave it running until the process exits (closing it costs up to half a second of
+    shutdown for nothing); close() is for processes that outlive it (tests, benches)."""
 
     def __init__(self, server: WSGIServer, thread: threading.Thread, url: str) -> None:
         self._server = server

@@ -239,14 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("log daemon: queue %r -> %s (rotation %g min, keep %s files)", settings.log_queue,
              settings.output_dir, settings.rotation_minutes, settings.number_of_files or "all")
     try:
-        metrics = start_metrics_server(settings.metrics, logd_metrics.REGISTRY)
+        start_metrics_server(settings.metrics, logd_metrics.REGISTRY)
     except MetricsError as error:
         return configuration_error("log_daemon.py", error)
-    try:
-        return run_guarded(log, lambda: LogDaemon(settings, stop).run())
-    finally:
-        if metrics is not None:
-            metrics.close()
+    return run_guarded(log, lambda: LogDaemon(settings, stop).run())
 
 
 if __name__ == "__main__":

@@ -280,3 +280,25 @@ def test_worker_request_counters():
     worker_metrics.set_status("PROCESSING")
     assert sample("pero_worker_status", {"pero_worker_status": "PROCESSING"}) == 1
     assert sample("pero_worker_status", {"pero_worker_status": "IDLE"}) == 0
+
+
+def test_processing_time_buckets_count_a_bound_as_less_or_equal():
+    stage = "m_stage_buckets"
+    sample = worker_metrics.REGISTRY.get_sample_value
+    for seconds in (0.001, 0.0011, 400.0):
+        worker_metrics.request_done(stage, seconds, None)
+    assert sample("pero_worker_processing_seconds_bucket", {"stage": stage, "le": "0.001"}) == 1
+    assert sample("pero_worker_processing_seconds_bucket", {"stage": stage, "le": "0.005"}) == 2
+    assert sample("pero_worker_processing_seconds_bucket", {"stage": stage, "le": "300.0"}) == 2
+    assert sample("pero_worker_processing_seconds_bucket", {"stage": stage, "le": "+Inf"}) == 3
+    assert sample("pero_worker_processing_seconds_count", {"stage": stage}) == 3
+    assert sample("pero_worker_processing_seconds_sum", {"stage": stage}) == pytest.approx(400.0021)
+
+
+def test_metrics_off_records_nothing_on_the_request_path(monkeypatch):
+    monkeypatch.setattr(worker_metrics._Switch, "enabled", True)
+    worker_metrics.disable()
+    worker_metrics.request_done("m_stage_off", 0.01, None)
+    worker_metrics.result_too_large("m_stage_off")
+    assert worker_metrics.REGISTRY.get_sample_value("pero_worker_requests_processed_total",
+                                                    {"stage": "m_stage_off"}) is None

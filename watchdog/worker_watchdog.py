@@ -286,15 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.dry_run:
         return run_guarded(log, lambda: dry_run(settings))
     try:
-        metrics = start_metrics_server(settings.metrics, watchdog_metrics.REGISTRY)
+        start_metrics_server(settings.metrics, watchdog_metrics.REGISTRY)
     except MetricsError as error:
         return configuration_error("worker_watchdog.py", error)
     stop = StopRequest.on_signals()
-    try:
-        return run_guarded(log, lambda: Watchdog(settings, stop).run())
-    finally:
-        if metrics is not None:
-            metrics.close()
+    return run_guarded(log, lambda: Watchdog(settings, stop).run())
 
 
 if __name__ == "__main__":

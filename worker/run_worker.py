@@ -131,11 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if metrics is None:
         worker_metrics.disable()
     stop = StopRequest.on_signals()
-    try:
-        return run_guarded(log, lambda: run(config, stop))
-    finally:
-        if metrics is not None:
-            metrics.close()
+    return run_guarded(log, lambda: run(config, stop))
 
 
 if __name__ == "__main__":

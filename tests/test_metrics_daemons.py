@@ -4,16 +4,20 @@ Each daemon gets port 0 (tests/conftest.py sets PERO_METRICS_ADDRESS) and says w
 """
 from __future__ import annotations
 
+import dataclasses
+import io
 import re
 import socket
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from pero_worker.dev.local_services import write_server_lists
 from pero_worker.dev.opsplane import (
     REPO,
     Process,
@@ -27,6 +31,7 @@ from pero_worker.dev.opsplane import (
 )
 from pero_worker.libs import zk_paths
 from pero_worker.libs.mq import MQSession, MQSettings
+from pero_worker.libs.zk import ZooKeeper
 
 URL = re.compile(r"metrics on (https?://\S+/metrics)")
 FAILTEST = "[WORKER]\nFAILTEST = TRUE\n"
@@ -198,3 +203,51 @@ def test_bad_metrics_address_exits_2(tmp_path: Path):
                              "127.0.0.1:notaport"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip() == "log_daemon.py: error: invalid port in metrics address '127.0.0.1:notaport'"
+
+
+def _model_archive(path: Path) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        data = b"weights " * 4000
+        info = tarfile.TarInfo("weights.bin")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture
+def auth_zk(conn_config, services):
+    """The test's chroot as the services' user: a stage made with -u carries that user's ACL."""
+    client = ZooKeeper(dataclasses.replace(conn_config, username=services.user, password=services.password)).start()
+    write_server_lists(client, services)
+    yield client
+    client.delete("/pero", recursive=True)   # only this user may remove its nodes
+    client.stop()
+
+
+def test_worker_times_the_model_download_and_unpack(zk_root, mq, auth_zk, services, tmp_path, unique_name,
+                                                    processes):
+    zk = auth_zk
+    auth = ["-u", services.user, "--password-file", str(services.password_file)]
+    stage, out = unique_name("model"), unique_name("out")
+    config = tmp_path / "stage.ini"
+    config.write_text(dummy_stage_config(0.0))
+    created = subprocess.run([sys.executable, "scripts/stage_config_manager.py", "-z", zk_root, *auth, "--name", stage,
+                              "--config", str(config), "--file", str(_model_archive(tmp_path / "model.tar.gz"))],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert created.returncode == 0, created.stderr
+    make_stage(zk_root, out, None, extra=tuple(auth))
+    mq.created.extend([stage, out])
+    worker_id = unique_name("w")
+    worker = Process([sys.executable, "worker/run_worker.py", "-z", zk_root, *auth, "-i", worker_id,
+                      "--cache-directory", str(tmp_path / "cache"), "--disable-remote-logging"], tmp_path / "w.log")
+    processes.append(worker)
+    url = metrics_url(worker)
+    wait_value(url, "pero_worker_status", 1, pero_worker_status=zk_paths.IDLE)
+    assert value(url, "pero_worker_model_download_seconds_count", stage=stage) is None
+    zk.set_text(zk_paths.worker_queue(worker_id), stage)
+    wait_value(url, "pero_worker_stage_switches_total", 1, stage=stage, timeout=60)
+    assert value(url, "pero_worker_model_download_seconds_count", stage=stage) == 1
+    assert value(url, "pero_worker_model_unpack_seconds_count", stage=stage) == 1
+    assert value(url, "pero_worker_model_download_seconds_sum", stage=stage) > 0
+    assert value(url, "pero_worker_stage_setup_seconds_sum", stage=stage) >= \
+        value(url, "pero_worker_model_download_seconds_sum", stage=stage)

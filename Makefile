@@ -53,6 +53,7 @@ demo: services
 
 bench: services
 	$(PY) bench/pipeline.py
+	$(PY) bench/metrics_scrape.py
 	$(PY) bench/scheduling.py
 	$(PY) bench/cer.py
 	$(PY) bench/download_memory.py

@@ -310,7 +310,7 @@ class Cluster:
 
     def await_mq_node(self, node: int, timeout: float = 180.0) -> None:
         log = self.mq_dir(node) / "log"
-        wait_until(lambda: (self.mq_dir(node) / "rabbitmq.pid").exists(), f"RabbitMQ node {node + 1}", timeout, log)
+        wait_until((self.mq_dir(node) / "rabbitmq.pid").exists, f"RabbitMQ node {node + 1}", timeout, log)
         self.rabbitmqctl(node, "await_startup", "--timeout", str(int(timeout)), timeout=timeout + 10)
         wait_until(lambda: port_open(self.amqp_port(node)), f"RabbitMQ node {node + 1} AMQP port", 60, log)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -304,13 +305,14 @@ class Cluster:
         if self.mq_pid(node) or port_open(self.amqp_port(node)):
             return
         folder = self.mq_dir(node)
+        (folder / "rabbitmq.pid").unlink(missing_ok=True)   # left by a killed node: await_mq_node waits for a new one
         with open(folder / "log" / "console.log", "ab") as log:
             subprocess.Popen([RABBITMQ_SERVER], env=self.mq_env(node), cwd=str(self.home), stdin=subprocess.DEVNULL,
                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
 
     def await_mq_node(self, node: int, timeout: float = 180.0) -> None:
         log = self.mq_dir(node) / "log"
-        wait_until((self.mq_dir(node) / "rabbitmq.pid").exists, f"RabbitMQ node {node + 1}", timeout, log)
+        wait_until(lambda: self.mq_pid(node) is not None, f"RabbitMQ node {node + 1}", timeout, log)
         self.rabbitmqctl(node, "await_startup", "--timeout", str(int(timeout)), timeout=timeout + 10)
         wait_until(lambda: port_open(self.amqp_port(node)), f"RabbitMQ node {node + 1} AMQP port", 60, log)
 
@@ -359,16 +361,24 @@ class Cluster:
 
     def queue_homes(self, ask: int) -> dict[str, dict]:
         """Each queue of the vhost: the node of its master, its mirrors and which of them are synchronised."""
-        text = self.rabbitmqctl(ask, "list_queues", "-p", VHOST, "name", "pid", "slave_pids",
-                                "synchronised_slave_pids", "messages", "--formatter", "json")
+        text = self.rabbitmqctl(ask, "-q", "list_queues", "-p", VHOST, "name", "pid", "slave_pids",
+                                "synchronised_slave_pids", "messages")
         result = {}
-        for row in json.loads(text or "[]"):
-            result[row["name"]] = {"master": _erlang_pid_node(row.get("pid")),
-                                   "mirrors": [_erlang_pid_node(p) for p in _as_list(row.get("slave_pids"))],
-                                   "synchronised": [_erlang_pid_node(p)
-                                                    for p in _as_list(row.get("synchronised_slave_pids"))],
-                                   "messages": row.get("messages")}
+        for line in text.splitlines()[1:]:
+            name, pid, mirrors, synchronised, messages = (line.split("\t") + [""] * 5)[:5]
+            result[name] = {"master": _pid_nodes(pid)[0] if _pid_nodes(pid) else "",
+                            "mirrors": _pid_nodes(mirrors), "synchronised": _pid_nodes(synchronised),
+                            "messages": int(messages) if messages.isdigit() else None}
         return result
+
+    def connections_per_node(self, ask: int) -> dict[int, int]:
+        """How many client connections each node holds (by the AMQP port they came in on)."""
+        counts: dict[int, int] = {}
+        for line in self.rabbitmqctl(ask, "-q", "list_connections", "port").splitlines()[1:]:
+            if line.strip().isdigit():
+                node = int(line) - MQ_AMQP_PORT
+                counts[node] = counts.get(node, 0) + 1
+        return counts
 
     # --- the whole set ----------------------------------------------------------------------
 
@@ -417,16 +427,9 @@ class Cluster:
         return result
 
 
-def _as_list(value) -> list:
-    if value in (None, "", []):
-        return []
-    return value if isinstance(value, list) else [value]
-
-
-def _erlang_pid_node(pid: object) -> str:
-    """'<rabbit@host.1.234.0>' -> 'rabbit@host' (rabbitmqctl prints queue process ids with their node)."""
-    text = str(pid or "").strip("<>")
-    return text.split(".", 1)[0] if text else ""
+def _pid_nodes(text: str) -> list[str]:
+    """Node names in rabbitmqctl's process ids: '[<rabbit@host.1.234.0>, ...]' -> ['rabbit@host', ...]."""
+    return re.findall(r"<([^<>.\s]+@[^<>.\s]+)\.", text)
 
 
 def default_state_dir() -> Path:

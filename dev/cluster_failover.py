@@ -1,0 +1,420 @@
+"""Failover run on the loopback cluster (dev/cluster.py): faults of cluster members while pages flow.
+
+    python dev/cluster_failover.py [--pages 400] [--faults zk-leader,mq-stop,mq-kill] [--keep-cluster]
+
+What it does, with the real command-line tools and daemons only:
+  1. deploys the 3-node ZooKeeper ensemble and the 3-node RabbitMQ cluster (dev/cluster.py up; reused when up),
+  2. registers the three brokers (server_config_manager.py), creates two DUMMY stages and an output stage
+     (stage_config_manager.py), starts three workers given all three ZooKeeper servers (worker/run_worker.py),
+     places them (worker_controller.py --switch) and uploads the pages (publisher.py),
+  3. injects the faults one after another while the pages flow, each followed by the member's restart:
+       zk-leader  kill -9 of the ZooKeeper leader (found with the `srvr` four-letter word)
+       mq-stop    clean stop of the RabbitMQ node that homes the stage queues (rabbitmqctl stop)
+       mq-kill    kill -9 of the RabbitMQ node that homes the stage queues
+  4. downloads everything (publisher.py --download) and prints the table
+       fault -> output paused for / processing resumed after -> lost / duplicated
+     plus where the queues lived before and after each RabbitMQ fault.
+
+"Processing resumed after" is the longest time without a new result in the output queue counted
+from the fault (the output queue depth is read every 0.1 s over AMQP); the same gap measured
+before the first fault is printed as the baseline.  The run fails (exit 1) on any lost page, any
+worker that exited during the run, or results left in the stage queues.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pero_worker.dev.cluster import NODES, Cluster, ClusterError, default_state_dir
+from pero_worker.libs import zk_paths
+from pero_worker.libs.addresses import parse_address_list
+from pero_worker.libs.config import ConnectionConfig
+from pero_worker.libs.exit_codes import ExitCode
+from pero_worker.libs.mq import MQError, MQSession, MQSettings
+from pero_worker.libs.zk import KazooException, ZooKeeper
+
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+FAULTS = ("zk-leader", "mq-stop", "mq-kill")
+WORKERS = 3
+
+
+@dataclass
+class FaultResult:
+    name: str
+    target: str
+    at: float                        # seconds since the upload finished
+    paused: float = 0.0              # longest time without a new result from the fault to the next fault
+    took: float = 0.0                # how long the kill or stop command ran
+    homes_before: str = ""
+    homes_after: str = ""
+    note: str = ""
+
+
+@dataclass
+class Run:
+    cluster: Cluster
+    work: Path
+    pages: int
+    page_seconds: float
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    samples: list[tuple[float, int]] = field(default_factory=list)   # (monotonic time, output queue depth)
+    workers: list[subprocess.Popen] = field(default_factory=list)
+    stop_monitor: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def stages(self) -> tuple[str, str, str]:
+        return f"cf{self.run_id}_a", f"cf{self.run_id}_b", f"cf{self.run_id}_out"
+
+    def worker_id(self, index: int) -> str:
+        return f"cf{self.run_id}_w{index + 1}"
+
+    def cli(self, script: str, *args: str, timeout: float = 180) -> str:
+        done = subprocess.run([PY, script, "-z", self.cluster.zk_servers(), *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise ClusterError(f"{script} {' '.join(args)} exited {done.returncode}: "
+                               f"{(done.stderr or done.stdout).strip()[-600:]}")
+        return done.stdout
+
+    def current_output(self) -> int:
+        return self.samples[-1][1] if self.samples else 0
+
+
+def stall_after(samples: list[tuple[float, int]], start: float, end: float) -> float:
+    """The longest time in [start, end] without the output growing, counted from `start` (pure).
+
+    `start` is the fault: a result that arrives 0.1 s later ends a 0.1 s pause; a broker that
+    needs 6 s to fail over shows as a pause of about 6 s."""
+    last_growth = start
+    longest = 0.0
+    previous = None
+    for moment, depth in samples:
+        if moment < start:
+            previous = depth
+            continue
+        if moment > end:
+            break
+        if previous is not None and depth > previous:
+            longest = max(longest, moment - last_growth)
+            last_growth = moment
+        previous = depth
+    return round(max(longest, min(end, samples[-1][0] if samples else end) - last_growth), 2)
+
+
+# --- set-up -----------------------------------------------------------------------------------------
+
+def prepare(run: Run) -> None:
+    cluster = run.cluster
+    run.cli("scripts/server_config_manager.py", "--add-mq-servers", *cluster.mq_servers())
+    dummy = run.work / "dummy.ini"
+    low, high = run.page_seconds * 0.75, run.page_seconds * 1.25
+    dummy.write_text(f"[WORKER]\nDUMMY = TRUE\nTIME_SCALE = 0\nTIME_DIFF_MIN = {low}\nTIME_DIFF_MAX = {high}\n")
+    stage_a, stage_b, out = run.stages
+    for stage in (stage_a, stage_b):
+        run.cli("scripts/stage_config_manager.py", "--name", stage, "--config", str(dummy))
+    run.cli("scripts/stage_config_manager.py", "--name", out)
+    images = run.work / "images"
+    images.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(run.pages):
+        Image.fromarray(rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)).save(images / f"p{i:04d}.png")
+
+
+def start_workers(run: Run) -> None:
+    for index in range(WORKERS):
+        worker_id = run.worker_id(index)
+        log = open(run.work / f"{worker_id}.log", "wb")   # noqa: SIM115 - the worker writes it until it ends
+        run.workers.append(subprocess.Popen(
+            [PY, "worker/run_worker.py", "-z", run.cluster.zk_servers(), "-i", worker_id,
+             "--cache-directory", str(run.work / "cache" / worker_id), "--disable-remote-logging"],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+    config = ConnectionConfig(zookeeper_servers=tuple(parse_address_list(run.cluster.zk_servers(), 2181)))
+    with ZooKeeper(config, timeout=30) as zk:
+        deadline = time.monotonic() + 120
+        while not all(zk.get_text(zk_paths.worker_status(run.worker_id(i))) == zk_paths.IDLE for i in range(WORKERS)):
+            if time.monotonic() > deadline:
+                raise ClusterError(f"workers not IDLE within 120 s; see {run.work}/*.log")
+            for process in run.workers:
+                if process.poll() is not None:
+                    raise ClusterError(f"a worker exited with {process.returncode} at start; see {run.work}/*.log")
+            time.sleep(0.3)
+    stage_a, stage_b, _out = run.stages
+    # One worker on the first stage, two on the second: the first stage sets the pace.
+    for index, stage in enumerate((stage_a, stage_b, stage_b)):
+        run.cli("scripts/worker_controller.py", "--switch", run.worker_id(index), stage, "--lock", "3600")
+
+
+def stop_workers(run: Run) -> None:
+    for index, process in enumerate(run.workers):
+        if process.poll() is None:
+            try:
+                run.cli("scripts/worker_controller.py", "--shutdown", run.worker_id(index), timeout=60)
+            except (ClusterError, subprocess.TimeoutExpired):
+                process.terminate()
+    for process in run.workers:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def monitor(run: Run) -> None:
+    """Output queue depth every 0.1 s through a session of its own that fails over like the daemons."""
+    settings = MQSettings(servers=tuple(parse_address_list(run.cluster.mq_servers(), 5672)))
+    session = MQSession(settings, name="cluster-failover-monitor")
+    out = run.stages[2]
+    while not run.stop_monitor.is_set():
+        try:
+            if not session.is_open:
+                session.open(retry_for=5)
+            depth = session.queue_length(out)
+            if depth is not None:
+                run.samples.append((time.monotonic(), depth))
+        except MQError:
+            session.close()
+        run.stop_monitor.wait(0.1)
+    session.close()
+
+
+# --- faults -------------------------------------------------------------------------------------------
+
+def queue_homes(run: Run) -> tuple[int | None, str]:
+    """The node that homes the stage queues (the masters of the first stage) and a one-line description."""
+    for ask in range(NODES):
+        try:
+            homes = run.cluster.queue_homes(ask)
+        except (ClusterError, subprocess.TimeoutExpired):
+            continue
+        parts = []
+        master_node = None
+        for name in run.stages:
+            info = homes.get(name)
+            if not info:
+                continue
+            node = info["master"].split("@")[0].rsplit("-", 1)[-1]
+            synced = len(info["synchronised"])
+            parts.append(f"{name.split('_')[-1]}@{node} ({synced}/{len(info['mirrors'])} mirrors in sync)")
+            if name == run.stages[0] and node.isdigit():
+                master_node = int(node) - 1
+        return master_node, ", ".join(parts)
+    return None, "unknown (no node answered)"
+
+
+def inject(run: Run, name: str, started: float) -> FaultResult:
+    cluster = run.cluster
+    if name == "zk-leader":
+        leader = cluster.zk_leader()
+        if leader is None:
+            raise ClusterError("no ZooKeeper leader to kill")
+        result = FaultResult(name, f"ZooKeeper node {leader + 1} (leader)", time.monotonic() - started)
+        cluster.kill_zk_node(leader)
+        result.took = time.monotonic() - started - result.at
+        result.note = f"new leader: node {_wait_new_leader(cluster) + 1}"
+        cluster.start_zk_node(leader)
+        cluster.wait_zk_serving()
+        return result
+    node, homes = queue_homes(run)
+    connections = _connections(run)
+    if name == "mq-kill" and connections:
+        node = max(connections, key=lambda n: connections[n])   # where the clients are
+    if node is None:
+        raise ClusterError(f"cannot tell which RabbitMQ node homes the stage queues ({homes})")
+    how = "rabbitmqctl stop" if name == "mq-stop" else "kill -9"
+    result = FaultResult(name, f"RabbitMQ node {node + 1} ({how})", time.monotonic() - started,
+                         homes_before=homes)
+    result.note = "client connections per node before: " + ", ".join(
+        f"node {n + 1}: {c}" for n, c in sorted(connections.items()))
+    if name == "mq-stop":
+        cluster.stop_mq_node(node)
+    else:
+        cluster.kill_mq_node(node)
+    result.took = time.monotonic() - started - result.at
+    time.sleep(3)
+    result.homes_after = queue_homes(run)[1]
+    cluster.start_mq_node(node)
+    cluster.await_mq_node(node)
+    return result
+
+
+def _connections(run: Run) -> dict[int, int]:
+    for ask in range(NODES):
+        try:
+            return run.cluster.connections_per_node(ask)
+        except (ClusterError, subprocess.TimeoutExpired):
+            continue
+    return {}
+
+
+def _wait_new_leader(cluster: Cluster, timeout: float = 60.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        leader = cluster.zk_leader()
+        if leader is not None:
+            return leader
+        time.sleep(0.05)
+    raise ClusterError(f"no new ZooKeeper leader within {timeout:.0f} s")
+
+
+# --- the run ----------------------------------------------------------------------------------------
+
+def wait_done(run: Run, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and run.current_output() < run.pages:
+        time.sleep(0.5)
+
+
+def download(run: Run) -> tuple[int, int, list[str]]:
+    """(requests downloaded, duplicates skipped, page names missing) via publisher.py --download."""
+    target = run.work / "results"
+    text = run.cli("scripts/publisher.py", "--download", run.stages[2], "--directory", str(target), "--no-progress",
+                   timeout=300)
+    match = re.search(r"(\d+) duplicate", text)
+    duplicates = int(match.group(1)) if match else 0
+    names = set()
+    failed = 0
+    for folder in target.iterdir():
+        if folder.is_dir() and not folder.name.startswith(("_", ".")):
+            names.update(p.name for p in folder.iterdir() if p.suffix == ".png")
+            failed += "FAILED" in (folder / "request_info.txt").read_text(errors="replace")
+    missing = sorted({f"p{i:04d}.png" for i in range(run.pages)} - names)
+    if failed:
+        print(f"cluster-failover: {failed} request(s) came back with a FAILED stage", file=sys.stderr)
+    return len(names), duplicates, missing
+
+
+def stage_depths(run: Run) -> dict[str, int]:
+    settings = MQSettings(servers=tuple(parse_address_list(run.cluster.mq_servers(), 5672)))
+    with MQSession(settings, name="cluster-failover-check") as session:
+        return {stage: session.queue_length(stage) or 0 for stage in run.stages}
+
+
+def print_table(run: Run, results: list[FaultResult], baseline: float, totals: dict[str, object]) -> None:
+    print()
+    print(f"{'fault':34} {'at s':>6} {'took s':>7} {'output paused s':>16}  note")
+    print(f"{'(baseline: no fault)':34} {'':>6} {'':>7} {baseline:>16.2f}")
+    for r in results:
+        print(f"{r.target:34} {r.at:>6.1f} {r.took:>7.1f} {r.paused:>16.2f}  {r.note}")
+    for r in results:
+        if r.homes_before:
+            print(f"  {r.name}: queues before: {r.homes_before}")
+            print(f"  {r.name}: queues 3 s after: {r.homes_after}")
+    print("totals: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
+
+
+def execute(run: Run, faults: list[str]) -> int:
+    prepare(run)
+    start_workers(run)
+    monitor_thread = threading.Thread(target=monitor, args=(run,), daemon=True)
+    monitor_thread.start()
+    print(run.cli("scripts/publisher.py", "--stages", *run.stages, "--directory", str(run.work / "images"),
+                  "--no-progress").strip())
+    started = time.monotonic()
+    results: list[FaultResult] = []
+    baseline = 0.0
+    for index, name in enumerate(faults):
+        target = run.pages * (index + 1) // (len(faults) + 2)
+        while run.current_output() < target and time.monotonic() - started < 600:
+            time.sleep(0.1)
+        if index == 0:
+            baseline = stall_after(run.samples, started + 2.0, time.monotonic())
+        print(f"cluster-failover: {time.strftime('%H:%M:%S')} {run.current_output()}/{run.pages} results; "
+              f"injecting {name}", flush=True)
+        results.append(inject(run, name, started))
+    wait_done(run, timeout=600)
+    finished = next((moment for moment, depth in run.samples if depth >= run.pages), time.monotonic())
+    ends = [min(started + r.at, finished) for r in results[1:]] + [finished]
+    late = [r.name for r in results if started + r.at >= finished]
+    if late:
+        print(f"cluster-failover: WARNING: {', '.join(late)} came after the last result: give more --pages",
+              file=sys.stderr)
+    for result, end in zip(results, ends):
+        result.paused = stall_after(run.samples, started + result.at, end)
+    run.stop_monitor.set()
+    monitor_thread.join(timeout=10)
+    exits = [p.poll() for p in run.workers]
+    stop_workers(run)
+    downloaded, duplicates, missing = download(run)
+    left = stage_depths(run)
+    totals = {"pages": run.pages, "downloaded": downloaded, "lost": len(missing), "duplicates": duplicates,
+              "worker exits during the run": sum(code is not None for code in exits),
+              "left in stage queues": sum(left.values())}
+    print_table(run, results, baseline, totals)
+    if missing:
+        print(f"cluster-failover: LOST {len(missing)} page(s): {', '.join(missing[:20])}", file=sys.stderr)
+    problems = bool(missing) or any(code is not None for code in exits) or any(left.values())
+    return ExitCode.FAILED if problems else ExitCode.OK
+
+
+def cleanup(run: Run) -> None:
+    """Delete this run's stages and worker records (best effort: the cluster may be what failed)."""
+    for stage in run.stages:
+        try:
+            run.cli("scripts/stage_config_manager.py", "--delete", stage, "--force", timeout=60)
+        except (ClusterError, subprocess.TimeoutExpired):
+            pass
+    for index in range(len(run.workers)):
+        try:
+            run.cli("scripts/worker_controller.py", "--remove", run.worker_id(index), timeout=60)
+        except (ClusterError, subprocess.TimeoutExpired):
+            pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pages", type=int, default=400, help="pages to upload (default 400)")
+    parser.add_argument("--page-seconds", type=float, default=0.2,
+                        help="DUMMY processing time per page and stage, +-25%% (default 0.2)")
+    parser.add_argument("--faults", default=",".join(FAULTS),
+                        help=f"comma separated, in order (default {','.join(FAULTS)})")
+    parser.add_argument("--state-dir", type=Path, default=None, help="the cluster's state (see dev/cluster.py)")
+    parser.add_argument("--keep-cluster", action="store_true", help="leave the cluster running afterwards")
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep images, results and worker logs here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    faults = [f for f in args.faults.split(",") if f]
+    unknown = [f for f in faults if f not in FAULTS]
+    if unknown:
+        print(f"cluster-failover: unknown fault(s) {', '.join(unknown)}; choose from {', '.join(FAULTS)}",
+              file=sys.stderr)
+        return ExitCode.USAGE
+    cluster = Cluster((args.state_dir or default_state_dir()).resolve())
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="pero-cluster-failover-"))
+    work.mkdir(parents=True, exist_ok=True)
+    run = Run(cluster, work, args.pages, args.page_seconds)
+    try:
+        cluster.up()
+        return execute(run, faults)
+    except (ClusterError, KazooException, MQError, subprocess.TimeoutExpired) as error:
+        print(f"cluster-failover: ERROR: {error} (worker logs in {work})", file=sys.stderr)
+        return ExitCode.FAILED
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED
+    finally:
+        run.stop_monitor.set()
+        stop_workers(run)
+        cleanup(run)
+        if not args.keep_cluster:
+            cluster.down()
+        if args.work_dir is None and not any(p.returncode for p in run.workers):
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

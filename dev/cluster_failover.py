@@ -23,8 +23,10 @@ worker that exited during the run, or results left in the stage queues.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -70,8 +72,9 @@ class Run:
     pages: int
     page_seconds: float
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
-    samples: list[tuple[float, int]] = field(default_factory=list)   # (monotonic time, output queue depth)
+    samples: list[tuple[float, int]] = field(default_factory=list)   # (monotonic time, requests downloaded)
     workers: list[subprocess.Popen] = field(default_factory=list)
+    downloader: subprocess.Popen | None = None
     stop_monitor: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -88,6 +91,10 @@ class Run:
             raise ClusterError(f"{script} {' '.join(args)} exited {done.returncode}: "
                                f"{(done.stderr or done.stdout).strip()[-600:]}")
         return done.stdout
+
+    @property
+    def results(self) -> Path:
+        return self.work / "results"
 
     def current_output(self) -> int:
         return self.samples[-1][1] if self.samples else 0
@@ -171,22 +178,42 @@ def stop_workers(run: Run) -> None:
             process.kill()
 
 
+def count_downloaded(results: Path) -> int:
+    """Request folders publisher.py --download has written (not its temporary or unparsable ones)."""
+    try:
+        return sum(1 for entry in os.scandir(results) if entry.is_dir() and not entry.name.startswith(("_", ".")))
+    except FileNotFoundError:
+        return 0
+
+
 def monitor(run: Run) -> None:
-    """Output queue depth every 0.1 s through a session of its own that fails over like the daemons."""
-    settings = MQSettings(servers=tuple(parse_address_list(run.cluster.mq_servers(), 5672)))
-    session = MQSession(settings, name="cluster-failover-monitor")
-    out = run.stages[2]
+    """Requests downloaded so far, every 0.1 s: the end-to-end progress a user sees."""
     while not run.stop_monitor.is_set():
-        try:
-            if not session.is_open:
-                session.open(retry_for=5)
-            depth = session.queue_length(out)
-            if depth is not None:
-                run.samples.append((time.monotonic(), depth))
-        except MQError:
-            session.close()
+        run.samples.append((time.monotonic(), count_downloaded(run.results)))
         run.stop_monitor.wait(0.1)
-    session.close()
+
+
+def start_download(run: Run) -> None:
+    """publisher.py --download --keep-running for the whole run: a tool that must fail over like the workers."""
+    log = open(run.work / "download.log", "w")   # noqa: SIM115 - the tool writes it until it ends
+    run.downloader = subprocess.Popen(
+        [PY, "scripts/publisher.py", "-z", run.cluster.zk_servers(), "--download", run.stages[2], "--directory",
+         str(run.results), "--keep-running", "--no-progress"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL)
+
+
+def stop_download(run: Run) -> int | None:
+    """SIGTERM (the tool commits and acks what it stored, then exits 0); its exit code, None if it never ran."""
+    if run.downloader is None:
+        return None
+    if run.downloader.poll() is None:
+        run.downloader.send_signal(signal.SIGTERM)
+        try:
+            run.downloader.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            run.downloader.kill()
+            run.downloader.wait()
+    return run.downloader.returncode
 
 
 # --- faults -------------------------------------------------------------------------------------------
@@ -276,23 +303,23 @@ def wait_done(run: Run, timeout: float) -> None:
         time.sleep(0.5)
 
 
-def download(run: Run) -> tuple[int, int, list[str]]:
-    """(requests downloaded, duplicates skipped, page names missing) via publisher.py --download."""
-    target = run.work / "results"
-    text = run.cli("scripts/publisher.py", "--download", run.stages[2], "--directory", str(target), "--no-progress",
-                   timeout=300)
-    match = re.search(r"(\d+) duplicate", text)
-    duplicates = int(match.group(1)) if match else 0
+def final_download(run: Run) -> tuple[int, int, list[str]]:
+    """(requests downloaded, duplicates skipped, page names missing): a last publisher.py --download after the
+    long-running one stopped picks up anything still in the output queue."""
+    text = run.cli("scripts/publisher.py", "--download", run.stages[2], "--directory", str(run.results),
+                   "--no-progress", timeout=300)
+    text += (run.work / "download.log").read_text(errors="replace")
+    duplicates = sum(int(n) for n in re.findall(r"(\d+) duplicate\(s\) skipped", text))
     names = set()
     failed = 0
-    for folder in target.iterdir():
+    for folder in run.results.iterdir():
         if folder.is_dir() and not folder.name.startswith(("_", ".")):
             names.update(p.name for p in folder.iterdir() if p.suffix == ".png")
             failed += "FAILED" in (folder / "request_info.txt").read_text(errors="replace")
     missing = sorted({f"p{i:04d}.png" for i in range(run.pages)} - names)
     if failed:
         print(f"cluster-failover: {failed} request(s) came back with a FAILED stage", file=sys.stderr)
-    return len(names), duplicates, missing
+    return count_downloaded(run.results), duplicates, missing
 
 
 def stage_depths(run: Run) -> dict[str, int]:
@@ -317,6 +344,7 @@ def print_table(run: Run, results: list[FaultResult], baseline: float, totals: d
 def execute(run: Run, faults: list[str]) -> int:
     prepare(run)
     start_workers(run)
+    start_download(run)
     monitor_thread = threading.Thread(target=monitor, args=(run,), daemon=True)
     monitor_thread.start()
     print(run.cli("scripts/publisher.py", "--stages", *run.stages, "--directory", str(run.work / "images"),
@@ -345,16 +373,21 @@ def execute(run: Run, faults: list[str]) -> int:
     run.stop_monitor.set()
     monitor_thread.join(timeout=10)
     exits = [p.poll() for p in run.workers]
+    download_exit = run.downloader.poll() if run.downloader else None
     stop_workers(run)
-    downloaded, duplicates, missing = download(run)
+    download_code = stop_download(run)
+    download_note = "exited during the run" if download_exit is not None else "stopped at the end"
+    downloaded, duplicates, missing = final_download(run)
     left = stage_depths(run)
     totals = {"pages": run.pages, "downloaded": downloaded, "lost": len(missing), "duplicates": duplicates,
               "worker exits during the run": sum(code is not None for code in exits),
+              "download exit code": f"{download_code} ({download_note})",
               "left in stage queues": sum(left.values())}
     print_table(run, results, baseline, totals)
     if missing:
         print(f"cluster-failover: LOST {len(missing)} page(s): {', '.join(missing[:20])}", file=sys.stderr)
-    problems = bool(missing) or any(code is not None for code in exits) or any(left.values())
+    problems = (bool(missing) or any(code is not None for code in exits) or any(left.values())
+                or download_exit is not None or download_code != 0)
     return ExitCode.FAILED if problems else ExitCode.OK
 
 
@@ -409,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         run.stop_monitor.set()
         stop_workers(run)
+        stop_download(run)
         cleanup(run)
         if not args.keep_cluster:
             cluster.down()

@@ -382,7 +382,25 @@ class Cluster:
 
     # --- the whole set ----------------------------------------------------------------------
 
+    def foreign_ports(self) -> list[int]:
+        """Ports of this layout that something other than this deployment listens on (e.g. a deployment
+        with another state directory): starting would fail half-way, so `up` refuses at once."""
+        taken = []
+        if not self.epmd_pid() and port_open(EPMD_PORT):
+            taken.append(EPMD_PORT)
+        for node in range(NODES):
+            if not self.zk_pid(node):
+                taken += [p for p in (self.zk_port(node), ZK_QUORUM_PORT + node, ZK_ELECTION_PORT + node)
+                          if port_open(p)]
+            if not self.mq_pid(node):
+                taken += [p for p in (self.amqp_port(node), MQ_DIST_PORT + node) if port_open(p)]
+        return taken
+
     def up(self) -> None:
+        taken = self.foreign_ports()
+        if taken:
+            raise ClusterError(f"port(s) {', '.join(map(str, taken))} are in use by processes of another deployment "
+                               f"(`dev/cluster.py down --state-dir DIR` stops one made with another state dir)")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         for node in range(NODES):
             self.start_zk_node(node)

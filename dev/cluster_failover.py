@@ -23,6 +23,7 @@ worker that exited during the run, or results left in the stage queues.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import re
 import shutil
@@ -51,6 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 FAULTS = ("zk-leader", "mq-stop", "mq-kill")
 WORKERS = 3
+LOCK_FILE = "/tmp/pero-cluster.lock"   # one run at a time on this machine: the ports are fixed
 
 
 @dataclass
@@ -408,12 +410,14 @@ def cleanup(run: Run) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pages", type=int, default=400, help="pages to upload (default 400)")
+    parser.add_argument("--pages", type=int, default=500, help="pages to upload (default 500)")
     parser.add_argument("--page-seconds", type=float, default=0.2,
                         help="DUMMY processing time per page and stage, +-25%% (default 0.2)")
     parser.add_argument("--faults", default=",".join(FAULTS),
                         help=f"comma separated, in order (default {','.join(FAULTS)})")
     parser.add_argument("--state-dir", type=Path, default=None, help="the cluster's state (see dev/cluster.py)")
+    parser.add_argument("--ha-mode", choices=("all", "exactly-2"), default="all",
+                        help="mirroring policy of the queues (see dev/cluster.py; default all)")
     parser.add_argument("--keep-cluster", action="store_true", help="leave the cluster running afterwards")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep images, results and worker logs here")
     return parser
@@ -427,10 +431,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cluster-failover: unknown fault(s) {', '.join(unknown)}; choose from {', '.join(FAULTS)}",
               file=sys.stderr)
         return ExitCode.USAGE
-    cluster = Cluster((args.state_dir or default_state_dir()).resolve())
+    cluster = Cluster((args.state_dir or default_state_dir()).resolve(), ha_mode=args.ha_mode)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="pero-cluster-failover-"))
     work.mkdir(parents=True, exist_ok=True)
     run = Run(cluster, work, args.pages, args.page_seconds)
+    lock = open(LOCK_FILE, "w")   # noqa: SIM115 - held for the whole run
+    if not _try_lock(lock):
+        print(f"cluster-failover: another run holds {LOCK_FILE} (the cluster's ports are fixed); waiting",
+              flush=True)
+        fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         cluster.up()
         return execute(run, faults)
@@ -448,6 +457,15 @@ def main(argv: list[str] | None = None) -> int:
             cluster.down()
         if args.work_dir is None and not any(p.returncode for p in run.workers):
             shutil.rmtree(work, ignore_errors=True)
+        lock.close()
+
+
+def _try_lock(handle) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ class Run:
     samples: list[tuple[float, int]] = field(default_factory=list)   # (monotonic time, requests downloaded)
     workers: list[subprocess.Popen] = field(default_factory=list)
     downloader: subprocess.Popen | None = None
+    tool_failures: list[str] = field(default_factory=list)
     stop_monitor: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -251,7 +252,8 @@ def inject(run: Run, name: str, started: float) -> FaultResult:
         result = FaultResult(name, f"ZooKeeper node {leader + 1} (leader)", time.monotonic() - started)
         cluster.kill_zk_node(leader)
         result.took = time.monotonic() - started - result.at
-        result.note = f"new leader: node {_wait_new_leader(cluster) + 1}"
+        result.note = f"new leader: node {_wait_new_leader(cluster) + 1}; "
+        result.note += tools_check(run, "worker_controller.py -s")
         cluster.start_zk_node(leader)
         cluster.wait_zk_serving()
         return result
@@ -271,11 +273,23 @@ def inject(run: Run, name: str, started: float) -> FaultResult:
     else:
         cluster.kill_mq_node(node)
     result.took = time.monotonic() - started - result.at
-    time.sleep(3)
+    result.note += "; " + tools_check(run, "stage_config_manager.py --list")
+    time.sleep(max(0.0, result.at + result.took + 3 - (time.monotonic() - started)))
     result.homes_after = queue_homes(run)[1]
     cluster.start_mq_node(node)
     cluster.await_mq_node(node)
     return result
+
+
+def tools_check(run: Run, command: str) -> str:
+    """Run a tool while the member is down: it must find the others through its server list."""
+    script, *args = command.split()
+    try:
+        run.cli(f"scripts/{script}", *args, timeout=60)
+        return f"`{command}` with the node down: ok"
+    except (ClusterError, subprocess.TimeoutExpired) as error:
+        run.tool_failures.append(str(error))
+        return f"`{command}` with the node down: FAILED"
 
 
 def _connections(run: Run) -> dict[int, int]:
@@ -339,8 +353,9 @@ def print_table(run: Run, results: list[FaultResult], baseline: float, totals: d
     for r in results:
         if r.homes_before:
             print(f"  {r.name}: queues before: {r.homes_before}")
-            print(f"  {r.name}: queues 3 s after: {r.homes_after}")
+            print(f"  {r.name}: queues 3 s after it: {r.homes_after}")
     print("totals: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
+    print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
 
 
 def execute(run: Run, faults: list[str]) -> int:
@@ -384,12 +399,14 @@ def execute(run: Run, faults: list[str]) -> int:
     totals = {"pages": run.pages, "downloaded": downloaded, "lost": len(missing), "duplicates": duplicates,
               "worker exits during the run": sum(code is not None for code in exits),
               "download exit code": f"{download_code} ({download_note})",
-              "left in stage queues": sum(left.values())}
+              "left in stage queues": sum(left.values()), "tool failures with a node down": len(run.tool_failures)}
     print_table(run, results, baseline, totals)
     if missing:
         print(f"cluster-failover: LOST {len(missing)} page(s): {', '.join(missing[:20])}", file=sys.stderr)
     problems = (bool(missing) or any(code is not None for code in exits) or any(left.values())
-                or download_exit is not None or download_code != 0)
+                or download_exit is not None or download_code != 0 or bool(run.tool_failures))
+    for failure in run.tool_failures:
+        print(f"cluster-failover: {failure}", file=sys.stderr)
     return ExitCode.FAILED if problems else ExitCode.OK
 
 

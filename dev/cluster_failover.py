@@ -252,7 +252,9 @@ def inject(run: Run, name: str, started: float) -> FaultResult:
         result = FaultResult(name, f"ZooKeeper node {leader + 1} (leader)", time.monotonic() - started)
         cluster.kill_zk_node(leader)
         result.took = time.monotonic() - started - result.at
-        result.note = f"new leader: node {_wait_new_leader(cluster) + 1}; "
+        killed = time.monotonic()
+        new_leader = _wait_new_leader(cluster)
+        result.note = f"new leader: node {new_leader + 1} after {time.monotonic() - killed:.1f} s; "
         result.note += tools_check(run, "worker_controller.py -s")
         cluster.start_zk_node(leader)
         cluster.wait_zk_serving()

@@ -9,6 +9,7 @@ so a tool must go through its server list to keep working.  The whole 3-node run
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,23 @@ def test_every_zookeeper_server_of_the_list_is_given_to_kazoo():
         assert zk.client.chroot == "/pero-t"
     finally:
         zk.stop()
+
+
+def test_a_session_skips_a_broker_that_is_gone_and_says_which_one_it_is_on(services):
+    """The first broker of the list refuses (a stopped node): the session opens on the next one, and
+    `connected_to` names it (the worker logs it when its connection is restored)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        gone = probe.getsockname()[1]          # nothing listens here once the socket is closed
+    live = Address(services.mq_host, services.mq_port)
+    session = MQSession(MQSettings(servers=(Address("127.0.0.1", gone), live), username=services.user,
+                                   password=services.password), name="test-cluster-list")
+    assert session.connected_to == ""
+    session.open(retry_for=0)
+    try:
+        assert session.connected_to == f"{live.host}:{live.port}"
+    finally:
+        session.close()
 
 
 # --- tools fail over through the server list -------------------------------------------------------------

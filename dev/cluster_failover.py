@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 FAULTS = ("zk-leader", "mq-stop", "mq-kill")
 WORKERS = 3
+DUPLICATE_LINE = "skipping request"             # publisher.py --download's line for a skipped duplicate
 LOCK_FILE = "/tmp/pero-cluster.lock"   # one run at a time on this machine: the ports are fixed
 
 
@@ -61,6 +62,7 @@ class FaultResult:
     target: str
     at: float                        # seconds since the upload finished
     paused: float = 0.0              # longest time without a new result from the fault to the next fault
+    duplicates: int = 0              # duplicates the download skipped from the fault to the next one
     took: float = 0.0                # how long the kill or stop command ran
     homes_before: str = ""
     homes_after: str = ""
@@ -78,6 +80,7 @@ class Run:
     workers: list[subprocess.Popen] = field(default_factory=list)
     downloader: subprocess.Popen | None = None
     tool_failures: list[str] = field(default_factory=list)
+    duplicate_times: list[float] = field(default_factory=list)      # when the download skipped a duplicate
     stop_monitor: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -190,9 +193,19 @@ def count_downloaded(results: Path) -> int:
 
 
 def monitor(run: Run) -> None:
-    """Requests downloaded so far, every 0.1 s: the end-to-end progress a user sees."""
+    """Requests downloaded so far, every 0.1 s: the end-to-end progress a user sees; and when the download
+    skipped a duplicate (its log has no times: the line is stamped when it shows up)."""
+    log_path = run.work / "download.log"
+    seen = 0
     while not run.stop_monitor.is_set():
-        run.samples.append((time.monotonic(), count_downloaded(run.results)))
+        now = time.monotonic()
+        run.samples.append((now, count_downloaded(run.results)))
+        try:
+            skipped = log_path.read_text(errors="replace").count(DUPLICATE_LINE)
+        except OSError:
+            skipped = seen
+        run.duplicate_times += [now] * max(0, skipped - seen)
+        seen = max(seen, skipped)
         run.stop_monitor.wait(0.1)
 
 
@@ -346,12 +359,17 @@ def stage_depths(run: Run) -> dict[str, int]:
         return {stage: session.queue_length(stage) or 0 for stage in run.stages}
 
 
-def print_table(run: Run, results: list[FaultResult], baseline: float, totals: dict[str, object]) -> None:
+def print_table(run: Run, results: list[FaultResult], baseline: tuple[float, int], totals: dict[str, object]) -> None:
+    """fault -> results paused -> lost / duplicated.  Loss is known only for the whole run (a page is missing at
+    the end); duplicates are those the download skipped from the fault until the next one."""
+    lost = totals["lost"]
     print()
-    print(f"{'fault':34} {'at s':>6} {'took s':>7} {'output paused s':>16}  note")
-    print(f"{'(baseline: no fault)':34} {'':>6} {'':>7} {baseline:>16.2f}")
+    print(f"{'fault':34} {'at s':>6} {'took s':>7} {'results paused s':>17} {'lost':>5} {'dup':>4}  note")
+    print(f"{'(baseline: no fault)':34} {'':>6} {'':>7} {baseline[0]:>17.2f} {'':>5} {baseline[1]:>4}")
     for r in results:
-        print(f"{r.target:34} {r.at:>6.1f} {r.took:>7.1f} {r.paused:>16.2f}  {r.note}")
+        print(f"{r.target:34} {r.at:>6.1f} {r.took:>7.1f} {r.paused:>17.2f} {lost:>5} {r.duplicates:>4}  {r.note}")
+    print("(lost: pages missing at the end of the whole run; dup: duplicates the download skipped from the fault "
+          "until the next one)")
     for r in results:
         if r.homes_before:
             print(f"  {r.name}: queues before: {r.homes_before}")
@@ -391,18 +409,24 @@ def execute(run: Run, faults: list[str]) -> int:
         result.paused = stall_after(run.samples, started + result.at, end)
     run.stop_monitor.set()
     monitor_thread.join(timeout=10)
+    bounds = [started + r.at for r in results] + [float("inf")]
     exits = [p.poll() for p in run.workers]
     download_exit = run.downloader.poll() if run.downloader else None
     stop_workers(run)
     download_code = stop_download(run)
     download_note = "exited during the run" if download_exit is not None else "stopped at the end"
     downloaded, duplicates, missing = final_download(run)
+    # Duplicates of the last download and the stopped long-running one's last lines count for the last fault.
+    run.duplicate_times += [time.monotonic()] * max(0, duplicates - len(run.duplicate_times))
+    for index, result in enumerate(results):
+        result.duplicates = sum(bounds[index] <= moment < bounds[index + 1] for moment in run.duplicate_times)
+    before = sum(moment < bounds[0] for moment in run.duplicate_times)
     left = stage_depths(run)
     totals = {"pages": run.pages, "downloaded": downloaded, "lost": len(missing), "duplicates": duplicates,
               "worker exits during the run": sum(code is not None for code in exits),
               "download exit code": f"{download_code} ({download_note})",
               "left in stage queues": sum(left.values()), "tool failures with a node down": len(run.tool_failures)}
-    print_table(run, results, baseline, totals)
+    print_table(run, results, (baseline, before), totals)
     if missing:
         print(f"cluster-failover: LOST {len(missing)} page(s): {', '.join(missing[:20])}", file=sys.stderr)
     problems = (bool(missing) or any(code is not None for code in exits) or any(left.values())

@@ -1,24 +1,27 @@
 """Failover run on the loopback cluster (dev/cluster.py): faults of cluster members while pages flow.
 
-    python dev/cluster_failover.py [--pages 400] [--faults zk-leader,mq-stop,mq-kill] [--keep-cluster]
+    python dev/cluster_failover.py [--pages 500] [--faults zk-leader,mq-stop,mq-kill] [--keep-cluster]
+    make cluster-test [CLUSTER_ARGS="..."]
 
 What it does, with the real command-line tools and daemons only:
   1. deploys the 3-node ZooKeeper ensemble and the 3-node RabbitMQ cluster (dev/cluster.py up; reused when up),
   2. registers the three brokers (server_config_manager.py), creates two DUMMY stages and an output stage
      (stage_config_manager.py), starts three workers given all three ZooKeeper servers (worker/run_worker.py),
-     places them (worker_controller.py --switch) and uploads the pages (publisher.py),
+     places them (worker_controller.py --switch), uploads the pages (publisher.py) and downloads the results
+     for the whole run (publisher.py --download --keep-running),
   3. injects the faults one after another while the pages flow, each followed by the member's restart:
        zk-leader  kill -9 of the ZooKeeper leader (found with the `srvr` four-letter word)
        mq-stop    clean stop of the RabbitMQ node that homes the stage queues (rabbitmqctl stop)
-       mq-kill    kill -9 of the RabbitMQ node that homes the stage queues
-  4. downloads everything (publisher.py --download) and prints the table
-       fault -> output paused for / processing resumed after -> lost / duplicated
+       mq-kill    kill -9 of the RabbitMQ node that holds the most client connections
+     and, while the member is down, runs a tool that must find the others through its server list,
+  4. stops the download, downloads what is left and prints the table
+       fault -> results paused -> lost / duplicated
      plus where the queues lived before and after each RabbitMQ fault.
 
-"Processing resumed after" is the longest time without a new result in the output queue counted
-from the fault (the output queue depth is read every 0.1 s over AMQP); the same gap measured
-before the first fault is printed as the baseline.  The run fails (exit 1) on any lost page, any
-worker that exited during the run, or results left in the stage queues.
+"Results paused" is the longest time without a newly downloaded result counted from the fault (the
+download folder is counted every 0.1 s); the same gap before the first fault is the baseline.  The
+run fails (exit 1) on any lost page, any worker or download that exited during the run, a tool that
+failed with a member down, or requests left in the stage queues.
 """
 from __future__ import annotations
 

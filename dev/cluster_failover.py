@@ -486,14 +486,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cluster-failover: another run holds {LOCK_FILE} (the cluster's ports are fixed); waiting",
               flush=True)
         fcntl.flock(lock, fcntl.LOCK_EX)
+    code = ExitCode.FAILED
     try:
         cluster.up()
-        return execute(run, faults)
+        code = execute(run, faults)
     except (ClusterError, KazooException, MQError, subprocess.TimeoutExpired) as error:
-        print(f"cluster-failover: ERROR: {error} (worker logs in {work})", file=sys.stderr)
-        return ExitCode.FAILED
+        print(f"cluster-failover: ERROR: {error}", file=sys.stderr)
     except KeyboardInterrupt:
-        return ExitCode.INTERRUPTED
+        code = ExitCode.INTERRUPTED
     finally:
         run.stop_monitor.set()
         stop_workers(run)
@@ -501,9 +501,12 @@ def main(argv: list[str] | None = None) -> int:
         cleanup(run)
         if not args.keep_cluster:
             cluster.down()
-        if args.work_dir is None and not any(p.returncode for p in run.workers):
-            shutil.rmtree(work, ignore_errors=True)
         lock.close()
+    if args.work_dir is None and code == ExitCode.OK:
+        shutil.rmtree(work, ignore_errors=True)
+    elif code != ExitCode.OK:
+        print(f"cluster-failover: images, results, worker and download logs kept in {work}", file=sys.stderr)
+    return code
 
 
 def _try_lock(handle) -> bool:

@@ -423,13 +423,16 @@ class Cluster:
                     self.stop_mq_node(node)
                 except ClusterError:
                     os.kill(pid, signal.SIGKILL)
-        for node in range(NODES):
-            pid = self.zk_pid(node)
-            if pid:
-                os.kill(pid, signal.SIGTERM)
-        pid = self.epmd_pid()
-        if pid:
+        pids = [pid for pid in [*(self.zk_pid(node) for node in range(NODES)), self.epmd_pid()] if pid]
+        for pid in pids:
             os.kill(pid, signal.SIGTERM)
+        # Gone before returning: the next deployment (e.g. a run waiting for the lock) needs the ports.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+            time.sleep(0.1)
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
         say("stopped")
 
     def status(self) -> dict[str, str]:
@@ -443,6 +446,15 @@ class Cluster:
             result[f"rabbitmq {self.mq_node_name(node)} {HOST}:{self.amqp_port(node)}"] = \
                 "running" if up else ("starting" if self.mq_pid(node) else "down")
         return result
+
+
+def _alive(pid: int) -> bool:
+    """Still running (a zombie child of ours counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def _pid_nodes(text: str) -> list[str]:

@@ -39,6 +39,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pero_worker.libs.exit_codes import ExitCode, exit_codes_help
+
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 NODES = 3
@@ -468,11 +470,11 @@ def default_state_dir() -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n", 1)[0],
-        epilog="Ports: ZooKeeper 16501-16503 (client), RabbitMQ 16601-16603 (AMQP). Tools and daemons take "
-               "the ensemble as -z 127.0.0.1:16501,127.0.0.1:16502,127.0.0.1:16503 (`env` prints it).",
+        description=__doc__, epilog=exit_codes_help(ExitCode.OK, ExitCode.FAILED, ExitCode.INTERRUPTED),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("up", "down", "status", "env"))
+    parser.add_argument("action", choices=("up", "down", "status", "env"),
+                        help="up: deploy or start what is not running; down: stop every node; status: each node's "
+                             "state; env: the PERO_ZK line for a shell")
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="where the nodes keep their data, logs and pid files "
                              "(default $PERO_CLUSTER_DIR, else run/cluster)")
@@ -496,10 +498,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"export PERO_ZK={cluster.zk_servers()}")
     except ClusterError as error:
         print(f"cluster: ERROR: {error}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     except KeyboardInterrupt:
-        return 130
-    return 0
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

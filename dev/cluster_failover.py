@@ -21,7 +21,8 @@ What it does, with the real command-line tools and daemons only:
 "Results paused" is the longest time without a newly downloaded result counted from the fault (the
 download folder is counted every 0.1 s); the same gap before the first fault is the baseline.  The
 run fails (exit 1) on any lost page, any worker or download that exited during the run, a tool that
-failed with a member down, or requests left in the stage queues.
+failed with a member down, requests left in the stage queues, or a fault that came after the last
+result (so it was not tested while pages flowed: give more --pages).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ from pero_worker.dev.cluster import NODES, Cluster, ClusterError, default_state_
 from pero_worker.libs import zk_paths
 from pero_worker.libs.addresses import parse_address_list
 from pero_worker.libs.config import ConnectionConfig
-from pero_worker.libs.exit_codes import ExitCode
+from pero_worker.libs.exit_codes import ExitCode, exit_codes_help
 from pero_worker.libs.mq import MQError, MQSession, MQSettings
 from pero_worker.libs.zk import KazooException, ZooKeeper
 
@@ -455,8 +456,9 @@ def cleanup(run: Run) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=exit_codes_help(ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.INTERRUPTED))
     parser.add_argument("--pages", type=int, default=800, help="pages to upload (default 800)")
     parser.add_argument("--page-seconds", type=float, default=0.2,
                         help="DUMMY processing time per page and stage, +-25%% (default 0.2)")

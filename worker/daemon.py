@@ -331,7 +331,8 @@ class WorkerDaemon:
             log.warning("dead-letter queue: %s", problem)
         self._dead_letter_problem = problem
         if self._last_mq_error:
-            log.info("RabbitMQ connection restored (%s)", ", ".join(str(server) for server in settings.servers))
+            log.info("RabbitMQ connection restored (connected to %s; servers %s)", session.connected_to,
+                     ", ".join(str(server) for server in settings.servers))
         self._last_mq_error = ""
         self._mq_backoff.reset()
         self._session = session

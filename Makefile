@@ -8,9 +8,11 @@
 #   make proto          regenerate libs/message_pb2.py from libs/message.proto
 #   make demo           end-to-end demo on the local services
 #   make bench          benchmarks
+#   make cluster-test   3-node ZooKeeper + 3-node RabbitMQ on loopback, faults while pages flow (dev/cluster_failover.py)
 #
 # Variables: TESTS (what pytest runs, default tests), PYTEST_ARGS (extra arguments, e.g. PYTEST_ARGS="-k sftp -x"),
-#            TEST_TIMEOUT (seconds for the whole pytest run; 0 = no limit).
+#            TEST_TIMEOUT (seconds for the whole pytest run; 0 = no limit),
+#            CLUSTER_ARGS (for cluster-test, e.g. CLUSTER_ARGS="--pages 1000 --keep-cluster").
 
 SHELL := /bin/bash
 PY := .venv/bin/python
@@ -18,10 +20,10 @@ TESTS ?= tests
 PYTEST_ARGS ?=
 TEST_TIMEOUT ?= 0
 
-.PHONY: help install services services-stop services-status lint test proto demo bench
+.PHONY: help install services services-stop services-status lint test proto demo bench cluster-test
 
 help:
-	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,15p' Makefile | sed 's/^# \{0,1\}//'
 
 install:
 	./install_dependencies.sh
@@ -53,7 +55,11 @@ demo: services
 
 bench: services
 	$(PY) bench/pipeline.py
+	$(PY) bench/metrics_scrape.py
 	$(PY) bench/scheduling.py
 	$(PY) bench/cer.py
 	$(PY) bench/download_memory.py
 	$(PY) bench/console.py
+
+cluster-test: install
+	$(PY) dev/cluster_failover.py $(CLUSTER_ARGS)

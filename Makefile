@@ -59,6 +59,7 @@ bench: services
 	$(PY) bench/scheduling.py
 	$(PY) bench/cer.py
 	$(PY) bench/download_memory.py
+	$(PY) bench/console.py
 
 cluster-test: install
 	$(PY) dev/cluster_failover.py $(CLUSTER_ARGS)

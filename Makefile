@@ -8,8 +8,11 @@
 #   make proto          regenerate libs/message_pb2.py from libs/message.proto
 #   make demo           end-to-end demo on the local services
 #   make bench          benchmarks
+#   make chaos          fault-injection suite: 1,000 pages, every fault (dev/chaos/run.py; ~10 min)
+#   make chaos-short    the same, fewer pages and faults (<= 5 min; .ci/run runs it after make test)
 #
-# Variables: TESTS (what pytest runs, default tests), PYTEST_ARGS (extra arguments, e.g. PYTEST_ARGS="-k sftp -x"),
+# Variables: CHAOS_ARGS (extra arguments of dev/chaos/run.py, e.g. CHAOS_ARGS="--keep"),
+#            TESTS (what pytest runs, default tests), PYTEST_ARGS (extra arguments, e.g. PYTEST_ARGS="-k sftp -x"),
 #            TEST_TIMEOUT (seconds for the whole pytest run; 0 = no limit).
 
 SHELL := /bin/bash
@@ -18,10 +21,10 @@ TESTS ?= tests
 PYTEST_ARGS ?=
 TEST_TIMEOUT ?= 0
 
-.PHONY: help install services services-stop services-status lint test proto demo bench
+.PHONY: help install services services-stop services-status lint test proto demo bench chaos chaos-short
 
 help:
-	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,16p' Makefile | sed 's/^# \{0,1\}//'
 
 install:
 	./install_dependencies.sh
@@ -56,3 +59,12 @@ bench: services
 	$(PY) bench/scheduling.py
 	$(PY) bench/cer.py
 	$(PY) bench/download_memory.py
+
+# The chaos suite deploys with system_setup.py (a system account, an sshd): one at a time on this machine, like
+# the other tests that call it.
+CHAOS_ARGS ?=
+chaos: install
+	flock /tmp/pero-secure.lock $(PY) -m pero_worker.dev.chaos.run $(CHAOS_ARGS)
+
+chaos-short: install
+	flock /tmp/pero-secure.lock $(PY) -m pero_worker.dev.chaos.run --short $(CHAOS_ARGS)

@@ -73,9 +73,9 @@ def test_policy_from_unit_refuses_what_it_does_not_know(text):
 
 @pytest.mark.parametrize("unit", ["pero-worker@.service", "pero-watchdog.service", "pero-log-daemon.service"])
 def test_the_shipped_units_restart_every_daemon_the_way_the_readme_says(unit):
-    """The chaos suite supervises by these files: 2 s apart, at most 30 starts in 5 minutes, not 2/4(/5)."""
+    """The chaos suite supervises by these files: 1 s apart, at most 30 starts in 5 minutes, not 2/4(/5)."""
     policy = unit_policy(UNITS / unit)
-    assert policy.restart == "always" and policy.restart_sec == 2.0
+    assert policy.restart == "always" and policy.restart_sec == 1.0
     assert (policy.start_limit_interval, policy.start_limit_burst) == (300.0, 30)
     assert {2, 4} <= policy.prevent
 

@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -41,7 +42,7 @@ from pathlib import Path
 from pero_worker.dev.chaos import verdict
 from pero_worker.dev.chaos.engines import PORTS, REPO, USER, DeployError, Deployment
 from pero_worker.dev.supervisor import Program, Supervisor, unit_policy
-from pero_worker.libs import zk_paths
+from pero_worker.libs import tls, zk_paths
 from pero_worker.libs.addresses import Address
 from pero_worker.libs.config import ConnectionConfig
 from pero_worker.libs.exit_codes import ExitCode
@@ -237,7 +238,40 @@ def manifest_uuids(path: Path) -> list[str]:
 
 # --- the faults ------------------------------------------------------------------------------------------------
 
+class UpWatch(threading.Thread):
+    """The first moment (wall clock) a port of the deployment accepts a connection again (with `ca`: completes a
+    TLS handshake), polled every 50 ms: the recovery point of an engine restart.  Start it once the engine is down."""
+
+    def __init__(self, port: int, ca: str | None = None) -> None:
+        super().__init__(name=f"up-{port}", daemon=True)
+        self.port, self.ca = port, ca
+        self.up_at: float | None = None
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                if self.ca:
+                    tls.probe("127.0.0.1", self.port, self.ca, service="probe", timeout=1.0)
+                else:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
+                self.up_at = time.time()
+                return
+            except (OSError, tls.TLSError):
+                self._halt.wait(POLL)
+
+    def result(self, timeout: float = 30.0) -> float:
+        """Its up time; when the watch never saw the port (should not happen), now."""
+        self.join(timeout)
+        self._halt.set()
+        return self.up_at if self.up_at is not None else time.time()
+
+
 class Injector:
+    """Injects one fault and measures, from the daemons' own log lines (UTC, milliseconds), when each affected
+    daemon works again: the recovery point is the kill (a killed daemon) or the moment the engine accepts
+    connections again (UpWatch)."""
+
     def __init__(self, dep: Deployment, sup: Supervisor, probe: Probe, outputs: list[str], opts: Options) -> None:
         self.dep, self.sup, self.probe, self.outputs, self.opts = dep, sup, probe, outputs, opts
         self.killed_workers = 0
@@ -255,87 +289,89 @@ class Injector:
             time.sleep(POLL)
         return None
 
-    def measure(self, fault: verdict.Fault, t0: float, before: int | None,
-                back: Callable[[], bool], note: str = "") -> verdict.Recovery:
-        """Seconds from t0 (monotonic) until `back()` and until the output queues grew past `before`."""
-        seconds = output_at = None
-        while time.monotonic() - t0 < 60 and (seconds is None or (output_at is None and before is not None)):
-            if seconds is None and back():
-                seconds = time.monotonic() - t0
+    def log_of(self, name: str) -> Path:
+        return self.sup.programs[name].log_path
+
+    def measure(self, fault: verdict.Fault, t0: float, before: int | None, expected: dict[str, str],
+                since: float, note: str = "") -> verdict.Recovery:
+        """`expected`: daemon name -> the log line that says it works again, logged at or after `since`.
+        Back = the last of those lines - t0; output = results flowing into the output queues again - t0."""
+        def stamps() -> dict[str, float]:
+            found = {}
+            for name, needle in expected.items():
+                times = log_times(self.log_of(name), needle, since)
+                if times:
+                    found[name] = times[0]
+            return found
+        output_at = None
+        deadline = time.time() + 60
+        while time.time() < deadline:
             if output_at is None and before is not None and (self.output_total() or 0) > before:
-                output_at = time.monotonic() - t0
+                output_at = time.time()
+            if len(stamps()) == len(expected) and (output_at is not None or before is None):
+                break
             time.sleep(POLL)
-        return verdict.Recovery(fault, seconds, output_at, note)
+        found = stamps()
+        missing = sorted(set(expected) - set(found))
+        back = None if missing else max(0.0, max(found.values()) - t0)
+        if missing:
+            note = f"{note}; not back: {', '.join(missing)}".lstrip("; ")
+        return verdict.Recovery(fault, back, None if output_at is None else max(0.0, output_at - t0), note)
 
     def run(self, fault: verdict.Fault) -> verdict.Recovery:
         return getattr(self, f"_{fault.kind}")(fault)
 
-    def _kill(self, fault: verdict.Fault, name: str, back: Callable[[], bool]) -> verdict.Recovery:
-        old = self.sup.pid(name)
+    def _kill(self, fault: verdict.Fault, name: str, needle: str) -> verdict.Recovery:
         before = self.output_total()
-        t0 = time.monotonic()
-        self.sup.kill9(name)
-        return self.measure(fault, t0, before, lambda: self.sup.pid(name) not in (None, old) and back(),
-                            f"pid {old} killed")
+        t0 = time.time()
+        old = self.sup.kill9(name)
+        return self.measure(fault, t0, before, {name: needle}, t0, f"pid {old} killed")
 
     def _kill_worker(self, fault: verdict.Fault) -> verdict.Recovery:
         name = WORKERS[self.killed_workers % len(WORKERS)]
         self.killed_workers += 1
-        return self._kill(fault, name, self.probe.all_back)
+        return self._kill(fault, name, "consuming stage")
 
     def _kill_logd(self, fault: verdict.Fault) -> verdict.Recovery:
-        return self._kill(fault, "logd", lambda: self.probe.consumers(LOG_QUEUE) == 1)
+        return self._kill(fault, "logd", "consuming log queue")
 
     def _kill_watchdog(self, fault: verdict.Fault) -> verdict.Recovery:
-        with ZooKeeper(zk_config(self.dep)) as zk:
-            earlier = set(zk.children(zk_paths.WATCHDOG_ELECTION))
+        return self._kill(fault, "watchdog", "is now ACTIVE")
 
-            def active() -> bool:
-                now = set(zk.children(zk_paths.WATCHDOG_ELECTION))
-                return bool(now) and not now & earlier
-            return self._kill(fault, "watchdog", active)
+    def _broker(self, fault: verdict.Fault, stop: Callable[[], object], start: Callable[[], object],
+                note: str) -> verdict.Recovery:
+        before = self.output_total()
+        stop()
+        since = time.time()         # the broker is down: a "consuming" line from now on is a recovery
+        watch = UpWatch(PORTS["--mq-port"], self.dep.ca)
+        watch.start()
+        start()
+        expected = {worker: "consuming stage" for worker in WORKERS}
+        expected["logd"] = "consuming log queue"
+        return self.measure(fault, watch.result(), before, expected, since, note)
 
     def _rabbitmq_app(self, fault: verdict.Fault) -> verdict.Recovery:
-        before = self.output_total()
-        self.dep.rabbitmqctl("stop_app")
-        time.sleep(3)
-        self.dep.rabbitmqctl("start_app")
-        t0 = time.monotonic()
-        return self.measure(fault, t0, before, self.probe.all_back, "app stopped 3 s")
+        return self._broker(fault, lambda: (self.dep.rabbitmqctl("stop_app"), time.sleep(3)),
+                            lambda: self.dep.rabbitmqctl("start_app"), "app stopped 3 s")
 
     def _rabbitmq_node(self, fault: verdict.Fault) -> verdict.Recovery:
-        before = self.output_total()
-        self.dep.stop_rabbitmq_node()
-        time.sleep(2)
-        self.dep.start_rabbitmq_node()
-        t0 = time.monotonic()
-        return self.measure(fault, t0, before, self.probe.all_back, "node stopped, restarted")
+        return self._broker(fault, lambda: (self.dep.stop_rabbitmq_node(), time.sleep(2)),
+                            self.dep.start_rabbitmq_node, "node stopped 2 s, started again")
 
     def _zookeeper(self, fault: verdict.Fault) -> verdict.Recovery:
         before = self.output_total()
-        killed_wall = time.time()
+        since = time.time()
         self.dep.kill_zookeeper()
+        watch = UpWatch(PORTS["--zookeeper-port"], self.dep.ca)
+        watch.start()
         time.sleep(3)
         self.dep.start_zookeeper()
-        t0, t0_wall = time.monotonic(), time.time()
-        names = list(self.sup.programs)
-
-        def restored() -> bool:
-            lost = [n for n in names if log_times(self.sup.programs[n].log_path, "ZooKeeper connection to",
-                                                   killed_wall)]
-            back = [n for n in lost if log_times(self.sup.programs[n].log_path, "ZooKeeper connection restored",
-                                                 killed_wall)]
-            return bool(lost) and len(back) == len(lost)
-        recovery = self.measure(fault, t0, before, restored)
-        latest = []
-        for name in names:
-            times = log_times(self.sup.programs[name].log_path, "ZooKeeper connection restored", killed_wall)
-            if times:
-                latest.append(times[0] - t0_wall)
-        if latest:    # the daemons' own log times: more exact than polling their logs
-            recovery.back = max(0.0, *latest) if recovery.back is not None else None
-            recovery.note = f"{len(latest)} daemons reconnected"
-        return recovery
+        t0 = watch.result()
+        lost = [name for name in self.sup.programs
+                if log_times(self.log_of(name), "ZooKeeper connection to", since)]
+        expected = {name: "ZooKeeper connection restored" for name in lost}
+        return self.measure(fault, t0, before, expected, since,
+                            f"killed 3 s; {len(lost)} daemons had lost it")
 
     def _sftp(self, fault: verdict.Fault) -> verdict.Recovery:
         before = self.output_total()
@@ -345,15 +381,16 @@ class Injector:
                      str(self.opts.base / "work" / "dummy.ini"))
         if done.returncode != 0:
             return verdict.Recovery(fault, None, None, "stage update failed: " + done.stderr.strip()[-200:])
-        # Wait until a worker has tried to fetch the new model and failed (up to 20 s).
-        self.until(lambda: any(log_times(self.sup.programs[w].log_path, "SFTP", since) for w in WORKERS), 20)
+        # A new version of the model stage: its workers must fetch the model; wait until one failed to (<= 20 s).
+        self.until(lambda: any(log_times(self.log_of(w), "SFTP", since) for w in WORKERS), 20)
         time.sleep(1)
+        watch = UpWatch(PORTS["--sftp-port"])
+        watch.start()
         self.dep.start_sftp()
-        t0 = time.monotonic()
-        tried = sum(bool(log_times(self.sup.programs[w].log_path, "SFTP", since)) for w in WORKERS)
-        return self.measure(fault, t0, before,
-                            lambda: (self.probe.consumers("chaos_model") or 0) >= 1 and self.probe.all_back(),
-                            f"{tried} worker(s) met the outage")
+        t0 = watch.result()
+        tried = [w for w in WORKERS if log_times(self.log_of(w), "SFTP", since)]
+        return self.measure(fault, t0, before, {w: "consuming stage chaos_model" for w in tried}, t0,
+                            f"{len(tried)} worker(s) met the outage")
 
     def _poison(self, fault: verdict.Fault) -> verdict.Recovery:
         bodies = poison_bodies()

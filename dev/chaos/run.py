@@ -42,7 +42,7 @@ from pathlib import Path
 from pero_worker.dev.chaos import verdict
 from pero_worker.dev.chaos.engines import PORTS, REPO, USER, DeployError, Deployment
 from pero_worker.dev.supervisor import Program, Supervisor, unit_policy
-from pero_worker.libs import zk_paths
+from pero_worker.libs import tls, zk_paths
 from pero_worker.libs.addresses import Address
 from pero_worker.libs.config import ConnectionConfig
 from pero_worker.libs.exit_codes import ExitCode
@@ -266,9 +266,10 @@ class UpWatch(threading.Thread):
 
 
 class ZkUpWatch(UpWatch):
-    """ZooKeeper binds its port long before it serves (a JVM start under load takes 10-20 s): its recovery point is
-    the end of the last failed attempt of a real session (TLS, SASL) before one succeeds - the earliest moment it
-    can have been serving, so the daemons get no credit for this probe's own latency."""
+    """ZooKeeper binds its port long before it serves (a JVM start under load takes 5-30 s), and a client that
+    connects meanwhile just hangs.  So: short probes (a TLS handshake of at most 0.5 s, then a real session with
+    SASL), and the recovery point is the end of the last failed probe before one succeeded - the earliest moment
+    it can have been serving, so the daemons get no credit for the probe's own latency."""
 
     def __init__(self, config: ConnectionConfig) -> None:
         super().__init__(PORTS["--zookeeper-port"])
@@ -278,10 +279,11 @@ class ZkUpWatch(UpWatch):
         last_failure = time.time()
         while not self._halt.is_set():
             try:
+                tls.probe("127.0.0.1", self.port, str(self.config.ca_cert), service="ZooKeeper", timeout=0.5)
                 ZooKeeper(self.config, timeout=1.0).start().stop()
                 self.up_at = last_failure
                 return
-            except ZkConnectionError:
+            except (OSError, tls.TLSError, ZkConnectionError):
                 last_failure = time.time()
                 self._halt.wait(0.02)
 

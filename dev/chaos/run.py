@@ -410,7 +410,8 @@ class Injector:
         self.dep.start_sftp()
         t0 = watch.result()
         tried = [w for w in WORKERS if log_times(self.log_of(w), "SFTP", since)]
-        return self.measure(fault, t0, before, {w: "consuming stage chaos_model" for w in tried}, t0,
+        # Back = processing again: consuming the model stage, or another one the watchdog moved it to meanwhile.
+        return self.measure(fault, t0, before, {w: "consuming stage" for w in tried}, t0,
                             f"{len(tried)} worker(s) met the outage")
 
     def _poison(self, fault: verdict.Fault) -> verdict.Recovery:

@@ -104,7 +104,7 @@ class Probe:
                                    password=dep.password, ca_cert=dep.ca)
         self.session: MQSession | None = None
 
-    def _open(self) -> MQSession:
+    def session_open(self) -> MQSession:
         if self.session is None or not self.session.is_open:
             self.session = MQSession(self.settings, name="pero-chaos probe")
             self.session.open(retry_for=0.5)
@@ -112,7 +112,7 @@ class Probe:
 
     def call(self, what: Callable[[MQSession], int | None]) -> int | None:
         try:
-            return what(self._open())
+            return what(self.session_open())
         except MQError:
             if self.session is not None:
                 self.session.close()
@@ -416,7 +416,7 @@ class Injector:
 
     def _poison(self, fault: verdict.Fault) -> verdict.Recovery:
         bodies = poison_bodies()
-        session = self.probe._open()
+        session = self.probe.session_open()
         for body in bodies:
             session.publish(STAGES[0], body)
         if not session.wait_for_confirms(timeout=30):
@@ -507,7 +507,7 @@ def download(dep: Deployment, out: str, folder: Path) -> tuple[verdict.DownloadS
 
 
 def drain_dead_letters(probe: Probe) -> int:
-    session = probe._open()
+    session = probe.session_open()
     count = 0
     while (delivery := session.get(DEAD_LETTER_QUEUE)) is not None:
         count += 1

@@ -8,7 +8,7 @@ What it does, in order:
   2. makes three stages: chaos_a and chaos_b (DUMMY, --page-seconds each) and chaos_model (DUMMY with a small
      model archive uploaded over SFTP), and one output stage per phase (chaos_out_<n>);
   3. runs 3 workers, the watchdog and the log daemon under dev/supervisor.py with the restart policy of
-     sample-config/systemd/ (Restart=always, RestartSec=2, ...);
+     sample-config/systemd/ (Restart=always, RestartSec=1, ...);
   4. uploads the pages with publisher.py in chunks (keeping a small backlog, so pages flow all the time) and
      injects one fault per phase (see verdict.FULL / verdict.SHORT), measuring how long until the daemons are
      back and results flow again;
@@ -16,8 +16,8 @@ What it does, in order:
      compares with the upload manifests: lost, duplicated (skipped by the downloader), failed;
   6. prints the table and the queue depths, tears the deployment down (unless --keep).
 
-Exit status: 0 all promises kept; 1 a loss, a daemon out of its bound, too many duplicates or something left in
-a queue (each reason is printed); 2 bad arguments; 3 the deployment could not be made.
+Exit status: 0 all promises kept; 1 a loss, a daemon out of its bound, too many duplicates, something left in
+a queue, or the deployment could not be made (each reason is printed); 2 bad arguments or not root.
 """
 from __future__ import annotations
 

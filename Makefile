@@ -8,12 +8,14 @@
 #   make proto          regenerate libs/message_pb2.py from libs/message.proto
 #   make demo           end-to-end demo on the local services
 #   make bench          benchmarks
-#   make chaos          fault-injection suite: 1,000 pages, every fault (dev/chaos/run.py; ~10 min)
+#   make cluster-test   3-node ZooKeeper + 3-node RabbitMQ on loopback, faults while pages flow (dev/cluster_failover.py)
+#   make chaos          fault-injection suite: 1,000 pages, every fault (dev/chaos/run.py; 4-6 min)
 #   make chaos-short    the same, fewer pages and faults (<= 5 min; .ci/run runs it after make test)
 #
-# Variables: CHAOS_ARGS (extra arguments of dev/chaos/run.py, e.g. CHAOS_ARGS="--keep"),
-#            TESTS (what pytest runs, default tests), PYTEST_ARGS (extra arguments, e.g. PYTEST_ARGS="-k sftp -x"),
-#            TEST_TIMEOUT (seconds for the whole pytest run; 0 = no limit).
+# Variables: TESTS (what pytest runs, default tests), PYTEST_ARGS (extra arguments, e.g. PYTEST_ARGS="-k sftp -x"),
+#            TEST_TIMEOUT (seconds for the whole pytest run; 0 = no limit),
+#            CLUSTER_ARGS (for cluster-test, e.g. CLUSTER_ARGS="--pages 1000 --keep-cluster"),
+#            CHAOS_ARGS (for chaos and chaos-short, e.g. CHAOS_ARGS="--keep").
 
 SHELL := /bin/bash
 PY := .venv/bin/python
@@ -21,10 +23,10 @@ TESTS ?= tests
 PYTEST_ARGS ?=
 TEST_TIMEOUT ?= 0
 
-.PHONY: help install services services-stop services-status lint test proto demo bench chaos chaos-short
+.PHONY: help install services services-stop services-status lint test proto demo bench cluster-test chaos chaos-short
 
 help:
-	@sed -n '2,16p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,18p' Makefile | sed 's/^# \{0,1\}//'
 
 install:
 	./install_dependencies.sh
@@ -56,9 +58,13 @@ demo: services
 
 bench: services
 	$(PY) bench/pipeline.py
+	$(PY) bench/metrics_scrape.py
 	$(PY) bench/scheduling.py
 	$(PY) bench/cer.py
 	$(PY) bench/download_memory.py
+
+cluster-test: install
+	$(PY) dev/cluster_failover.py $(CLUSTER_ARGS)
 
 # The chaos suite deploys with system_setup.py (a system account, an sshd): one at a time on this machine, like
 # the other tests that call it.

@@ -174,19 +174,28 @@ def make_stages(dep: Deployment, opts: Options, work: Path) -> list[str]:
     return outputs
 
 
+# Each daemon's /metrics on its own port of the suite's range (the defaults 9471-9473 would collide: three
+# workers here, and other deployments on this machine).
+METRICS_PORTS = {"chaos_w1": 16111, "chaos_w2": 16112, "chaos_w3": 16113, "watchdog": 16114, "logd": 16115}
+
+
+def _metrics(name: str) -> list[str]:
+    return ["--metrics-address", f"127.0.0.1:{METRICS_PORTS[name]}"]
+
+
 def supervise(dep: Deployment, opts: Options) -> Supervisor:
     logs, state = opts.output / "daemons", dep.base / "state"
     env = _env(dep)
     config = dep.config
     programs = [Program(worker, [PY, "worker/run_worker.py", "-c", str(config / "worker.ini"), "-i", worker,
-                                 "--cache-directory", str(state / worker)],
+                                 "--cache-directory", str(state / worker), *_metrics(worker)],
                         unit_policy(UNITS / "pero-worker@.service"), logs / f"{worker}.log", env, str(REPO))
                 for worker in WORKERS]
     programs.append(Program("watchdog", [PY, "watchdog/worker_watchdog.py", "-c", str(config / "watchdog.ini"),
-                                         "--state-directory", str(state / "watchdog")],
+                                         "--state-directory", str(state / "watchdog"), *_metrics("watchdog")],
                             unit_policy(UNITS / "pero-watchdog.service"), logs / "watchdog.log", env, str(REPO)))
     programs.append(Program("logd", [PY, "log_daemon/log_daemon.py", "-c", str(config / "logd.ini"),
-                                     "-o", str(opts.output / "logd")],
+                                     "-o", str(opts.output / "logd"), *_metrics("logd")],
                             unit_policy(UNITS / "pero-log-daemon.service"), logs / "logd.log", env, str(REPO)))
     return Supervisor().add_all(programs).start()
 

@@ -46,6 +46,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+RECONNECT_DELAY_CAP = 0.8      # seconds between reconnection attempts at most, before jitter
+RECONNECT_JITTER = 0.25        # ... so at most 0.8 * 1.25 = 1.0 s apart
+
+
 class ZkConnectionError(Exception):
     """ZooKeeper could not be reached or refused us; the message is meant for the operator."""
 
@@ -133,8 +137,11 @@ class ZooKeeper:
         kwargs: dict = {
             "hosts": hosts,
             "timeout": session_timeout,
-            # Retry connection attempts forever with capped backoff: a daemon outlives outages.
-            "connection_retry": KazooRetry(max_tries=-1, delay=0.2, backoff=2, max_delay=5),
+            # Retry connection attempts forever with capped backoff: a daemon outlives outages.  The cap keeps
+            # attempts at most ~1 s apart (kazoo multiplies each delay by a jitter of 1 ± max_jitter): a daemon
+            # must be back within 2 s of ZooKeeper (issue 12); with a 5 s cap it could wait 5-7 s.
+            "connection_retry": KazooRetry(max_tries=-1, delay=0.2, backoff=2, max_delay=RECONNECT_DELAY_CAP,
+                                           max_jitter=RECONNECT_JITTER),
             "command_retry": KazooRetry(max_tries=3, delay=0.1, backoff=2, max_delay=2),
             "logger": logging.getLogger("kazoo.client"),
         }

@@ -113,3 +113,12 @@ def test_scatter_refuses_inconsistent_outputs(batches, outputs, sizes, message):
 def test_plan_batches_refuses_bad_limits(kwargs):
     with pytest.raises(ValueError):
         plan_batches([[10]], **kwargs)
+
+
+def test_scatter_leaves_lines_of_a_failed_batch_empty():
+    pages = [[300, 100], [200]]
+    batches = plan_batches(pages, max_pixels=320)
+    outputs = [None if any(ref.page == 1 for ref in batch.lines) else [ref.line for ref in batch.lines]
+               for batch in batches]
+    assert _shape(batches) == [(320, [(0, 0)]), (224, [(1, 0)]), (128, [(0, 1)])]
+    assert scatter(batches, outputs, [2, 1]) == [[0, 1], [None]]

@@ -92,13 +92,18 @@ def _fits(batch_width: int, line_width: int, max_padding: float) -> bool:
     return max_padding == UNBOUNDED or batch_width <= (1 + max_padding) * line_width
 
 
-def scatter(batches: Sequence[Batch], outputs: Sequence[Sequence[T]], page_sizes: Sequence[int]) -> list[list[T]]:
+def scatter(batches: Sequence[Batch], outputs: Sequence[Sequence[T] | None], page_sizes: Sequence[int]) \
+        -> list[list[T | None]]:
     """Per page, the outputs of its lines in line order; `outputs[b][k]` belongs to `batches[b].lines[k]` (pure).
 
+    `outputs[b]` is None for a batch that failed: its lines stay None (the caller re-reads those pages).
     Raises ValueError when the outputs do not cover every line exactly once (a bug, never bad input)."""
     pages: list[list[T | None]] = [[None] * size for size in page_sizes]
     filled = 0
     for batch, batch_outputs in zip(batches, outputs, strict=True):
+        if batch_outputs is None:
+            filled += len(batch.lines)
+            continue
         if len(batch_outputs) != len(batch.lines):
             raise ValueError(f"a batch of {len(batch.lines)} lines has {len(batch_outputs)} outputs")
         for ref, value in zip(batch.lines, batch_outputs):
@@ -108,7 +113,7 @@ def scatter(batches: Sequence[Batch], outputs: Sequence[Sequence[T]], page_sizes
             filled += 1
     if filled != sum(page_sizes):
         raise ValueError(f"{sum(page_sizes) - filled} lines have no output")
-    return pages  # type: ignore[return-value]
+    return pages
 
 
 def padding_ratio(batches: Sequence[Batch]) -> float:

@@ -408,12 +408,16 @@ class WorkerDaemon:
     def _setup_job(self, target: Target) -> None:
         """On the processing thread: retire the old processor, take or build the new one, post StageConfigured."""
         old, self.processing.context = self.processing.context, None
+        # The wanted processor leaves the pool before the old one enters it: with room for one warm model,
+        # A -> B -> A still finds A.
+        if target.stage and self._setup_from_pool(target):
+            if old is not None:
+                self._retire(old)
+            return
         if old is not None:
-            self._retire(old)
+            self._retire(old)   # before loading: its memory may be needed
         if not target.stage:
             self.post(StageConfigured(target, None))
-            return
-        if self._setup_from_pool(target):
             return
         try:
             processor, version, seconds = self.loader.load(target.stage)

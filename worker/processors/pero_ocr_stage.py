@@ -364,7 +364,11 @@ class PeroOcrProcessor:
                     job.error = error
                     continue
             live.append(job)
-        for job, lines in zip(live, self._reader.read_pages([job.crops for job in live])):
+        before = self._reader.batches_run
+        read = self._reader.read_pages([job.crops for job in live])
+        log.info("read %d pages (%d lines) together in %d network batches", len(live),
+                 sum(len(job.crops) for job in live), self._reader.batches_run - before)
+        for job, lines in zip(live, read):
             if isinstance(lines, BaseException):
                 job.error = lines
                 continue

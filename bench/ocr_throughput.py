@@ -190,6 +190,8 @@ def batching_section(args) -> str:
         lines.append(f"BATCH_PIXELS = {args.batch_pixels}")
     if args.crop_processes is not None:
         lines.append(f"CROP_PROCESSES = {args.crop_processes}")
+    if args.mixed_precision:
+        lines.append("MIXED_PRECISION = TRUE")
     return "\n[WORKER]\n" + "\n".join(lines) + "\n"
 
 
@@ -355,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-pages", type=int, default=8, help="BATCH_PAGES of the batched modes")
     parser.add_argument("--batch-pixels", type=int, help="BATCH_PIXELS of the batched modes (default: by device)")
     parser.add_argument("--crop-processes", type=int, help="CROP_PROCESSES of the batched modes (default: by device)")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="MIXED_PRECISION = TRUE in the batched modes (float16 autocast; CUDA only)")
     return parser
 
 

@@ -175,6 +175,7 @@ def test_a_bad_page_fails_alone(inputs, reference):
     ("[WORKER]\nBATCH_PAGES = 8\nBATCH_PIXELS = 61440\nBATCH_PADDING = 0.1\nCROP_PROCESSES = 3\n",
      BatchSettings(8, 61440, 0.1, 3)),
     ("[WORKER]\nBATCH_PADDING = inf\n", BatchSettings(max_padding=float("inf"))),
+    ("[WORKER]\nMIXED_PRECISION = yes\n", BatchSettings(mixed_precision=True)),
 ])
 def test_batch_settings_table(section, expected):
     import configparser
@@ -184,10 +185,30 @@ def test_batch_settings_table(section, expected):
 
 
 @pytest.mark.parametrize("section", ["BATCH_PAGES = 0", "BATCH_PAGES = two", "BATCH_PIXELS = 8",
-                                     "BATCH_PADDING = -1", "BATCH_PADDING = lots", "CROP_PROCESSES = -2"])
+                                     "BATCH_PADDING = -1", "BATCH_PADDING = lots", "CROP_PROCESSES = -2",
+                                     "MIXED_PRECISION = maybe"])
 def test_bad_batch_settings_are_stage_config_errors(section):
     import configparser
     config = configparser.ConfigParser()
     config.read_string(f"[WORKER]\n{section}\n")
     with pytest.raises(StageConfigError, match=section.split()[0]):
         batch_settings(config)
+
+
+@pytest.mark.parametrize("mixed", ["FALSE", "TRUE"])
+def test_cuda_batched_path_keeps_the_transcriptions(inputs, reference, mixed):
+    """On a GPU (pinned memory, optionally float16 autocast) the text stays PageParser-on-CPU's text."""
+    import torch
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device (hardware, not a missing dependency)")
+    text = (MODEL_DIR / "config.ini").read_text() + f"\n[WORKER]\nBATCH_PAGES = 4\nMIXED_PRECISION = {mixed}\n"
+    processor = build_processor(text, MODEL_DIR, device="cuda")
+    try:
+        requests = [_request(inputs, name) for name in PAGES]
+        assert _batched(processor, requests) == [None, None]
+        for name, request in zip(PAGES, requests):
+            ours, theirs = _transcriptions(_outputs(request)[0]), _transcriptions(reference[name][0])
+            differing = sum(a != b for a, b in zip(ours, theirs))
+            assert len(ours) == len(theirs) and differing <= len(theirs) // 20, (differing, len(theirs))
+    finally:
+        processor.close()

@@ -50,6 +50,7 @@ class BatchSettings:
     max_pixels: int | None = None   # BATCH_PIXELS: padded pixels per network batch (None: by device)
     max_padding: float = 0.25       # BATCH_PADDING: a line joins a batch at most this much wider than itself
     crop_processes: int | None = None   # CROP_PROCESSES: processes cropping lines ahead (None: by device)
+    mixed_precision: bool = False   # MIXED_PRECISION: float16 autocast on CUDA (ignored on a CPU)
 
     @property
     def enabled(self) -> bool:
@@ -79,10 +80,14 @@ def batch_settings(config: configparser.ConfigParser) -> BatchSettings:
         if not padding >= 0:
             raise StageConfigError(f"[{WORKER_SECTION}] BATCH_PADDING must be a number >= 0 or 'inf', "
                                    f"not {padding_raw!r}")
+    mixed_raw = config.get(WORKER_SECTION, "MIXED_PRECISION", raw=True, fallback="").strip().lower()
+    if mixed_raw and mixed_raw not in config.BOOLEAN_STATES:
+        raise StageConfigError(f"[{WORKER_SECTION}] MIXED_PRECISION must be TRUE or FALSE, not {mixed_raw!r}")
     return BatchSettings(pages=_int_key(config, "BATCH_PAGES", 1) or 1,
                          max_pixels=_int_key(config, "BATCH_PIXELS", 32),
                          max_padding=padding,
-                         crop_processes=_int_key(config, "CROP_PROCESSES", 0))
+                         crop_processes=_int_key(config, "CROP_PROCESSES", 0),
+                         mixed_precision=config.BOOLEAN_STATES.get(mixed_raw, False))
 
 
 def default_crop_processes(device_type: str, cores: int | None) -> int:
@@ -138,11 +143,12 @@ class LineResult:
 class BatchedLineReader:
     """Runs a pero-ocr PytorchEngineLineOCR over the lines of several pages in shared batches."""
 
-    def __init__(self, engine: Any, max_pixels: int, max_padding: float) -> None:
+    def __init__(self, engine: Any, max_pixels: int, max_padding: float, mixed_precision: bool = False) -> None:
         self.engine = engine
         self.max_pixels = max_pixels
         self.max_padding = max_padding
         self.on_cuda = getattr(engine.device, "type", "cpu") == "cuda"
+        self.mixed_precision = mixed_precision and self.on_cuda
         self.batches_run = 0
 
     def read_pages(self, pages: Sequence[Sequence[np.ndarray]]) -> list[list[LineResult] | BaseException]:
@@ -199,7 +205,7 @@ class BatchedLineReader:
         import torch
         from pero_ocr.ocr_engine.pytorch_ocr_engine import greedy_decode_ctc
         engine = self.engine
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=self.mixed_precision):
             batch = torch.from_numpy(data).pin_memory().to(engine.device, non_blocking=True).float() / 255.0
             batch = batch.permute(0, 3, 1, 2)
             if engine.embed_id is not None:
@@ -207,6 +213,7 @@ class BatchedLineReader:
                 logits = engine.model(batch, ids)
             else:
                 logits = engine.model(batch)
+            logits = logits.float()
             decoded = greedy_decode_ctc(logits, engine.characters)
             return decoded, logits.permute(0, 2, 1).cpu().numpy()
 

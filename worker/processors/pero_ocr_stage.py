@@ -485,10 +485,12 @@ def _batching(config: configparser.ConfigParser, parser: Any, device: Any) -> tu
     processes = settings.crop_processes
     if processes is None:
         processes = ocr_batched.default_crop_processes(device.type, ocr_batched.cores())
-    reader = ocr_batched.BatchedLineReader(parser.ocr.ocr_engine, pixels, settings.max_padding)
+    reader = ocr_batched.BatchedLineReader(parser.ocr.ocr_engine, pixels, settings.max_padding,
+                                           settings.mixed_precision)
     pool = ocr_batched.CropPool(processes) if processes > 0 else None
     log.info("cross-page batching: %d pages per step, %d px per network batch, padding <= %s, %d crop "
-             "processes", settings.pages, pixels, settings.max_padding, processes)
+             "processes%s", settings.pages, pixels, settings.max_padding, processes,
+             ", float16 autocast" if reader.mixed_precision else "")
     return settings.pages, reader, pool
 
 

@@ -148,18 +148,31 @@ class ProcessingThread:
             return group
 
     def _process_waiting(self) -> None:
-        """Process deliveries (so a switch can requeue the rest), handing outcomes back in batches."""
+        """Process deliveries (so a switch can requeue the rest), handing outcomes back in batches.
+
+        A processor that crops ahead (`crops_ahead`) gets the next group begun before the current one runs,
+        so its pages are decoded and cropped in the crop pool while the network reads the current group."""
         ready: list[Outcome] = []
         last_handoff = time.monotonic()
-        while group := self._next_group():
-            try:
-                outcomes = [self.handle(*group[0])] if len(group) == 1 else self.handle_group(group)
-            except Exception as error:   # a bug of ours: park the requests where an operator sees them
-                log.exception("internal error handling requests from %s", group[0][0].queue)
-                reason = f"{routing.REASON_INTERNAL_ERROR}: {type(error).__name__}: {error}"
-                outcomes = [Outcome(delivery, generation, routing.dead_letter(reason), delivery.body,
-                                    delivery.priority, dead_letter_headers(reason, delivery.queue, self.worker_id))
-                            for delivery, generation in group]
+        ahead: _Group | None = None
+        while (group := self._next_group()) or ahead is not None:
+            outcomes: list[Outcome] = []
+            begun: _Group | None = None
+            if len(group) > 1:
+                try:
+                    begun = self.begin_group(group)
+                except Exception as error:   # a bug of ours: park the requests where an operator sees them
+                    outcomes += self._internal_error(group, error)
+            if ahead is not None:            # its network pass runs while the pool crops the group just begun
+                previous, ahead = ahead, None
+                outcomes += self._guarded(previous.items, lambda previous=previous: self.finish_group(previous))
+            if len(group) == 1:
+                outcomes += self._guarded(group, lambda: [self.handle(*group[0])])
+            elif begun is not None:
+                if self._crops_ahead() and self._has_waiting():
+                    ahead = begun
+                else:
+                    outcomes += self._guarded(group, lambda begun=begun: self.finish_group(begun))
             ready.extend(outcomes)
             if time.monotonic() - last_handoff >= HANDOFF_INTERVAL:
                 self._on_outcomes(ready)
@@ -167,6 +180,27 @@ class ProcessingThread:
                 last_handoff = time.monotonic()
         if ready:
             self._on_outcomes(ready)
+
+    def _guarded(self, group: list[tuple[Delivery, int]], step: Callable[[], list[Outcome]]) -> list[Outcome]:
+        try:
+            return step()
+        except Exception as error:   # a bug of ours: park the requests where an operator sees them
+            return self._internal_error(group, error)
+
+    def _crops_ahead(self) -> bool:
+        context = self.context
+        return context is not None and bool(getattr(context.processor, "crops_ahead", False))
+
+    def _has_waiting(self) -> bool:
+        with self._cond:
+            return bool(self._waiting) and not self._jobs and not self._stopped
+
+    def _internal_error(self, group: list[tuple[Delivery, int]], error: Exception) -> list[Outcome]:
+        log.exception("internal error handling requests from %s", group[0][0].queue if group else "?")
+        reason = f"{routing.REASON_INTERNAL_ERROR}: {type(error).__name__}: {error}"
+        return [Outcome(delivery, generation, routing.dead_letter(reason), delivery.body, delivery.priority,
+                        dead_letter_headers(reason, delivery.queue, self.worker_id))
+                for delivery, generation in group]
 
     def _admit(self, delivery: Delivery, generation: int) -> tuple[ProcessingRequest, StageContext] | Outcome:
         """The request and the stage to process it in, or the outcome for a request that is not processed."""
@@ -232,28 +266,34 @@ class ProcessingThread:
     def handle_group(self, group: list[tuple[Delivery, int]]) -> list[Outcome]:
         """Several deliveries through a batching processor: begin each (its own log), run all together,
         finish each (its own log).  A request that fails fails alone; each gets the shared step's log too."""
-        start_ns = now_ns()
-        started = time.perf_counter()
-        outcomes: list[Outcome | None] = [None] * len(group)
-        pending: list[_Pending] = []
+        return self.finish_group(self.begin_group(group))
+
+    def begin_group(self, group: list[tuple[Delivery, int]]) -> _Group:
+        """Admit and begin each delivery of a group (input read, crops started); failures conclude at once."""
+        begun = _Group(group, [None] * len(group), [], now_ns(), time.perf_counter())
         for index, (delivery, generation) in enumerate(group):
             admitted = self._admit(delivery, generation)
             if isinstance(admitted, Outcome):
-                outcomes[index] = admitted
+                begun.outcomes[index] = admitted
                 continue
             request, context = admitted
             with self._capture.capture() as lines:
                 try:
-                    pending.append(_Pending(index, request, context, context.processor.begin(request), lines.text()))
+                    job = context.processor.begin(request)
+                    begun.pending.append(_Pending(index, request, context, job, lines.text()))
                     continue
                 except BaseException as error:
                     status = self._status_after(error, request, delivery.queue)
-            outcomes[index] = self._conclude(delivery, generation, request, context, status, start_ns,
-                                             lines.text(), time.perf_counter() - started)
-        shared, shared_error = self._run_shared(pending)
-        per_request = (time.perf_counter() - started) / max(1, len(pending))
-        for item in pending:
-            delivery, generation = group[item.index]
+            begun.outcomes[index] = self._conclude(delivery, generation, request, context, status, begun.start_ns,
+                                                   lines.text(), time.perf_counter() - begun.started)
+        return begun
+
+    def finish_group(self, begun: _Group) -> list[Outcome]:
+        """Run the shared step of a begun group and finish each of its requests."""
+        shared, shared_error = self._run_shared(begun.pending)
+        per_request = (time.perf_counter() - begun.started) / max(1, len(begun.pending))
+        for item in begun.pending:
+            delivery, generation = begun.items[item.index]
             error: BaseException | None = shared_error
             with self._capture.capture() as lines:
                 try:
@@ -263,9 +303,9 @@ class ProcessingThread:
                     error = raised
                 status = self._status_after(error, item.request, delivery.queue)
             text = "\n".join(part for part in (item.log_text, shared, lines.text()) if part)
-            outcomes[item.index] = self._conclude(delivery, generation, item.request, item.context, status,
-                                                  start_ns, text, per_request)
-        return outcomes  # type: ignore[return-value]
+            begun.outcomes[item.index] = self._conclude(delivery, generation, item.request, item.context, status,
+                                                        begun.start_ns, text, per_request)
+        return begun.outcomes  # type: ignore[return-value]
 
     def _run_shared(self, pending: list[_Pending]) -> tuple[str, BaseException | None]:
         """The shared step of a group (the network over all pages); its log lines belong to every request.
@@ -278,6 +318,15 @@ class ProcessingThread:
             except BaseException as error:   # a crash of the shared step: every request of it gets ERROR
                 return lines.text(), error
         return lines.text(), None
+
+
+@dataclass
+class _Group:
+    items: list[tuple[Delivery, int]]
+    outcomes: list[Outcome | None]
+    pending: list[_Pending]
+    start_ns: int
+    started: float
 
 
 @dataclass

@@ -273,6 +273,11 @@ class PeroOcrProcessor:
         if batching is not None:
             self.batch_pages, self._reader, self._crop_pool = batching
 
+    @property
+    def crops_ahead(self) -> bool:
+        """True when lines are cropped in a pool: the worker then begins the next group before running this one."""
+        return self._crop_pool is not None
+
     def _load_layout(self, xml: bytes, name: str) -> Any:
         from pero_ocr.core.layout import PageLayout
         if b"<!ENTITY" in xml:

@@ -273,6 +273,16 @@ class PeroOcrProcessor:
         if batching is not None:
             self.batch_pages, self._reader, self._crop_pool = batching
 
+    def memory_bytes(self) -> int:
+        """Bytes of the line network's parameters and buffers (what the warm-model pool budgets; activations
+        and pero-ocr's other parts are not counted)."""
+        engine = getattr(getattr(self.page_parser, "ocr", None), "ocr_engine", None)
+        model = getattr(engine, "model", None)
+        if model is None:
+            return 0
+        tensors = list(model.parameters()) + list(model.buffers())
+        return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
     @property
     def crops_ahead(self) -> bool:
         """True when lines are cropped in a pool: the worker then begins the next group before running this one."""

@@ -18,12 +18,10 @@ import configparser
 import io
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 STEPS = ("decode", "xml_in", "crop", "network", "to_results", "confidence", "xml_out", "logits_out")
 

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 # Below this probability pero-ocr zeroes a logit before storing the line's logits as a sparse matrix.
 SPARSE_PROBABILITY = 0.0001
 DEFAULT_GPU_PIXELS = PERO_OCR_MAX_PIXELS * 32
-DEFAULT_CPU_PIXELS = PERO_OCR_MAX_PIXELS * 4
+# On a CPU bigger batches make the network slower per pixel (README, "OCR throughput"): pero-ocr's own size.
+DEFAULT_CPU_PIXELS = PERO_OCR_MAX_PIXELS
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ def test_one_page_with_pero_ocr_batches_is_identical(inputs, reference):
 
 
 def test_pages_read_together_keep_every_transcription(inputs, reference):
-    processor = _processor("BATCH_PAGES = 4\nCROP_PROCESSES = 1\n")
+    processor = _processor("BATCH_PAGES = 4\nBATCH_PIXELS = 15360\nCROP_PROCESSES = 1\n")
     try:
         requests = [_request(inputs, name) for name in PAGES]
         assert _batched(processor, requests) == [None, None]

@@ -291,14 +291,32 @@ class PeroOcrProcessor:
             raise ProcessingError(f"pero-ocr failed on image {image_name!r}: {type(error).__name__}: {error}") \
                 from error
 
-        xml_out = page_layout.to_pagexml_string().encode("utf-8")
+        xml_out, summary = self._assess(image, page_layout)
         _put_result(results, xml_index, image_name + PAGE_XML_SUFFIX, xml_out)
         logits_out = self._logits_bytes(page_layout)
         if logits_out is not None:
             _put_result(results, logits_index, image_name + LOGITS_SUFFIX, logits_out)
-        lines = sum(1 for _ in page_layout.lines_iterator())
-        log.info("image %r (%d x %d): %d regions, %d lines", image_name, width, height,
-                 len(page_layout.regions), lines)
+        log.info("image %r (%d x %d): %d regions, %s", image_name, width, height, len(page_layout.regions), summary)
+
+    def _assess(self, image: Any, page_layout: Any) -> tuple[bytes, str]:
+        """PAGE XML with line confidences and the page's quality mark; one QUALITY WARNING line when flagged.
+
+        Only a stage that reads text (OCR or decoder) is judged: a layout-only config finds no text by design.
+        """
+        xml = page_layout.to_pagexml_string().encode("utf-8")
+        parser = self.page_parser
+        if getattr(parser, "ocr", None) is None and getattr(parser, "decoder", None) is None:
+            return xml, f"{sum(1 for _ in page_layout.lines_iterator())} lines"
+        from pero_worker.libs.quality import quality_flags, warning_line
+        from pero_worker.worker.processors.quality_probe import mark_page_xml, measure_page
+
+        numbers = measure_page(image, page_layout, parser)
+        flags = quality_flags(numbers)
+        xml = mark_page_xml(page_layout.to_pagexml_string().encode("utf-8"), numbers, flags)
+        if flags:
+            log.warning("%s", warning_line(flags))
+        confidence = "-" if numbers.mean_confidence is None else f"{numbers.mean_confidence:.3f}"
+        return xml, f"{numbers.lines} lines, {numbers.characters} characters, mean confidence {confidence}"
 
     @staticmethod
     def _logits_bytes(page_layout: Any) -> bytes | None:

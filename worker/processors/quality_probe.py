@@ -30,6 +30,7 @@ from pero_worker.libs.quality import (
     needs_orientation_check,
     warning_line,
 )
+from pero_worker.worker.processors.character_prior import best_path
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +39,9 @@ INK_SAMPLE_SIDE = 1500           # the ink share is measured on at most about th
 USER_ATTRIBUTES = ("quality_flags", "quality_warning", "mean_confidence", "ink_fraction")
 
 
-def character_confidences(logits: Any) -> np.ndarray:
+def character_confidences(logits: Any, penalties: np.ndarray | None = None) -> np.ndarray:
     """Confidence of each character on the best CTC path of T x C logits (blank = last class) (pure)."""
-    logits = np.asarray(logits, dtype=np.float32)
-    if logits.ndim != 2 or logits.shape[0] == 0 or logits.shape[1] < 2:
-        return np.zeros(0, dtype=np.float32)
-    blank = logits.shape[1] - 1
-    best = logits.argmax(axis=1)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    best_prob = 1.0 / np.exp(shifted).sum(axis=1)        # softmax value of the arg-max class
-    starts = np.flatnonzero(np.r_[True, best[1:] != best[:-1]])
-    run_max = np.maximum.reduceat(best_prob, starts)
-    return run_max[best[starts] != blank]
+    return best_path(logits, penalties)[1]
 
 
 def ink_fraction(image: np.ndarray) -> float:
@@ -64,11 +56,12 @@ def ink_fraction(image: np.ndarray) -> float:
     return float(np.count_nonzero(sample < threshold)) / sample.size
 
 
-def _line_confidences(lines: Iterable[Any]) -> list[np.ndarray]:
+def _line_confidences(lines: Iterable[Any], penalties: np.ndarray | None) -> list[np.ndarray]:
     out = []
     for line in lines:
         logits = line.get_dense_logits() if getattr(line, "logits", None) is not None else None
-        out.append(character_confidences(logits) if logits is not None else np.zeros(0, dtype=np.float32))
+        out.append(character_confidences(logits, penalties) if logits is not None
+                   else np.zeros(0, dtype=np.float32))
     return out
 
 
@@ -86,10 +79,10 @@ def _longest(lines: list[Any], count: int) -> list[Any]:
     return sorted(lines, key=length, reverse=True)[:count]
 
 
-def set_line_confidences(page_layout: Any) -> tuple[int, int, float | None]:
+def set_line_confidences(page_layout: Any, penalties: np.ndarray | None = None) -> tuple[int, int, float | None]:
     """Write each line's mean character confidence into it (TextEquiv/@conf); (lines, characters, page mean)."""
     lines = list(page_layout.lines_iterator())
-    parts = _line_confidences(lines)
+    parts = _line_confidences(lines, penalties)
     for line, part in zip(lines, parts):
         if part.size:
             line.transcription_confidence = float(part.mean())
@@ -97,7 +90,8 @@ def set_line_confidences(page_layout: Any) -> tuple[int, int, float | None]:
     return len(lines), characters, _mean(parts)
 
 
-def turned_confidences(image: np.ndarray, parser: Any, count: int = SAMPLE_LINES) -> dict[int, float]:
+def turned_confidences(image: np.ndarray, parser: Any, penalties: np.ndarray | None = None,
+                       count: int = SAMPLE_LINES) -> dict[int, float]:
     """Mean character confidence of the longest lines found on the page turned clockwise by 90/180/270 degrees."""
     from pero_worker.worker.layout import analyze_page, to_page_layout
     out: dict[int, float] = {}
@@ -111,7 +105,7 @@ def turned_confidences(image: np.ndarray, parser: Any, count: int = SAMPLE_LINES
             continue
         layout = parser.line_cropper.process_page(turned, layout)
         layout = parser.ocr.process_page(turned, layout)
-        confidence = _mean(_line_confidences(layout.lines_iterator()))
+        confidence = _mean(_line_confidences(layout.lines_iterator(), penalties))
         if confidence is not None:
             out[angle] = confidence
     return out
@@ -122,17 +116,18 @@ def can_check_orientation(parser: Any) -> bool:
     return getattr(parser, "line_cropper", None) is not None and getattr(parser, "ocr", None) is not None
 
 
-def measure_page(image: np.ndarray, page_layout: Any, parser: Any,
+def measure_page(image: np.ndarray, page_layout: Any, parser: Any, penalties: np.ndarray | None = None,
                  thresholds: QualityThresholds = DEFAULT_THRESHOLDS) -> PageNumbers:
-    """The numbers of one page after OCR (sets the lines' confidences on the way)."""
-    lines, characters, mean = set_line_confidences(page_layout)
+    """The numbers of one page after OCR (sets the lines' confidences on the way); `penalties` as the
+    stage's character prior decodes (character_prior.py)."""
+    lines, characters, mean = set_line_confidences(page_layout, penalties)
     numbers = PageNumbers(ink_fraction=ink_fraction(image), lines=lines, characters=characters,
                           mean_confidence=mean)
     if not needs_orientation_check(numbers, thresholds) or not can_check_orientation(parser):
         return numbers
-    sample = _mean(_line_confidences(_longest(list(page_layout.lines_iterator()), SAMPLE_LINES)))
+    sample = _mean(_line_confidences(_longest(list(page_layout.lines_iterator()), SAMPLE_LINES), penalties))
     try:
-        turned = turned_confidences(image, parser)
+        turned = turned_confidences(image, parser, penalties)
     except Exception as error:  # the check is advice: a failure of it must not fail the page
         log.warning("orientation check failed: %s: %s", type(error).__name__, error)
         turned = {}

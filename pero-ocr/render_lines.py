@@ -28,6 +28,7 @@ import json
 import math
 import random
 import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,6 +189,15 @@ ROMAN = ["I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X", "XI", "XII
 SYMBOLS = "#$%&*+/<=>@[\\]^_`{|}~§°€"
 
 
+ACCENT_KEEP = 0.4
+
+
+def _plain(ch: str) -> str:
+    """The letter without its accents ('é' -> 'e'); letters that are no accented form (ß, ø, ł) stay."""
+    base = unicodedata.normalize("NFD", ch)[0]
+    return base if base.isascii() and base.isalpha() else ch
+
+
 def _charset_filter(text: str) -> str:
     allowed = set(CHARACTERS)
     return "".join(ch for ch in text if ch in allowed)
@@ -218,7 +228,9 @@ class TextGenerator:
             out.append(r.choice(lang.vowels))
             if r.random() < 0.3:
                 out.append(r.choice(lang.consonants))
-        return "".join(out)
+        # The letter profiles list accented letters several times each; real words carry fewer of them
+        # (about one letter in 25 in French, one in 60 in German), so most are set plain.
+        return "".join(ch if ch.isascii() or r.random() < ACCENT_KEEP else _plain(ch) for ch in "".join(out))
 
     def number(self) -> str:
         r = self.rng

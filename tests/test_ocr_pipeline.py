@@ -129,6 +129,95 @@ def test_page_through_layout_and_bundled_model_stages_reads_the_words(
         assert word in text
 
 
+def _png(image) -> bytes:
+    import cv2
+    ok, buffer = cv2.imencode(".png", image)
+    assert ok
+    return buffer.tobytes()
+
+
+def _quality_pages() -> dict[str, bytes]:
+    """A good page, the same upside down and sideways, and a page with ink but no text (border + picture)."""
+    import cv2
+    import numpy as np
+    page = cv2.imread(str(REPO / "examples" / "05_binary_300dpi.png"))
+    inked = np.full((2000, 1500, 3), 235, dtype=np.uint8)
+    inked[:, :120] = 25                                      # a dark scanner border
+    cv2.circle(inked, (750, 700), 300, (90, 90, 90), -1)     # a picture; no text anywhere
+    return {"good.png": _png(page), "upside_down.png": _png(np.ascontiguousarray(page[::-1, ::-1])),
+            "sideways.png": _png(np.ascontiguousarray(np.rot90(page))), "inked.png": _png(inked)}
+
+
+def _user_attributes(xml: bytes) -> dict[str, str]:
+    from lxml import etree
+    root = etree.fromstring(xml)
+    return {a.get("name"): a.get("value") for a in root.iter("{*}UserAttribute")}
+
+
+def test_turned_and_textless_pages_are_flagged_through_workers_and_the_download_counts_them(
+        services, zk_root: str, secured, unique_name, tmp_path: Path) -> None:
+    """Issue 10: never a silent OK. Status stays OK (wire-compatible), the stage log has one QUALITY WARNING
+    line, the PAGE XML carries the flags, and publisher.py --download counts and lists the flagged pages."""
+    zk, mq = secured
+    layout, ocr, out = unique_name("layout"), unique_name("ocr"), unique_name("out")
+    (tmp_path / "layout.ini").write_text("[WORKER]\nMETHOD = LAYOUT\n")
+    _manage(zk_root, services, "--name", layout, "--config", str(tmp_path / "layout.ini"))
+    _manage(zk_root, services, "--name", ocr, "--config", str(MODEL_DIR / "config.ini"),
+            "--file", str(_archive(MODEL_DIR, tmp_path / "bundled.tar.xz")), "--remote-path", f"pero/{ocr}")
+    _manage(zk_root, services, "--name", out)
+    pages = _quality_pages()
+    ids = [unique_name("w"), unique_name("w")]
+    workers = [_start_worker(zk_root, services, worker_id, tmp_path / worker_id) for worker_id in ids]
+    try:
+        for worker_id, stage in zip(ids, (layout, ocr)):
+            _wait(lambda w=worker_id: zk.get_text(zk_paths.worker_status(w)) == zk_paths.IDLE, 60, "idle worker")
+            zk.set_text(zk_paths.worker_queue(worker_id), stage)
+        for name, content in pages.items():
+            request = ProcessingRequest(uuid=uuid.uuid4().hex, page_uuid=uuid.uuid4().hex,
+                                        processing_stages=[layout, ocr, out],
+                                        results=[Data(name=name, content=content)])
+            mq.publish_and_wait(layout, request.SerializeToString())
+        _wait(lambda: mq.queue_length(out) == len(pages), 400, "every page in the output stage")
+        download = tmp_path / "download"
+        result = subprocess.run([PY, "scripts/publisher.py", "-z", zk_root, "-u", services.user, "--password-file",
+                                 str(services.password_file), "--download", out, "--directory", str(download),
+                                 "--idle-timeout", "1", "--no-progress"],
+                                cwd=REPO, capture_output=True, text=True, timeout=120)
+    finally:
+        for worker_id in ids:
+            zk.set_text(zk_paths.worker_enabled(worker_id), "false")
+        for proc in workers:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for queue in (layout, ocr, out):
+            mq.delete_queue(queue)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    flags = {}
+    for folder in download.iterdir():
+        if not folder.is_dir():
+            continue
+        name = next(n for n in pages if (folder / n).is_file())
+        info = (folder / "request_info.txt").read_text()
+        assert "status:           OK" in info, info
+        ocr_log = (folder / f"{ocr}.log").read_text()
+        warnings = [line for line in ocr_log.splitlines() if "QUALITY WARNING: " in line]
+        marks = _user_attributes((folder / f"{name}_page.xml").read_bytes())
+        flags[name] = marks["quality_flags"]
+        assert len(warnings) == (1 if marks["quality_flags"] else 0), ocr_log
+        if warnings:
+            assert warnings[0].endswith(marks["quality_warning"])
+    assert flags["good.png"] == ""
+    assert "upside_down" in flags["upside_down.png"].split(",")
+    assert "sideways" in flags["sideways.png"].split(",")
+    assert flags["inked.png"].split(",")[0] == "no_text"
+    assert "3 page(s) flagged by the quality checks" in result.stdout, result.stdout
+    assert result.stdout.count("  flagged ") == 3
+
+
 def test_corrupt_model_archive_is_configuration_failure_and_requests_stay_queued(
         services, zk_root: str, secured, unique_name, tmp_path: Path) -> None:
     zk, mq = secured

@@ -198,6 +198,7 @@ def test_ink_fraction() -> None:
     bordered = _paper()
     bordered[:, :30] = 20                                  # a dark scanner border: 10 % of the page
     assert ink_fraction(bordered) == pytest.approx(0.10, abs=0.01)
+    assert ink_fraction(_paper(level=15)) == 1.0           # black all over: an open scanner lid
     big = np.full((4000, 3000), 230, dtype=np.uint8)
     big[:400] = 0
     assert ink_fraction(big) == pytest.approx(0.10, abs=0.01)

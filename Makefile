@@ -55,4 +55,6 @@ bench: services
 	$(PY) bench/pipeline.py
 	$(PY) bench/scheduling.py
 	$(PY) bench/cer.py
+	$(PY) bench/line_ocr.py
+	$(PY) bench/quality.py
 	$(PY) bench/download_memory.py

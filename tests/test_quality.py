@@ -235,3 +235,31 @@ def test_page_xml_mark() -> None:
                       "ink_fraction": "0.0600"}
     metadata = etree.fromstring(twice).find("p:Metadata", NS)
     assert [etree.QName(child).localname for child in metadata][-2:] == ["UserDefined", "MetadataItem"]
+
+
+def test_a_bad_prior_in_the_stage_config_is_a_configuration_error() -> None:
+    from pero_worker.worker.processors import StageConfigError
+    from pero_worker.worker.processors.pero_ocr_stage import build
+    config = configparser.ConfigParser()
+    config.read_string("[PAGE_PARSER]\nRUN_OCR = yes\n[CHARACTER_PRIOR]\nACCENTED = lots\n")
+    with pytest.raises(StageConfigError, match="ACCENTED"):
+        build(config, None, device="cpu")
+
+
+def test_a_stage_that_reads_no_text_is_not_judged() -> None:
+    """A layout-only pero-ocr config finds no text by design: no flags, no QUALITY WARNING."""
+    from pero_worker.worker.processors.pero_ocr_stage import PeroOcrProcessor
+
+    class LayoutOnly:
+        ocr = None
+        decoder = None
+
+    class Page:
+        def to_pagexml_string(self) -> str:
+            return (PAGE_XML % b"").decode()
+
+        def lines_iterator(self):
+            return iter([])
+
+    xml, summary = PeroOcrProcessor(LayoutOnly(), None)._assess(_paper(), Page(), None)
+    assert b"UserDefined" not in xml and summary == "0 lines"

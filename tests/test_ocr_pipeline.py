@@ -38,11 +38,17 @@ def _manage(zk_root: str, services, *args: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _start_worker(zk_root: str, services, worker_id: str, cache: Path) -> subprocess.Popen:
-    return subprocess.Popen([PY, "worker/run_worker.py", "-z", zk_root, "-u", services.user, "--password-file",
-                             str(services.password_file), "-i", worker_id, "--cache-directory", str(cache),
-                             "--device", "cpu", "--disable-remote-logging"],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _start_worker(zk_root: str, services, worker_id: str, cache: Path, log: Path | None = None) -> subprocess.Popen:
+    """A worker process; its output goes to `log` when given (read on failure), else nowhere."""
+    out = open(log, "wb") if log is not None else subprocess.DEVNULL   # noqa: SIM115  (the child keeps it)
+    try:
+        return subprocess.Popen([PY, "worker/run_worker.py", "-z", zk_root, "-u", services.user, "--password-file",
+                                 str(services.password_file), "-i", worker_id, "--cache-directory", str(cache),
+                                 "--device", "cpu", "--disable-remote-logging"],
+                                cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        if log is not None:
+            out.close()
 
 
 def _wait(condition, timeout: float, what: str):
@@ -168,7 +174,9 @@ def test_turned_and_textless_pages_are_flagged_through_workers_and_the_download_
     _manage(zk_root, services, "--name", out)
     pages = _quality_pages()
     ids = [unique_name("w"), unique_name("w")]
-    workers = [_start_worker(zk_root, services, worker_id, tmp_path / worker_id) for worker_id in ids]
+    logs = [tmp_path / f"{worker_id}.log" for worker_id in ids]
+    workers = [_start_worker(zk_root, services, worker_id, tmp_path / worker_id, log) for worker_id, log in
+               zip(ids, logs)]
     try:
         for worker_id, stage in zip(ids, (layout, ocr)):
             _wait(lambda w=worker_id: zk.get_text(zk_paths.worker_status(w)) == zk_paths.IDLE, 60, "idle worker")
@@ -178,9 +186,13 @@ def test_turned_and_textless_pages_are_flagged_through_workers_and_the_download_
                                         processing_stages=[layout, ocr, out],
                                         results=[Data(name=name, content=content)])
             mq.publish_and_wait(layout, request.SerializeToString())
-        _wait(lambda: mq.queue_length(out) == len(pages), 600,
-              f"{len(pages)} pages in the output stage (still queued: layout {mq.queue_length(layout)}, "
-              f"ocr {mq.queue_length(ocr)})")
+        try:
+            _wait(lambda: mq.queue_length(out) == len(pages), 600, f"{len(pages)} pages in the output stage")
+        except AssertionError as error:   # say where they are, and what the workers said
+            tails = "\n".join(f"--- {log.name}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+                              for log in logs if log.is_file())
+            raise AssertionError(f"{error}; still queued: layout {mq.queue_length(layout)}, "
+                                 f"ocr {mq.queue_length(ocr)}\n{tails}") from None
         download = tmp_path / "download"
         result = subprocess.run([PY, "scripts/publisher.py", "-z", zk_root, "-u", services.user, "--password-file",
                                  str(services.password_file), "--download", out, "--directory", str(download),

@@ -61,6 +61,8 @@ bench: services
 	$(PY) bench/metrics_scrape.py
 	$(PY) bench/scheduling.py
 	$(PY) bench/cer.py
+	$(PY) bench/line_ocr.py
+	$(PY) bench/quality.py
 	$(PY) bench/download_memory.py
 	$(PY) bench/console.py
 

@@ -43,6 +43,7 @@ from pero_worker.worker.processors.images import decode_image, find_image
 
 if TYPE_CHECKING:
     from pero_worker.libs.message_pb2 import Data, ProcessingRequest
+    from pero_worker.worker.processors.character_prior import PriorSettings
 
 log = logging.getLogger(__name__)
 
@@ -262,9 +263,12 @@ class PageJob:
 
 
 class PeroOcrProcessor:
-    def __init__(self, page_parser: Any, device: Any, batching: Any = None) -> None:
+    def __init__(self, page_parser: Any, device: Any, batching: Any = None,
+                 prior: PriorSettings | None = None) -> None:
         self.page_parser = page_parser
         self.device = device
+        self.prior = prior
+        self._penalties: Any = None
         # Batched path (ocr_batched.py): the processing thread hands this many requests at once to
         # begin/run/finish; 1 = one request at a time through process().
         self.batch_pages = 1
@@ -337,15 +341,48 @@ class PeroOcrProcessor:
 
     def _write_output(self, job: PageJob) -> None:
         results, page_layout, image_name = job.request.results, job.layout, job.image_name
-        xml_out = page_layout.to_pagexml_string().encode("utf-8")
+        penalties = self._apply_prior(page_layout)
+        xml_out, summary = self._assess(job.image, page_layout, penalties)
         _put_result(results, job.xml_index, image_name + PAGE_XML_SUFFIX, xml_out)
         logits_out = self._logits_bytes(page_layout)
         if logits_out is not None:
             _put_result(results, job.logits_index, image_name + LOGITS_SUFFIX, logits_out)
-        lines = sum(1 for _ in page_layout.lines_iterator())
         height, width = job.image.shape[:2]
-        log.info("image %r (%d x %d): %d regions, %d lines", image_name, width, height,
-                 len(page_layout.regions), lines)
+        log.info("image %r (%d x %d): %d regions, %s", image_name, width, height, len(page_layout.regions), summary)
+
+    def _apply_prior(self, page_layout: Any) -> Any:
+        """Re-read the lines with the stage's character prior (not after a decoder); the penalties used, or None."""
+        if self.prior is None or getattr(self.page_parser, "decoder", None) is not None:
+            return None
+        from pero_worker.worker.processors.character_prior import apply_prior, penalty_vector
+        characters = next((line.characters for line in page_layout.lines_iterator() if line.characters), None)
+        if characters is None:
+            return None
+        if self._penalties is None or len(self._penalties) != len(characters) + 1:
+            self._penalties = penalty_vector(characters, self.prior)
+        changed = apply_prior(page_layout, self._penalties)
+        log.debug("character prior changed %d lines", changed)
+        return self._penalties
+
+    def _assess(self, image: Any, page_layout: Any, penalties: Any) -> tuple[bytes, str]:
+        """PAGE XML with line confidences and the page's quality mark; one QUALITY WARNING line when flagged.
+
+        Only a stage that reads text (OCR or decoder) is judged: a layout-only config finds no text by design.
+        """
+        xml = page_layout.to_pagexml_string().encode("utf-8")
+        parser = self.page_parser
+        if getattr(parser, "ocr", None) is None and getattr(parser, "decoder", None) is None:
+            return xml, f"{sum(1 for _ in page_layout.lines_iterator())} lines"
+        from pero_worker.libs.quality import quality_flags, warning_line
+        from pero_worker.worker.processors.quality_probe import mark_page_xml, measure_page
+
+        numbers = measure_page(image, page_layout, parser, penalties)
+        flags = quality_flags(numbers)
+        xml = mark_page_xml(page_layout.to_pagexml_string().encode("utf-8"), numbers, flags)
+        if flags:
+            log.warning("%s", warning_line(flags))
+        confidence = "-" if numbers.mean_confidence is None else f"{numbers.mean_confidence:.3f}"
+        return xml, f"{numbers.lines} lines, {numbers.characters} characters, mean confidence {confidence}"
 
     # --- batched path: several requests' lines in shared network batches (ocr_batched.py) ---------
 
@@ -455,6 +492,11 @@ def build(config: configparser.ConfigParser, model_dir: Path | None, *, device: 
     if not config.has_section("PAGE_PARSER"):
         raise StageConfigError("stage config has no [PAGE_PARSER] section: it is not a pero-ocr config "
                                "(test processors need a [WORKER] section)")
+    from pero_worker.worker.processors.character_prior import prior_settings
+    try:
+        prior = prior_settings(config)
+    except ValueError as error:
+        raise StageConfigError(str(error)) from None
     problems = check_model_paths(config, model_dir is not None)
     if not problems and model_dir is not None:
         problems = check_model_files(config, Path(model_dir))
@@ -482,7 +524,7 @@ def build(config: configparser.ConfigParser, model_dir: Path | None, *, device: 
     except Exception as error:
         raise StageConfigError(f"cannot load the pero-ocr stage: {type(error).__name__}: {error}") from error
     log.info("pero-ocr PageParser ready on %s (model folder %s)", device_name, model_dir)
-    return PeroOcrProcessor(parser, torch_device, _batching(config, parser, torch_device))
+    return PeroOcrProcessor(parser, torch_device, _batching(config, parser, torch_device), prior)
 
 
 def _batching(config: configparser.ConfigParser, parser: Any, device: Any) -> tuple | None:

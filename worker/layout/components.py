@@ -66,11 +66,13 @@ def estimate_text_height(comps: Components, page_height: int) -> float:
         if ok.sum() == 0:
             return float(np.median(h))
     hs = h[ok]
-    # Mode of a log-spaced histogram, refined by the median around it.
+    # Mode of a log-spaced histogram weighted by ink area, refined by the median around it.
+    # Weighting by area lets the letters win over the thousands of tiny dots a halftone
+    # photograph binarises into (they are many, but carry little ink each).
     bins = np.exp(np.linspace(np.log(max(1.0, hs.min())), np.log(hs.max() + 1.0), 40))
     if len(bins) < 3 or bins[-1] <= bins[0]:
         return float(np.median(hs))
-    hist, edges = np.histogram(hs, bins=bins)
+    hist, edges = np.histogram(hs, bins=bins, weights=comps.areas[ok].astype(np.float64))
     smooth = np.convolve(hist, [1, 2, 1], mode="same")
     i = int(np.argmax(smooth))
     lo, hi = edges[max(0, i - 3)], edges[min(len(edges) - 1, i + 4)]

@@ -28,8 +28,8 @@ from pero_worker.worker.layout.components import (
     estimate_text_height,
     find_components,
 )
-from pero_worker.worker.layout.geometry import line_geometry, line_polygon
 from pero_worker.worker.layout.facts import LayoutFacts
+from pero_worker.worker.layout.geometry import line_geometry, line_polygon
 from pero_worker.worker.layout.lines import group_lines
 from pero_worker.worker.layout.orientation import Orientation, detect_orientation
 from pero_worker.worker.layout.skew import apply_affine, deskew_transform, estimate_skew, invert_affine, warp_mask

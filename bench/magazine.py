@@ -223,7 +223,8 @@ def render_clean(spec: MagazineSpec) -> tuple[np.ndarray, list[synth.SynthLine],
             ts.plain(running, synth.load_font(p.font_family, small_px), left, hy, -1)
         num = str(spec.page_number)
         nf = synth.load_font(p.font_family, small_px)
-        ts.plain(num, nf, right - nf.getlength(num), hy, -1)
+        if not spec.corner_photo:     # the photo bleeds over the header's right end
+            ts.plain(num, nf, right - nf.getlength(num), hy, -1)
         draw.rectangle([left, hy + 0.4 * small_px, right, hy + 0.4 * small_px + max(1, p.dpi // 200)], fill=25)
 
     photo_box = None

@@ -233,7 +233,7 @@ def _cut_params(params: LayoutParams, h: float) -> CutParams:
                      min_col_height=params.min_column_height * h,
                      short_col_height=params.short_column_height * h,
                      short_col_gap=params.short_column_gap * h, tolerance=0.6 * h,
-                     fine_row_gap=0.25 * h)
+                     fine_row_gap=0.25 * h, letter_height=h)
 
 
 def _block_region(dcomps: Components, block: np.ndarray, h: float, params: LayoutParams, m_inv: np.ndarray,

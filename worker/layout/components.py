@@ -89,7 +89,7 @@ class Classes:
     picture_mask: np.ndarray  # bool image, True inside picture areas
 
 
-def dark_area_mask(gray_flat: np.ndarray | None, mask: np.ndarray, h: float) -> np.ndarray:
+def dark_area_mask(gray_flat: np.ndarray | None, mask: np.ndarray, h: float, ink_depth: float = 215.0) -> np.ndarray:
     """Picture areas: where most of the page is dark, refined to the picture's own outline.
 
     Text covers at most about half of any cell (about 2h wide) even in bold
@@ -99,11 +99,13 @@ def dark_area_mask(gray_flat: np.ndarray | None, mask: np.ndarray, h: float) -> 
     cells only, over the non-paper pixels connected to them, and each area is
     filled to its convex hull (pictures are convex, mostly rectangles, possibly
     slightly rotated).  Text next to a picture is not connected to it by
-    non-paper pixels, so it stays out.
+    non-paper pixels, so it stays out.  `ink_depth` is how much darker than paper the
+    page's letters are (255 - their darkest grey; about 215 for good print).
     """
     cell = max(4, int(round(2 * h)))
     H, W = mask.shape
-    dark = mask if gray_flat is None else gray_flat < 0.75 * 255
+    # "Dark" relative to the page's own print: faint, low-contrast print has faint photographs too.
+    dark = mask if gray_flat is None else gray_flat < 255 - 0.3 * max(ink_depth, 60.0)
     small = cv2.resize(dark.astype(np.float32), (max(1, W // cell), max(1, H // cell)),
                        interpolation=cv2.INTER_AREA)
     dense = (small > 0.6).astype(np.uint8)
@@ -122,7 +124,15 @@ def dark_area_mask(gray_flat: np.ndarray | None, mask: np.ndarray, h: float) -> 
     area = lut[labels]
     contours, _ = cv2.findContours(area, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     for contour in contours:
-        cv2.fillPoly(area, [cv2.convexHull(contour)], 1)
+        hull = cv2.convexHull(contour)
+        # Most pictures are rectangles (maybe a little turned): a light corner of a photo is
+        # paper-bright and falls out of the hull, yet belongs to the picture.  A rectangle the
+        # outline fills well is taken whole; other shapes keep their hull.
+        rect = cv2.boxPoints(cv2.minAreaRect(contour))
+        rect_area = cv2.contourArea(rect)
+        if rect_area > 0 and cv2.contourArea(hull) >= 0.8 * rect_area:
+            hull = np.round(rect).astype(np.int32)
+        cv2.fillPoly(area, [hull], 1)
     return area.astype(bool)
 
 

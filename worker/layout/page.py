@@ -106,8 +106,43 @@ def _prepare(gray: np.ndarray) -> _Prepared:
         return _Prepared(gray, comps, 0.0, None)
     paper = binarize_mod.background(gray, max(31, min(H, W) // 2), factor=8).astype(np.float32)
     dark_src = flat if binary_input else np.clip(gray / np.maximum(paper, 1.0) * 255.0, 0, 255)
-    dark = dark_area_mask(dark_src, mask, h)
-    return _Prepared(gray, comps, h, classify(comps, h, (H, W), dark))
+    darkest = _darkest(comps, mask, flat)
+    dark = dark_area_mask(dark_src, mask, h, _ink_depth(comps, darkest, h))
+    classes = classify(comps, h, (H, W), dark)
+    if not binary_input:
+        _drop_faint(comps, classes, darkest, h)
+    return _Prepared(gray, comps, h, classes)
+
+
+def _darkest(comps: Components, mask: np.ndarray, page: np.ndarray) -> np.ndarray:
+    """Darkest grey of every component (index i = label i + 1), from its ink pixels only."""
+    out = np.full(comps.count + 1, 255, dtype=np.uint8)
+    np.minimum.at(out, comps.labels[mask], page[mask])
+    return out[1:]
+
+
+def _ink_depth(comps: Components, darkest: np.ndarray, h: float) -> float:
+    """How much darker than paper the letters are: 255 - the median of their darkest grey."""
+    letters = np.flatnonzero((comps.heights >= 0.5 * h) & (comps.heights <= 2 * h))
+    if len(letters) < 20:
+        return 215.0
+    return 255.0 - float(np.median(darkest[letters]))
+
+
+def _drop_faint(comps: Components, classes: Classes, darkest: np.ndarray, h: float) -> None:
+    """Letter-sized marks far fainter than the page's print are the back side showing through
+    (bleed-through) or a pencil note: they become noise, not text lines.
+
+    The darkness of a mark is its darkest pixel on the illumination-flattened page; print on
+    one page is inked about evenly, so anything under 45 % of the median letter's darkness is
+    not this page's print."""
+    text = np.flatnonzero(classes.text & (comps.heights >= 0.5 * h))
+    if len(text) < 20:
+        return
+    depth = 255.0 - darkest[text].astype(np.float64)
+    faint = text[depth < 0.45 * float(np.median(depth))]
+    classes.text[faint] = False
+    classes.noise[faint] = True
 
 
 def working_scale(shape: tuple[int, int], max_side: float) -> float:

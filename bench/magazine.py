@@ -159,6 +159,8 @@ def _flow(ts: _Typesetter, frames: list[_Frame], rng: random.Random, font, size_
     first = True
     while fi < len(frames):
         text = ligature_paragraph(rng) if spec.ligatures else textgen.paragraph(rng, lang=spec.page.language)
+        if first and drop_cap:   # a drop cap stands beside three lines: its paragraph is long enough
+            text += " " + " ".join(textgen.sentence(rng, "en") for _ in range(6))
         words = text.split(" ")
         cap_lines = 0
         cap_w = 0.0

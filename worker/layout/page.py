@@ -29,6 +29,7 @@ from pero_worker.worker.layout.components import (
     find_components,
 )
 from pero_worker.worker.layout.facts import LayoutFacts
+from pero_worker.worker.layout.furniture import label_page_furniture, split_drop_caps
 from pero_worker.worker.layout.geometry import line_geometry, line_polygon
 from pero_worker.worker.layout.lines import group_lines
 from pero_worker.worker.layout.orientation import Orientation, detect_orientation
@@ -256,8 +257,13 @@ def _analyze_upright(prep: _Prepared, params: LayoutParams) -> PageAnalysis:
     keep = dcomps.areas >= max(3.0, 0.012 * h * h)
     idx = np.flatnonzero(keep)
     blocks = xy_cut(dcomps.boxes, _cut_params(params, h), idx)
-    regions = [region for block in blocks
-               if (region := _block_region(dcomps, block, h, params, m_inv, (H, W))) is not None]
+    regions = []
+    for block, kind in split_drop_caps(dcomps.boxes, blocks, h):
+        region = _block_region(dcomps, block, h, params, m_inv, (H, W))
+        if region is not None:
+            region.kind = kind
+            regions.append(region)
+    regions = label_page_furniture(regions, h, H)
     return PageAnalysis(size=(H, W), skew_deg=angle, text_height=h, regions=regions,
                         picture_mask=classes.picture_mask)
 

@@ -116,6 +116,10 @@ def dark_area_mask(gray_flat: np.ndarray | None, mask: np.ndarray, h: float, ink
     zone = cv2.resize(cv2.dilate(dense, np.ones((9, 9), np.uint8)), (W, H), interpolation=cv2.INTER_NEAREST)
     nonpaper = mask if gray_flat is None else gray_flat < 0.93 * 255
     nonpaper = (nonpaper & zone.astype(bool)).astype(np.uint8)
+    # Light halftone areas are separate dots: closing joins them (the dot pitch is a fraction of
+    # a letter), so the picture keeps its light parts; white space around text is far wider.
+    k = max(3, int(round(0.25 * h)) | 1)
+    nonpaper = cv2.morphologyEx(nonpaper, cv2.MORPH_CLOSE, np.ones((k, k), np.uint8))
     nonpaper = cv2.morphologyEx(nonpaper, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     n, labels = cv2.connectedComponents(nonpaper | core, connectivity=8)
     touching = np.unique(labels[core.astype(bool)])
@@ -130,10 +134,31 @@ def dark_area_mask(gray_flat: np.ndarray | None, mask: np.ndarray, h: float, ink
         # outline fills well is taken whole; other shapes keep their hull.
         rect = cv2.boxPoints(cv2.minAreaRect(contour))
         rect_area = cv2.contourArea(rect)
-        if rect_area > 0 and cv2.contourArea(hull) >= 0.8 * rect_area:
+        if rect_area > 0 and cv2.contourArea(hull) >= 0.9 * rect_area:
             hull = np.round(rect).astype(np.int32)
         cv2.fillPoly(area, [hull], 1)
     return area.astype(bool)
+
+
+def picture_shapes(comps: Components, picture: np.ndarray, h: float) -> np.ndarray:
+    """Mask of the picture components by their own outline (holes filled), never their bounding box.
+
+    A photograph's box also covers whatever is beside it when the photo is not a rectangle,
+    or when something dark (a scanner border, a rule) is attached to it: filling the box once
+    masked a whole page.  The outline is closed over gaps of about a letter first, so that the
+    light parts of a halftone, whose dots do not touch, stay inside."""
+    H, W = comps.labels.shape
+    out = np.zeros((H, W), dtype=np.uint8)
+    if not picture.any():
+        return out
+    lut = np.zeros(comps.count + 1, dtype=np.uint8)
+    lut[np.flatnonzero(picture) + 1] = 1
+    shape = lut[comps.labels]
+    k = max(3, int(round(h)) | 1)
+    shape = cv2.morphologyEx(shape, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    contours, _ = cv2.findContours(shape, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(out, contours, -1, 1, thickness=cv2.FILLED)
+    return out
 
 
 def classify(comps: Components, h: float, mask_shape: tuple[int, int],
@@ -158,10 +183,7 @@ def classify(comps: Components, h: float, mask_shape: tuple[int, int],
     picture &= ~noise
 
     H, W = mask_shape
-    pic_mask = np.zeros((H, W), dtype=np.uint8)
-    for i in np.flatnonzero(picture):
-        x0, y0, x1, y1 = comps.boxes[i].astype(int)
-        pic_mask[y0:y1, x0:x1] = 1
+    pic_mask = picture_shapes(comps, picture, hh)
     if dark_mask is not None:
         pic_mask |= dark_mask.astype(np.uint8)
     if pic_mask.any():

@@ -415,3 +415,13 @@ def dev_spec(page_class: str, index: int, family: str, seed: int) -> MagazineSpe
     else:
         raise ValueError(f"unknown page class {page_class!r} (known: {', '.join(PAGE_CLASSES)})")
     return spec
+
+
+def to_upright(points: np.ndarray, shape: tuple[int, int], orientation: int) -> np.ndarray:
+    """Points of a page image turned by `orientation` (as rendered) mapped to the page turned back upright
+    (np.rot90 clockwise by the same angle), e.g. to score baselines as horizontal lines."""
+    H, W = shape
+    k = (orientation // 90) % 4
+    maps = {0: [[1, 0, 0], [0, 1, 0]], 1: [[0, -1, H - 1], [1, 0, 0]],
+            2: [[-1, 0, W - 1], [0, -1, H - 1]], 3: [[0, 1, 0], [-1, 0, W - 1]]}
+    return synth._apply(np.array(maps[k], dtype=np.float64), np.asarray(points, dtype=np.float64))

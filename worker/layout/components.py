@@ -141,7 +141,7 @@ def dark_area_mask(gray_flat: np.ndarray | None, mask: np.ndarray, h: float, ink
 
 
 def picture_shapes(comps: Components, picture: np.ndarray, h: float) -> np.ndarray:
-    """Mask of the picture components by their own outline (holes filled), never their bounding box.
+    """Mask of the picture components by their own outline (convex hull), never their bounding box.
 
     A photograph's box also covers whatever is beside it when the photo is not a rectangle,
     or when something dark (a scanner border, a rule) is attached to it: filling the box once
@@ -156,8 +156,19 @@ def picture_shapes(comps: Components, picture: np.ndarray, h: float) -> np.ndarr
     shape = lut[comps.labels]
     k = max(3, int(round(h)) | 1)
     shape = cv2.morphologyEx(shape, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-    contours, _ = cv2.findContours(shape, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(out, contours, -1, 1, thickness=cv2.FILLED)
+    # Pieces of one photo that binarised apart (a 1-bit scan splits it into blobs where it is
+    # light) are grouped when less than a few letters apart, and each group is filled to its
+    # convex hull; text beside a picture lies outside it.
+    g = max(3, int(round(4 * h)) | 1)
+    groups = cv2.dilate(shape, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (g, g)))
+    n, labels = cv2.connectedComponents(groups, connectivity=8)
+    ys, xs = np.nonzero(shape)
+    which = labels[ys, xs]
+    for k in range(1, n):
+        sel = which == k
+        if sel.any():
+            pts = np.stack([xs[sel], ys[sel]], axis=1).astype(np.int32)
+            cv2.fillPoly(out, [cv2.convexHull(pts)], 1)
     return out
 
 

@@ -23,7 +23,8 @@ import numpy as np
 DROP_CAP_MIN = 2.2        # a drop cap is at least this many text heights tall ...
 DROP_CAP_MAX = 9.0        # ... and at most this many
 FURNITURE_ZONE = 0.15     # headers/footers lie within this fraction of the page height from its edge
-FURNITURE_GAP = 1.0       # white space (text heights) that sets them apart from the rest
+FURNITURE_GAP = 1.5       # white space (text heights) that sets them apart from the rest
+FURNITURE_WIDTH = 0.6     # each of their lines is at most this fraction of the text width
 PAGE_NUMBER_WIDTH = 4.0   # a header/footer line narrower than this (text heights) is a page number
 
 
@@ -75,8 +76,9 @@ def label_page_furniture(regions: list, h: float, page_height: int) -> list:
         return regions
     body_size = float(np.median([ln.heights[0] + ln.heights[1] for r in regions for ln in r.lines]))
     ext = [_extent(r) for r in regions]
-    head = _furniture(regions, ext, h, body_size, page_height, top=True)
-    foot = _furniture(regions, ext, h, body_size, page_height, top=False) - head
+    text_width = max(e[2] for e in ext) - min(e[0] for e in ext)
+    head = _furniture(regions, ext, h, body_size, page_height, text_width, top=True)
+    foot = _furniture(regions, ext, h, body_size, page_height, text_width, top=False) - head
     if not head and not foot:
         return regions
     first = [r for i, r in enumerate(regions) if i in head]
@@ -85,14 +87,20 @@ def label_page_furniture(regions: list, h: float, page_height: int) -> list:
     return _per_line(first, "header", h) + middle + _per_line(last, "footer", h)
 
 
-def _furniture(regions: list, ext: list, h: float, body_size: float, page_height: int, top: bool) -> set[int]:
-    """Indices of the regions that form the page's header (top=True) or footer band."""
+def _furniture(regions: list, ext: list, h: float, body_size: float, page_height: int, text_width: float,
+               top: bool) -> set[int]:
+    """Indices of the regions that form the page's header (top=True) or footer band.
+
+    Short lines only: a running head is a title and a page number, not a justified line of
+    body text (the last short paragraph of a page is no footer)."""
     order = sorted(range(len(regions)), key=lambda i: ext[i][1] if top else -ext[i][3])
     chosen: set[int] = set()
     for i in order:
         y0, y1 = ext[i][1], ext[i][3]
         in_zone = y1 <= FURNITURE_ZONE * page_height if top else y0 >= (1 - FURNITURE_ZONE) * page_height
-        small = len(regions[i].lines) <= 2 and _line_size(regions[i]) <= 1.3 * body_size
+        widths = [float(np.ptp(ln.baseline[:, 0])) for ln in regions[i].lines]
+        small = (len(regions[i].lines) <= 2 and _line_size(regions[i]) <= 1.3 * body_size
+                 and max(widths) <= FURNITURE_WIDTH * text_width)
         if not (in_zone and small and regions[i].kind is None):
             break
         chosen.add(i)
@@ -112,7 +120,7 @@ def _per_line(regions: list, kind: str, h: float) -> list:
     """One region per line, left to right within each band, short ones as page numbers."""
     out = []
     for region in regions:
-        for line in sorted(region.lines, key=lambda ln: float(ln.baseline[:, 0].min())):
+        for line in _rows_left_to_right(region.lines, h):
             pts = line.polygon
             rect = np.array([[pts[:, 0].min(), pts[:, 1].min()], [pts[:, 0].max(), pts[:, 1].min()],
                              [pts[:, 0].max(), pts[:, 1].max()], [pts[:, 0].min(), pts[:, 1].max()]])
@@ -120,3 +128,17 @@ def _per_line(regions: list, kind: str, h: float) -> list:
             out.append(type(region)(polygon=rect, lines=[line],
                                     kind="page-number" if width <= PAGE_NUMBER_WIDTH * h else kind))
     return out
+
+
+def _rows_left_to_right(lines: list, h: float) -> list:
+    """Lines top to bottom; lines whose baselines are less than a text height apart are one row, read left
+    to right (a running title and its page number sit on one row, not always on one pixel row)."""
+    by_y = sorted(lines, key=lambda ln: float(ln.baseline[:, 1].mean()))
+    rows: list[list] = []
+    for line in by_y:
+        y = float(line.baseline[:, 1].mean())
+        if rows and y - float(rows[-1][0].baseline[:, 1].mean()) < h:
+            rows[-1].append(line)
+        else:
+            rows.append([line])
+    return [ln for row in rows for ln in sorted(row, key=lambda ln: float(ln.baseline[:, 0].min()))]

@@ -119,13 +119,13 @@ def _furniture(regions: list, ext: list, h: float, body_size: float, page_height
 def _per_line(regions: list, kind: str, h: float) -> list:
     """One region per line, left to right within each band, short ones as page numbers."""
     out = []
-    for region in regions:
-        for line in _rows_left_to_right(region.lines, h):
+    if regions:
+        for line in _rows_left_to_right([ln for r in regions for ln in r.lines], h):
             pts = line.polygon
             rect = np.array([[pts[:, 0].min(), pts[:, 1].min()], [pts[:, 0].max(), pts[:, 1].min()],
                              [pts[:, 0].max(), pts[:, 1].max()], [pts[:, 0].min(), pts[:, 1].max()]])
             width = float(line.baseline[:, 0].max() - line.baseline[:, 0].min())
-            out.append(type(region)(polygon=rect, lines=[line],
+            out.append(type(regions[0])(polygon=rect, lines=[line],
                                     kind="page-number" if width <= PAGE_NUMBER_WIDTH * h else kind))
     return out
 

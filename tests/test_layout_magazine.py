@@ -260,3 +260,22 @@ def test_blank_page_has_no_ink_and_a_picture_only_page_has_ink_without_text():
     photo[200:900, 150:750] = magazine.halftone_photo(np.random.default_rng(2), 700, 600, 200)
     facts = analyze_page(cv2.GaussianBlur(photo, (3, 3), 0)).facts
     assert facts.ink and facts.lines == 0 and facts.ink_without_text
+
+
+# ----------------------------------------------------------------------------- the stage
+
+def test_layout_stage_writes_facts_and_region_types_into_the_page_xml():
+    """What the quality flags of later stages read: Page/@custom 'layout {...}' and TextRegion/@type."""
+    from pero_worker.libs import message_pb2
+    from pero_worker.worker.processors import build_processor
+
+    page = _page(columns=2, span_picture=False, orientation=180, seed=80)
+    ok, buf = cv2.imencode(".png", page.image)
+    request = message_pb2.ProcessingRequest(uuid="u", page_uuid="p")
+    request.results.add(name="turned.png", content=buf.tobytes())
+    build_processor("[WORKER]\nMETHOD = LAYOUT\n[LAYOUT]\nMAX_WORKING_SIDE = 0\n", None).process(request)
+    xml = next(r for r in request.results if r.name == "turned.png_page.xml").content
+    facts = read_facts(xml)
+    assert facts is not None and facts.orientation == 180 and facts.ink and facts.lines >= len(page.lines) - 2
+    assert facts.scale == 1.0
+    assert b'type="header"' in xml and b'type="footer"' in xml

@@ -70,8 +70,11 @@ def _line_size(region: Any) -> float:
     return float(np.median([ln.heights[0] + ln.heights[1] for ln in region.lines]))
 
 
-def label_page_furniture(regions: list, h: float, page_height: int) -> list:
-    """Regions with headers split per line and put first, footers split and put last (kinds set)."""
+def label_page_furniture(regions: list, h: float, page_height: int, skew_deg: float = 0.0) -> list:
+    """Regions with headers split per line and put first, footers split and put last (kinds set).
+
+    `skew_deg` is the page's skew (lines go down to the right by its tangent): lines of one row
+    are told by their height with the skew taken out."""
     if len(regions) < 3:
         return regions
     body_size = float(np.median([ln.heights[0] + ln.heights[1] for r in regions for ln in r.lines]))
@@ -84,7 +87,8 @@ def label_page_furniture(regions: list, h: float, page_height: int) -> list:
     first = [r for i, r in enumerate(regions) if i in head]
     last = [r for i, r in enumerate(regions) if i in foot]
     middle = [r for i, r in enumerate(regions) if i not in head and i not in foot]
-    return _per_line(first, "header", h) + middle + _per_line(last, "footer", h)
+    slope = float(np.tan(np.deg2rad(skew_deg)))
+    return _per_line(first, "header", h, slope) + middle + _per_line(last, "footer", h, slope)
 
 
 def _furniture(regions: list, ext: list, h: float, body_size: float, page_height: int, text_width: float,
@@ -116,11 +120,11 @@ def _furniture(regions: list, ext: list, h: float, body_size: float, page_height
     return chosen if gap >= FURNITURE_GAP * h else set()
 
 
-def _per_line(regions: list, kind: str, h: float) -> list:
+def _per_line(regions: list, kind: str, h: float, slope: float) -> list:
     """One region per line, left to right within each band, short ones as page numbers."""
     out = []
     if regions:
-        for line in _rows_left_to_right([ln for r in regions for ln in r.lines], h):
+        for line in _rows_left_to_right([ln for r in regions for ln in r.lines], h, slope):
             pts = line.polygon
             rect = np.array([[pts[:, 0].min(), pts[:, 1].min()], [pts[:, 0].max(), pts[:, 1].min()],
                              [pts[:, 0].max(), pts[:, 1].max()], [pts[:, 0].min(), pts[:, 1].max()]])
@@ -130,14 +134,16 @@ def _per_line(regions: list, kind: str, h: float) -> list:
     return out
 
 
-def _rows_left_to_right(lines: list, h: float) -> list:
-    """Lines top to bottom; lines whose baselines are less than a text height apart are one row, read left
-    to right (a running title and its page number sit on one row, not always on one pixel row)."""
-    by_y = sorted(lines, key=lambda ln: float(ln.baseline[:, 1].mean()))
+def _rows_left_to_right(lines: list, h: float, slope: float = 0.0) -> list:
+    """Lines top to bottom; lines whose baselines (skew taken out) are less than a text height apart
+    are one row, read left to right (a running title and its page number)."""
+    def level(ln) -> float:
+        return float(ln.baseline[:, 1].mean() - slope * ln.baseline[:, 0].mean())
+
+    by_y = sorted(lines, key=level)
     rows: list[list] = []
     for line in by_y:
-        y = float(line.baseline[:, 1].mean())
-        if rows and y - float(rows[-1][0].baseline[:, 1].mean()) < h:
+        if rows and level(line) - level(rows[-1][0]) < h:
             rows[-1].append(line)
         else:
             rows.append([line])

@@ -263,7 +263,7 @@ def _analyze_upright(prep: _Prepared, params: LayoutParams) -> PageAnalysis:
         if region is not None:
             region.kind = kind
             regions.append(region)
-    regions = label_page_furniture(regions, h, H)
+    regions = label_page_furniture(regions, h, H, angle)
     return PageAnalysis(size=(H, W), skew_deg=angle, text_height=h, regions=regions,
                         picture_mask=classes.picture_mask)
 

@@ -105,7 +105,7 @@ def _prepare(gray: np.ndarray) -> _Prepared:
     h = estimate_text_height(comps, H)
     if comps.count == 0 or h <= 0:
         return _Prepared(gray, comps, 0.0, None)
-    paper = binarize_mod.background(gray, max(31, min(H, W) // 2), factor=8).astype(np.float32)
+    paper = binarize_mod.paper_surface(gray)
     dark_src = flat if binary_input else np.clip(gray / np.maximum(paper, 1.0) * 255.0, 0, 255)
     darkest = _darkest(comps, mask, flat)
     dark = dark_area_mask(dark_src, mask, h, _ink_depth(comps, darkest, h))

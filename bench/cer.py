@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="pages per class of the magazine/book development set (bench/magazine.py; 0 = skip)")
     ap.add_argument("--no-tesseract", action="store_true",
                     help="do not run (or install) Tesseract next to our pipeline on the development set")
+    ap.add_argument("--classes", help="comma-separated page classes of the development set (default: all)")
     ap.add_argument("--dev-only", action="store_true", help="only the development set (no held-out pages, "
                     "no examples)")
     args = ap.parse_args(argv)
@@ -170,7 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.dev_pages > 0:
         from pero_worker.bench.devset import print_dev_summary, run_dev_set
 
-        totals, tess = run_dev_set(pipeline, args.dev_pages, families[0], args.seed, not args.no_tesseract, save)
+        from pero_worker.bench.magazine import PAGE_CLASSES
+
+        classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else PAGE_CLASSES
+        unknown = [c for c in classes if c not in PAGE_CLASSES]
+        if unknown:
+            print(f"cer.py: unknown page class {', '.join(unknown)} (known: {', '.join(PAGE_CLASSES)})",
+                  file=sys.stderr)
+            return 2
+        totals, tess = run_dev_set(pipeline, args.dev_pages, families[0], args.seed, not args.no_tesseract, save,
+                                   classes)
         print_dev_summary(totals, pipeline is not None, tess)
     if args.dev_only:
         if pipeline is not None:

@@ -84,14 +84,15 @@ def upright_lines(page, orientation: int) -> tuple[list[tuple[np.ndarray, float]
 
 
 def run_dev_set(pipeline, pages_per_class: int, family: str, seed: int, use_tesseract: bool,
-                save: Path | None) -> tuple[dict[str, ClassTotals], bool]:
+                save: Path | None, classes: tuple[str, ...] = magazine.PAGE_CLASSES) \
+        -> tuple[dict[str, ClassTotals], bool]:
     """Run every page class; returns totals per class and whether Tesseract ran."""
     from pero_worker.worker.layout import analyze_page
 
     exe = ensure_tesseract() if use_tesseract else None
     totals: dict[str, ClassTotals] = {}
     with tempfile.TemporaryDirectory(prefix="pero-devset-") as tmp:
-        for cls in magazine.PAGE_CLASSES:
+        for cls in classes:
             tot = totals.setdefault(cls, ClassTotals())
             for i in range(pages_per_class):
                 spec = magazine.dev_spec(cls, i, family, seed)

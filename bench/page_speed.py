@@ -6,7 +6,7 @@ degradation): an A4 page at 300 dpi (JPEG, 2481 x 3508) and an A3 greyscale page
 process that builds the worker's LAYOUT and PERO_OCR stage processors (bundled model,
 CPU unless --device), runs one warm-up request and then --runs timed ones; the child
 reports the median seconds of layout, OCR and both, and its peak resident memory
-(ru_maxrss) next to the memory it had after loading the model.
+(VmHWM) next to the memory it had after loading the model.
 
     .venv/bin/python bench/page_speed.py                 # both pages, 3 runs each
     .venv/bin/python bench/page_speed.py --runs 1 --layout-max-side 0   # layout at full resolution
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -59,6 +58,16 @@ def render_pages(out: Path, family: str) -> dict[str, Path]:
         pages[name] = path
         del page
     return pages
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM; ru_maxrss would carry the parent's peak
+    across exec on Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
 
 
 def rss_mb() -> float:
@@ -103,7 +112,7 @@ def child(path: Path, runs: int, device: str, max_side: float) -> int:
         if r > 0:                     # run 0 warms up (first-call allocations, torch kernels)
             times.append((t1 - t0, t2 - t1))
         del request, page, xml
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peak = peak_rss_mb()
     print(json.dumps({"layout": statistics.median(t[0] for t in times), "ocr": statistics.median(t[1] for t in times),
                       "total": statistics.median(t[0] + t[1] for t in times), "lines": lines, "chars": chars,
                       "after_load_mb": after_load, "peak_mb": peak}), flush=True)

@@ -120,7 +120,10 @@ def dark_area_mask(gray_flat: np.ndarray | None, mask: np.ndarray, h: float, ink
     # a letter), so the picture keeps its light parts; white space around text is far wider.
     k = max(3, int(round(0.25 * h)) | 1)
     nonpaper = cv2.morphologyEx(nonpaper, cv2.MORPH_CLOSE, np.ones((k, k), np.uint8))
-    nonpaper = cv2.morphologyEx(nonpaper, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    # Opening by about a letter cuts off thin things attached to a picture (a rule running into
+    # it, a line of text touching it): the hull of the picture must not stretch along them.
+    o = max(3, int(round(h)) | 1)
+    nonpaper = cv2.morphologyEx(nonpaper, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (o, o)))
     n, labels = cv2.connectedComponents(nonpaper | core, connectivity=8)
     touching = np.unique(labels[core.astype(bool)])
     lut = np.zeros(n, dtype=np.uint8)
@@ -155,7 +158,10 @@ def picture_shapes(comps: Components, picture: np.ndarray, h: float) -> np.ndarr
     lut[np.flatnonzero(picture) + 1] = 1
     shape = lut[comps.labels]
     k = max(3, int(round(h)) | 1)
-    shape = cv2.morphologyEx(shape, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    ellipse = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    shape = cv2.morphologyEx(shape, cv2.MORPH_CLOSE, ellipse)
+    # ... and thin things attached to it (a rule running into a photo) are cut off before the hull.
+    shape = cv2.morphologyEx(shape, cv2.MORPH_OPEN, ellipse)
     # Pieces of one photo that binarised apart (a 1-bit scan splits it into blobs where it is
     # light) are grouped when less than a few letters apart, and each group is filled to its
     # convex hull; text beside a picture lies outside it.

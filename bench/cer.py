@@ -170,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.dev_pages > 0:
         from pero_worker.bench.devset import print_dev_summary, run_dev_set
-
         from pero_worker.bench.magazine import PAGE_CLASSES
 
         classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else PAGE_CLASSES

@@ -55,6 +55,9 @@ class PageNumbers:
     mean_confidence: float | None
     sample_confidence: float | None = None
     turned_confidence: dict[int, float] = field(default_factory=dict)
+    # The clockwise quarter turn the layout stage applied to read the page upright (its Page/@custom facts,
+    # worker/layout/facts.py): a page that came in turned is flagged even though it was read upright.
+    layout_turn: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,11 @@ def quality_flags(numbers: PageNumbers, thresholds: QualityThresholds = DEFAULT_
         flags.append(QualityFlag(NO_TEXT, f"ink covers {numbers.ink_fraction:.1%} of the page but only "
                                           f"{_count(numbers.characters, 'character')} "
                                           f"({_count(numbers.lines, 'line')}) could be read"))
-    angle = best_turn(numbers, thresholds)
-    if angle is not None:
+    if numbers.layout_turn in (90, 180, 270):
+        code = UPSIDE_DOWN if numbers.layout_turn == 180 else SIDEWAYS
+        flags.append(QualityFlag(code, f"the page came in turned: the layout stage read it upright after turning "
+                                       f"it clockwise by {numbers.layout_turn} degrees"))
+    elif (angle := best_turn(numbers, thresholds)) is not None:
         code = UPSIDE_DOWN if angle == 180 else SIDEWAYS
         flags.append(QualityFlag(code, f"the page reads better turned clockwise by {angle} degrees (confidence "
                                        f"{numbers.turned_confidence[angle]:.2f} against "

@@ -51,6 +51,10 @@ GOOD = dict(ink_fraction=0.06, lines=40, characters=3000, mean_confidence=0.99)
     (PageNumbers(0.05, 30, 2000, 0.95, 0.95, {90: 0.6, 180: 0.97, 270: 0.5}), []),   # not clearly better
     (PageNumbers(0.05, 30, 2000, 0.60, 0.60, {90: 0.7, 180: 0.75, 270: 0.5}), [LOW_CONFIDENCE]),  # noise all ways
     (PageNumbers(0.05, 30, 2000, 0.93, 0.88, {180: 0.99}), [UPSIDE_DOWN]),
+    (PageNumbers(**GOOD, layout_turn=180), [UPSIDE_DOWN]),               # turned upright by the layout stage
+    (PageNumbers(**GOOD, layout_turn=90), [SIDEWAYS]),
+    (PageNumbers(**GOOD, layout_turn=270), [SIDEWAYS]),
+    (PageNumbers(0.05, 30, 2000, 0.80, 0.81, {180: 0.99}, layout_turn=90), [SIDEWAYS, LOW_CONFIDENCE]),  # one turn flag
 ])
 def test_flags_from_numbers(numbers: PageNumbers, expected: list[str]) -> None:
     assert [flag.code for flag in quality_flags(numbers)] == expected

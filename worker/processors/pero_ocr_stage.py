@@ -26,6 +26,7 @@ paths (OCR_JSON, MODEL_PATH, LM) and the paths inside the engine JSON they name
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import gc
 import io
 import json
@@ -260,6 +261,7 @@ class PageJob:
     content: bytes = b""
     crops: Any = None            # list of crops, or a Future of it from the crop pool
     error: BaseException | None = None
+    layout_turn: int = 0         # the quarter turn the layout stage applied to read the page (its PAGE XML facts)
 
 
 class PeroOcrProcessor:
@@ -324,7 +326,13 @@ class PeroOcrProcessor:
         if logits_index is not None:
             matched = apply_logits(page_layout, load_logits_dict(results[logits_index].content))
             log.debug("loaded logits of %d lines from %r", matched, results[logits_index].name)
-        return PageJob(request, image_name, image, page_layout, xml_index, logits_index, image_data.content)
+        job = PageJob(request, image_name, image, page_layout, xml_index, logits_index, image_data.content)
+        if xml_index is not None:
+            # pero-ocr rewrites the Page element on output: the layout stage's facts are read from the input.
+            from pero_worker.worker.layout.facts import read_facts
+            facts = read_facts(results[xml_index].content)
+            job.layout_turn = facts.orientation if facts is not None else 0
+        return job
 
     def _failed(self, job: PageJob, error: BaseException) -> ProcessingError:
         self._after_failure(error)
@@ -342,7 +350,7 @@ class PeroOcrProcessor:
     def _write_output(self, job: PageJob) -> None:
         results, page_layout, image_name = job.request.results, job.layout, job.image_name
         penalties = self._apply_prior(page_layout)
-        xml_out, summary = self._assess(job.image, page_layout, penalties)
+        xml_out, summary = self._assess(job.image, page_layout, penalties, job.layout_turn)
         _put_result(results, job.xml_index, image_name + PAGE_XML_SUFFIX, xml_out)
         logits_out = self._logits_bytes(page_layout)
         if logits_out is not None:
@@ -364,7 +372,7 @@ class PeroOcrProcessor:
         log.debug("character prior changed %d lines", changed)
         return self._penalties
 
-    def _assess(self, image: Any, page_layout: Any, penalties: Any) -> tuple[bytes, str]:
+    def _assess(self, image: Any, page_layout: Any, penalties: Any, layout_turn: int = 0) -> tuple[bytes, str]:
         """PAGE XML with line confidences and the page's quality mark; one QUALITY WARNING line when flagged.
 
         Only a stage that reads text (OCR or decoder) is judged: a layout-only config finds no text by design.
@@ -376,7 +384,7 @@ class PeroOcrProcessor:
         from pero_worker.libs.quality import quality_flags, warning_line
         from pero_worker.worker.processors.quality_probe import mark_page_xml, measure_page
 
-        numbers = measure_page(image, page_layout, parser, penalties)
+        numbers = dataclasses.replace(measure_page(image, page_layout, parser, penalties), layout_turn=layout_turn)
         flags = quality_flags(numbers)
         xml = mark_page_xml(page_layout.to_pagexml_string().encode("utf-8"), numbers, flags)
         if flags:

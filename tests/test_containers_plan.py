@@ -179,3 +179,18 @@ def test_a_failing_engine_call_names_the_step():
         return subprocess.CompletedProcess(argv, 125, "", "Error: something broke\n")
     with pytest.raises(containers.ContainerError, match="starting x failed: Error: something broke"):
         containers.Engine("podman", failing).call(["run", "x"], check="starting x")
+
+
+def test_known_hosts_from_the_environment_beats_the_ini_file(tmp_path, monkeypatch):
+    """docker/entrypoint.sh points PERO_SFTP_KNOWN_HOSTS at the mounted file; the INI names the host's path."""
+    import argparse
+
+    from pero_worker.libs.config import connection_config
+    mounted = tmp_path / "known_hosts"
+    mounted.write_text("")
+    ini = {"zookeeper_servers": "zk:2281", "known_hosts": "/srv/host/only/known_hosts"}
+    monkeypatch.setenv("PERO_SFTP_KNOWN_HOSTS", str(mounted))
+    assert connection_config(argparse.Namespace(), ini).known_hosts == str(mounted)
+    given = tmp_path / "given"
+    given.write_text("")
+    assert connection_config(argparse.Namespace(known_hosts=str(given)), ini).known_hosts == str(given)

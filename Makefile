@@ -8,6 +8,8 @@
 #   make proto          regenerate libs/message_pb2.py from libs/message.proto
 #   make demo           end-to-end demo on the local services
 #   make bench          benchmarks
+#   make docker-images  container engine (podman) + every image (cached; README "Deploy with containers")
+#   make docker-test    the images built and the whole stack run in containers (container_tests/; not in `make test`)
 #
 # Variables: TESTS (what pytest runs, default tests), PYTEST_ARGS (extra arguments, e.g. PYTEST_ARGS="-k sftp -x"),
 #            TEST_TIMEOUT (seconds for the whole pytest run; 0 = no limit).
@@ -18,10 +20,11 @@ TESTS ?= tests
 PYTEST_ARGS ?=
 TEST_TIMEOUT ?= 0
 
-.PHONY: help install services services-stop services-status lint test proto demo bench
+.PHONY: help install services services-stop services-status lint test proto demo bench docker-engine \
+	docker-images docker-test
 
 help:
-	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,15p' Makefile | sed 's/^# \{0,1\}//'
 
 install:
 	./install_dependencies.sh
@@ -56,3 +59,18 @@ bench: services
 	$(PY) bench/scheduling.py
 	$(PY) bench/cer.py
 	$(PY) bench/download_memory.py
+
+docker-engine:
+	dev/container_engine.sh
+
+docker-images: docker-engine
+	./docker-build-services.sh
+	./docker-build-manager.sh
+	./docker-build-worker.sh
+
+# Under the lock that every user of system_setup.py takes (tests/test_secure_pipeline.py, ...); -s prints the figures.
+docker-test: install docker-images
+	@rc=0; flock /tmp/pero-secure.lock timeout --signal=INT --kill-after=60 $(TEST_TIMEOUT) \
+		$(PY) -m pytest -q -s container_tests $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make docker-test: ERROR: pytest collected no tests" >&2; fi; \
+	exit $$rc

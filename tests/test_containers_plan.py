@@ -72,7 +72,7 @@ def test_daemons_read_the_config_at_etc_pero_and_workers_keep_id_and_cache():
     plan = _by_name(containers.plan(S, LAY, containers.Options(workers=2, gpus=True)))
     config = containers.Mount("/srv/pero/config", "/etc/pero", read_only=True)
     assert plan["pero-watchdog"].mounts == (config,)
-    assert plan["pero-logd"].mounts == (config, containers.Mount("/srv/pero/data/pero-logs", "/var/log/pero"))
+    assert plan["pero-logd"].mounts == (config, containers.Mount("/srv/pero/data/logs", "/var/log/pero"))
     worker = plan["pero-worker-2"]
     assert worker.args == ("-i", "pero-worker-2") and worker.gpus
     assert worker.mounts == (config, containers.Mount("pero-worker-2-cache", "/var/cache/pero-worker"))

@@ -399,7 +399,7 @@ def _engine(name: str | None) -> containers.Engine:
 
 def _hand_over(s: Settings, lay: Layout) -> None:
     """Give each container's user its files (the engines' secrets and data, the daemons' password and logs)."""
-    for folder in (lay.sftp_root / "pero", lay.data_dir / "rabbitmq-docker", lay.zk_data, lay.logd_output):
+    for folder in (lay.sftp_root / "pero", lay.data_dir / "rabbitmq-docker", lay.zk_data, lay.log_dir):
         folder.mkdir(parents=True, exist_ok=True)
     for path, uid in containers.ownership(s, lay):
         os.chown(path, uid, uid)
@@ -409,7 +409,6 @@ def start_containers(s: Settings, lay: Layout, passwords: dict[str, str], args: 
     """Engines, then their post-configuration from the host, then the daemons; each step says what it did."""
     opts = container_options(args)
     engine = _engine(args.engine)
-    _hand_over(s, lay)
     everything = containers.plan(s, lay, opts)
     engines = [c for c in everything if c.role in containers.ENGINES]
     started = time.monotonic()
@@ -498,6 +497,8 @@ def run(args: argparse.Namespace) -> None:
         except postconfig.PostConfigError as error:
             raise SetupError(str(error)) from None
     passwords = generate(s, lay, args)
+    if args.docker:                 # also for --no-start: compose users start the engines themselves
+        _hand_over(s, lay)
     if args.no_start:
         return
     if args.docker:

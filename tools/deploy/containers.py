@@ -127,7 +127,7 @@ def daemon_containers(lay: Layout, opts: Options) -> list[Container]:
     config = Mount(str(lay.config_dir), "/etc/pero", read_only=True)
     result = [Container(f"{opts.project}-watchdog", "watchdog", opts.images["watchdog"], "host", mounts=(config,)),
               Container(f"{opts.project}-logd", "logd", opts.images["logd"], "host",
-                        mounts=(config, Mount(str(lay.logd_output), "/var/log/pero")))]
+                        mounts=(config, Mount(str(lay.log_dir), "/var/log/pero")))]
     for number in range(1, opts.workers + 1):
         name = f"{opts.project}-worker-{number}"
         cache = f"{name}-cache"
@@ -146,13 +146,15 @@ def plan(s: Settings, lay: Layout, opts: Options) -> list[Container]:
 
 def ownership(s: Settings, lay: Layout) -> list[tuple[str, int]]:
     """(path, uid) the host must hand to the containers' users before they start: each engine's secrets and
-    data, the service password (0600) and the log daemon's folder to the daemons' uid 10001."""
+    data, the service password (0600) and the log daemon's folder to the daemons' uid 10001.  The log daemon
+    writes into DATA/logs (README: `docker run ... -v "$(pwd)"/data/logs:/var/log/pero pero-logd`): in
+    containers the engines log to their standard output, not there."""
     return [(str(lay.zk_data), UID_ZOOKEEPER), (str(lay.jaas), UID_ZOOKEEPER), (str(lay.keystore), UID_ZOOKEEPER),
             (str(lay.keystore_pass), UID_ZOOKEEPER), (str(lay.truststore_pass), UID_ZOOKEEPER),
             (str(lay.data_dir / "rabbitmq-docker"), UID_RABBITMQ), (str(lay.server_key("rabbitmq")), UID_RABBITMQ),
             (str(lay.definitions), UID_RABBITMQ), (str(lay.sftp_root / "pero"), UID_SFTP_USER),
             (str(lay.secrets), UID_DAEMON), (str(lay.service_password), UID_DAEMON),
-            (str(lay.logd_output), UID_DAEMON)]
+            (str(lay.log_dir), UID_DAEMON)]
 
 
 def run_argv(container: Container, opts: Options) -> list[str]:

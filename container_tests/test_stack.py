@@ -25,10 +25,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-from needs import require  # noqa: E402  (tests/ helper: a skip here, a failure with CI=true)
+from helpers import ENGINE, FIGURES, HOST, REPO, lines, podman
 
 PY = sys.executable
 BASE = Path("/tmp/pero-docker-test")
@@ -36,40 +33,15 @@ PROJECT = "perotest"
 USER = "perobox"
 ZK_PORT, AMQPS_PORT, MGMT_PORT, SFTP_PORT = 17281, 17671, 17672, 17222
 PORTS = (ZK_PORT, AMQPS_PORT, MGMT_PORT, SFTP_PORT)
-ENGINE = shutil.which("podman") or ""
-IMAGES = ["pero-zookeeper", "pero-rabbitmq", "pero-sftp", "pero-python", "pero-watchdog", "pero-logd",
-          "pero-worker"]
 DUMMY_PAGES = 40
-FIGURES: dict[str, str] = {}
-
-
-def _host_address() -> str:
-    """A non-loopback IPv4 address of this machine: both the host's tools and containers on a bridge network
-    reach published ports there (127.0.0.1 is a different host inside a container)."""
-    done = subprocess.run(["hostname", "-I"], capture_output=True, text=True)
-    for word in done.stdout.split():
-        if re.fullmatch(r"\d+\.\d+\.\d+\.\d+", word) and not word.startswith("127."):
-            return word
-    return "127.0.0.1"
-
-
-HOST = _host_address()
-
-
-def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([ENGINE, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def _lines(done: subprocess.CompletedProcess) -> list[str]:
-    return [line.strip() for line in done.stdout.splitlines() if line.strip()]
 
 
 def _leftovers() -> dict[str, list[str]]:
     label = f"label=pero.project={PROJECT}"
-    return {"containers": _lines(podman("ps", "-a", "--filter", label, "--format", "{{.Names}}"))
-            + [n for n in _lines(podman("ps", "-a", "--format", "{{.Names}}")) if n.startswith(PROJECT)],
-            "volumes": _lines(podman("volume", "ls", "--filter", label, "--format", "{{.Name}}")),
-            "networks": [n for n in _lines(podman("network", "ls", "--format", "{{.Name}}")) if n == PROJECT]}
+    return {"containers": lines(podman("ps", "-a", "--filter", label, "--format", "{{.Names}}"))
+            + [n for n in lines(podman("ps", "-a", "--format", "{{.Names}}")) if n.startswith(PROJECT)],
+            "volumes": lines(podman("volume", "ls", "--filter", label, "--format", "{{.Name}}")),
+            "networks": [n for n in lines(podman("network", "ls", "--format", "{{.Name}}")) if n == PROJECT]}
 
 
 def _listening(port: int, host: str = HOST) -> bool:
@@ -96,20 +68,6 @@ def setup(*extra: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def stop() -> subprocess.CompletedProcess:
     return subprocess.run([PY, "scripts/system_setup.py", "--stop", "-o", str(BASE / "config"), "-d",
                            str(BASE / "data")], cwd=REPO, capture_output=True, text=True, timeout=180)
-
-
-@pytest.fixture(scope="module")
-def images() -> None:
-    require(os.geteuid() == 0, "needs root (podman as root, system_setup.py hands files to the containers' users)")
-    require(bool(ENGINE), "needs podman: dev/container_engine.sh (make docker-test does it)")
-    started = time.monotonic()
-    for script in ("docker-build-services.sh", "docker-build-manager.sh", "docker-build-worker.sh"):
-        done = subprocess.run(["bash", script], cwd=REPO, capture_output=True, text=True, timeout=3600)
-        assert done.returncode == 0, f"{script}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    FIGURES["build (all images, as found)"] = f"{time.monotonic() - started:.1f} s"
-    for image in IMAGES:
-        size = podman("image", "inspect", "--format", "{{.Size}}", f"{image}:latest").stdout.strip()
-        FIGURES[f"size {image}"] = f"{int(size) / 1e6:.0f} MB"
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +110,7 @@ def _inspect(name: str, template: str) -> str:
 
 def test_every_container_runs_with_its_restart_policy_and_user(stack):
     assert "Traceback" not in stack
-    running = set(_lines(podman("ps", "--filter", f"label=pero.project={PROJECT}", "--format", "{{.Names}}")))
+    running = set(lines(podman("ps", "--filter", f"label=pero.project={PROJECT}", "--format", "{{.Names}}")))
     expected = {f"{PROJECT}-{role}" for role in ("zookeeper", "rabbitmq", "sftp", "watchdog", "logd", "worker-1",
                                                  "worker-2")}
     assert running == expected

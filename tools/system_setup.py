@@ -17,11 +17,13 @@ writes into the config directory (what servers and clients read):
 and into the data directory: the engines' databases, logs, pid files and the SFTP files.
 
 Then it starts the engines natively (Debian's rabbitmq-server as its own node, ZooKeeper under java, sshd
-with its own config) or with --docker through docker-compose, and configures them: the `pero` vhost, the
-service user with its permissions, no guest user, and the server lists in ZooKeeper (nodes readable only by
-the service user).  Re-running keeps existing passwords, keys, certificates and data.  --stop stops what it
-started and removes the system account it created.  Passwords are never printed: read them from the files
-under secrets/.
+with its own config) or with --docker in containers, podman or docker (tools/deploy/containers.py: the engines,
+then the watchdog, the log daemon and --workers workers, all restarted by the engine when they die), and
+configures them: the `pero` vhost, the service user with its permissions, no guest user, and the server lists
+in ZooKeeper (nodes readable only by the service user).  Re-running keeps existing passwords, keys,
+certificates and data.  --stop stops what it started and removes the system account it created (with
+--docker: the project's containers, volumes and network; no account is created).  Passwords are never
+printed: read them from the files under secrets/.
 
 Hardening: the SFTP user is always jailed (ChrootDirectory) in a root-owned folder (--sftp-root, else
 DATA_DIR/sftp/root, else /var/lib/pero-worker/sftp-<hash>) or setup refuses; an existing system account that

@@ -64,9 +64,7 @@ docker-engine:
 	dev/container_engine.sh
 
 docker-images: docker-engine
-	./docker-build-services.sh
-	./docker-build-manager.sh
-	./docker-build-worker.sh
+	dev/build_images.sh
 
 # Under the lock that every user of system_setup.py takes (tests/test_secure_pipeline.py, ...); -s prints the figures.
 docker-test: install docker-images

@@ -18,9 +18,8 @@ def images() -> None:
     require(os.geteuid() == 0, "needs root (podman as root, system_setup.py hands files to the containers' users)")
     require(bool(ENGINE), "needs podman: dev/container_engine.sh (make docker-test does it)")
     started = time.monotonic()
-    for script in ("docker-build-services.sh", "docker-build-manager.sh", "docker-build-worker.sh"):
-        done = subprocess.run(["bash", script], cwd=REPO, capture_output=True, text=True, timeout=3600)
-        assert done.returncode == 0, f"{script}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    done = subprocess.run(["bash", "dev/build_images.sh"], cwd=REPO, capture_output=True, text=True, timeout=3600)
+    assert done.returncode == 0, f"dev/build_images.sh:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     FIGURES["build (all images, as found)"] = f"{time.monotonic() - started:.1f} s"
     for image in IMAGES:
         size = podman("image", "inspect", "--format", "{{.Size}}", f"{image}:latest").stdout.strip()

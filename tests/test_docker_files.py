@@ -232,7 +232,8 @@ def test_entrypoint_refuses_an_unknown_role(tmp_path):
 
 
 @pytest.mark.parametrize("script", ["docker-build-worker.sh", "docker-build-manager.sh", "docker-build-services.sh",
-                                    "dev/container_base.sh", "scripts/certificate_setup.sh"])
+                                    "dev/container_base.sh", "dev/container_engine.sh", "dev/build_images.sh",
+                                    "scripts/certificate_setup.sh"])
 def test_shell_scripts_parse_and_explain_themselves(script):
     assert subprocess.run(["bash", "-n", str(REPO / script)]).returncode == 0
     done = subprocess.run(["bash", str(REPO / script), "--help"], capture_output=True, text=True, timeout=30)

@@ -10,9 +10,11 @@
 #   make bench          benchmarks
 #   make docker-images  container engine (podman) + every image (cached; README "Deploy with containers")
 #   make docker-test    the images built and the whole stack run in containers (container_tests/; not in `make test`)
+#   make cluster-test   3-node ZooKeeper + 3-node RabbitMQ on loopback, faults while pages flow (dev/cluster_failover.py)
 #
 # Variables: TESTS (what pytest runs, default tests), PYTEST_ARGS (extra arguments, e.g. PYTEST_ARGS="-k sftp -x"),
-#            TEST_TIMEOUT (seconds for the whole pytest run; 0 = no limit).
+#            TEST_TIMEOUT (seconds for the whole pytest run; 0 = no limit),
+#            CLUSTER_ARGS (for cluster-test, e.g. CLUSTER_ARGS="--pages 1000 --keep-cluster").
 
 SHELL := /bin/bash
 PY := .venv/bin/python
@@ -20,11 +22,11 @@ TESTS ?= tests
 PYTEST_ARGS ?=
 TEST_TIMEOUT ?= 0
 
-.PHONY: help install services services-stop services-status lint test proto demo bench docker-engine \
-	docker-images docker-test
+.PHONY: help install services services-stop services-status lint test proto demo bench cluster-test \
+	docker-engine docker-images docker-test
 
 help:
-	@sed -n '2,15p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,17p' Makefile | sed 's/^# \{0,1\}//'
 
 install:
 	./install_dependencies.sh
@@ -56,6 +58,7 @@ demo: services
 
 bench: services
 	$(PY) bench/pipeline.py
+	$(PY) bench/metrics_scrape.py
 	$(PY) bench/scheduling.py
 	$(PY) bench/cer.py
 	$(PY) bench/download_memory.py
@@ -72,3 +75,5 @@ docker-test: install docker-images
 		$(PY) -m pytest -q -s container_tests $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make docker-test: ERROR: pytest collected no tests" >&2; fi; \
 	exit $$rc
+cluster-test: install
+	$(PY) dev/cluster_failover.py $(CLUSTER_ARGS)

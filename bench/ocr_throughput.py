@@ -146,7 +146,7 @@ def run_worker(pages, xmls, model_dir: Path, device: str) -> float:
     worker_id = f"bench_ocr_w_{uuid.uuid4().hex[:6]}"
     proc = subprocess.Popen([py, "worker/run_worker.py", "-z", zk_arg, *auth, "-i", worker_id,
                              "--cache-directory", str(work / "cache"), "--device", device,
-                             "--disable-remote-logging"], cwd=REPO,
+                             "--disable-remote-logging", "--metrics-address", "127.0.0.1:0"], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for request in _requests(pages[:1] + pages, xmls, [stage, out]):   # one extra page for warm-up

@@ -75,14 +75,18 @@ class Process:
         return self.proc.returncode
 
 
+# Many workers and watchdogs on one host: each serves /metrics on a free port (logged), not its fixed default.
+ANY_METRICS_PORT = ["--metrics-address", "127.0.0.1:0"]
+
+
 def start_worker(zk_root: str, worker_id: str, folder: Path) -> Process:
     argv = [sys.executable, str(RUN_WORKER), "-z", zk_root, "-i", worker_id,
-            "--cache-directory", str(folder / f"cache_{worker_id}"), "--disable-remote-logging"]
+            "--cache-directory", str(folder / f"cache_{worker_id}"), "--disable-remote-logging", *ANY_METRICS_PORT]
     return Process(argv, folder / f"worker_{worker_id}.log")
 
 
 def start_watchdog(zk_root: str, folder: Path, name: str, *extra: str) -> Process:
-    argv = [sys.executable, str(WATCHDOG), "-z", zk_root, *extra]
+    argv = [sys.executable, str(WATCHDOG), "-z", zk_root, *ANY_METRICS_PORT, *extra]
     return Process(argv, folder / f"watchdog_{name}.log")
 
 

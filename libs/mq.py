@@ -238,6 +238,14 @@ class MQSession:
                 raise MQConnectionError(f"cannot connect to RabbitMQ at {servers}: {error}") from None
 
     @property
+    def connected_to(self) -> str:
+        """'host:port' of the broker of the server list this session is connected to ('' when not connected):
+        on a cluster, which node took over after a failover."""
+        connection = self._connection
+        params = getattr(getattr(connection, "_impl", None), "params", None) if connection is not None else None
+        return f"{params.host}:{params.port}" if params is not None else ""
+
+    @property
     def broker_version(self) -> str:
         """The version the broker announced when the connection opened ('' when unknown or not connected)."""
         connection = self._connection

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,13 @@ from pero_worker.libs.config import (
 )
 from pero_worker.libs.daemon import StopRequest, configuration_error, run_guarded, setup_logging
 from pero_worker.libs.exit_codes import ExitCode, exit_codes_help
+from pero_worker.libs.metrics import (
+    MetricsConfig,
+    MetricsError,
+    add_metrics_arguments,
+    metrics_config,
+    start_metrics_server,
+)
 from pero_worker.libs.mq import (
     DEFAULT_LOG_QUEUE,
     Delivery,
@@ -35,6 +43,7 @@ from pero_worker.libs.mq import (
     MQSettings,
 )
 from pero_worker.libs.zk import KazooException, ZkConnectionError, ZooKeeper, describe_zk_error
+from pero_worker.log_daemon import metrics as logd_metrics
 from pero_worker.log_daemon.writer import LogWriteError, LogWriter
 
 log = logging.getLogger("pero_worker.log_daemon")
@@ -54,6 +63,7 @@ class LogDaemonSettings:
     rotation_minutes: float = DEFAULT_ROTATION_MINUTES
     number_of_files: int = DEFAULT_NUMBER_OF_FILES
     debug: bool = False
+    metrics: MetricsConfig | None = None     # where /metrics is served (libs/metrics.py); None: off
 
 
 def _number(text: str | None, key: str, kind: type, default):
@@ -71,8 +81,9 @@ def _number(text: str | None, key: str, kind: type, default):
 def build_settings(args: argparse.Namespace) -> LogDaemonSettings:
     """INI [LOGD] (or [WORKER]) values, overridden by the command line."""
     ini = read_ini_section(args.config, ("LOGD", "WORKER")) if args.config else {}
+    connection = connection_config(args, ini)
     return LogDaemonSettings(
-        connection=connection_config(args, ini),
+        connection=connection,
         log_queue=args.log_queue or ini.get("log_queue") or DEFAULT_LOG_QUEUE,
         output_dir=Path(args.output_dir or ini.get("output_dir") or DEFAULT_OUTPUT_DIR),
         rotation_minutes=_number(args.log_rotation_period if args.log_rotation_period is not None
@@ -81,6 +92,7 @@ def build_settings(args: argparse.Namespace) -> LogDaemonSettings:
         number_of_files=_number(args.number_of_files if args.number_of_files is not None
                                 else ini.get("number_of_files"), "number_of_files", int, DEFAULT_NUMBER_OF_FILES),
         debug=bool(args.debug),
+        metrics=metrics_config(args, ini, connection, "log_daemon"),
     )
 
 
@@ -166,18 +178,32 @@ class LogDaemon:
         received: list[Delivery] = []
         session.consume(self.settings.log_queue, received.append, prefetch=PREFETCH)
         log.info("consuming log queue %r into %s", self.settings.log_queue, self.settings.output_dir)
+        backlog_at = 0.0
         while not self.stopping.requested:
             session.pump(0.5)
+            if time.monotonic() >= backlog_at:
+                backlog_at = time.monotonic() + logd_metrics.BACKLOG_INTERVAL
+                self._read_backlog(session)
             if not received:
                 continue
             batch = received[:]
             received.clear()
-            for delivery in batch:
-                self.writer.write(delivery.body)
-            self.writer.flush()   # raises before any ack: the batch stays unacked and is redelivered
+            try:
+                for delivery in batch:
+                    self.writer.write(delivery.body)
+                self.writer.flush()   # raises before any ack: the batch stays unacked and is redelivered
+            except LogWriteError:
+                logd_metrics.WRITE_FAILURES.inc()
+                raise
             session.ack(batch[-1].delivery_tag, multiple=True)
             self.records_written += len(batch)
+            logd_metrics.LINES_WRITTEN.inc(len(batch))
         session.cancel_consumer()
+
+    def _read_backlog(self, session: MQSession) -> None:
+        """Records still waiting in the log queue, for /metrics (the ones in our hands are not counted)."""
+        length = session.queue_length(self.settings.log_queue)
+        logd_metrics.BACKLOG.set(-1 if length is None else length)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -186,7 +212,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Consume worker log records from the log queue and append them to rotating files. "
                     "Records are acknowledged only once written to disk; on errors they stay queued.",
         epilog="INI file: section [LOGD] with zookeeper_servers, username, password, ca_cert, log_queue, "
-               "output_dir, log_rotation_period, number_of_files. Command-line options override it. "
+               "output_dir, log_rotation_period, number_of_files, metrics_address, metrics_cert, metrics_key. "
+               "Command-line options override it. "
                + exit_codes_help(ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE),
     )
     add_connection_arguments(parser)
@@ -198,6 +225,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-n", "--number-of-files", type=int, metavar="N",
                         help=f"keep at most N log files (default {DEFAULT_NUMBER_OF_FILES}; 0 = keep all)")
     parser.add_argument("-d", "--debug", action="store_true", help="debug output")
+    add_metrics_arguments(parser, "log_daemon")
     return parser.parse_args(argv)
 
 
@@ -210,6 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = StopRequest.on_signals()
     log.info("log daemon: queue %r -> %s (rotation %g min, keep %s files)", settings.log_queue,
              settings.output_dir, settings.rotation_minutes, settings.number_of_files or "all")
+    try:
+        start_metrics_server(settings.metrics, logd_metrics.REGISTRY)
+    except MetricsError as error:
+        return configuration_error("log_daemon.py", error)
     return run_guarded(log, lambda: LogDaemon(settings, stop).run())
 
 

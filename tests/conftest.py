@@ -6,6 +6,7 @@ and stages with `unique_name(...)`.  Test-specific fixtures live in their own te
 """
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,9 +16,14 @@ import pytest
 from pero_worker.dev.local_services import LocalServices, ensure_services, write_server_lists
 from pero_worker.libs.addresses import Address
 from pero_worker.libs.config import ConnectionConfig
+from pero_worker.libs.metrics import ADDRESS_ENV
 from pero_worker.libs.zk import ZooKeeper
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Many daemons run at once here (and other test runs on the same host): each serves /metrics on a free port of
+# its own instead of its fixed default (libs/metrics.py); the daemons started by tests inherit this.
+os.environ[ADDRESS_ENV] = "127.0.0.1:0"
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -77,6 +77,8 @@ def test_daemons_read_the_config_at_etc_pero_and_workers_keep_id_and_cache():
     assert worker.args == ("-i", "pero-worker-2") and worker.gpus
     assert worker.mounts == (config, containers.Mount("pero-worker-2-cache", "/var/cache/pero-worker"))
     assert worker.volumes == ("pero-worker-2-cache",)
+    # Workers share the host's network: each takes the first free /metrics port of a range.
+    assert worker.env == (("PERO_METRICS_ADDRESS", "127.0.0.1:9480-9499"),)
     assert not plan["pero-watchdog"].gpus
 
 
@@ -89,7 +91,8 @@ def test_run_arguments():
                     "-v", "/srv/pero/data/sftp/root/pero:/home/perobox/pero", "-p", "0.0.0.0:17222:22",
                     "pero-sftp:latest"]
     worker = containers.run_argv(containers.plan(S, LAY, containers.Options(gpus=True))[-1], containers.Options())
-    assert worker[-5:] == ["--gpus", "all", "pero-worker:latest", "-i", "pero-worker-1"]
+    assert worker[-7:] == ["-e", "PERO_METRICS_ADDRESS=127.0.0.1:9480-9499", "--gpus", "all", "pero-worker:latest",
+                           "-i", "pero-worker-1"]
 
 
 @pytest.mark.parametrize("environ, expected", [

@@ -55,8 +55,9 @@ def test_tools_without_credentials_on_a_secured_tree_say_so_in_one_line(secured_
 
 
 def test_worker_without_credentials_on_a_secured_tree_exits_4_in_one_line(secured_root, tmp_path):
+    # Metrics off: with them on, the line saying where /metrics is served comes first.
     result = run(["worker/run_worker.py", "-z", secured_root, "-i", "w_noauth", "--cache-directory",
-                  str(tmp_path / "cache"), "--disable-remote-logging"])
+                  str(tmp_path / "cache"), "--disable-remote-logging", "--metrics-address", "off"])
     output = (result.stdout + result.stderr).strip()
     assert result.returncode == 4, output   # ExitCode.ACCESS_REFUSED
     assert "Traceback" not in output and len(output.splitlines()) == 1 and "NoAuth" in output, output

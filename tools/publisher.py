@@ -45,6 +45,8 @@ download:  --download out --directory DIR [--keep-running]
   (by uuid, remembered in DIR/.pero_downloaded.sqlite3) are skipped. Symbolic links in DIR are
   never followed (a request whose folder name is taken by one gets the next free name).
   Without --keep-running it stops when the queue is empty; with it, it waits for more until Ctrl-C.
+  When the broker's connection drops it reconnects to the first broker of the server list that
+  answers (for 60 s, else exit 3); requests stored but not acknowledged come again and are skipped.
 """,
         epilog=EXIT_CODES_HELP,
     )

@@ -15,6 +15,7 @@ from pero_worker.libs.config import (
     read_ini_section,
 )
 from pero_worker.libs.exit_codes import ExitCode, exit_codes_help
+from pero_worker.libs.metrics import MetricsConfig, add_metrics_arguments, metrics_config
 from pero_worker.watchdog.planning import PlannerSettings
 
 # Additive node (not in the original layout): kazoo Election among watchdog instances.
@@ -46,6 +47,7 @@ class WatchdogSettings:
     dry_run: bool = False
     debug: bool = False
     planner: PlannerSettings = field(default_factory=PlannerSettings)
+    metrics: MetricsConfig | None = None     # where /metrics is served (libs/metrics.py); None: off
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Assigns pero workers to stage queues by load. Several instances may run: one is "
                     "elected active, the others stand by and take over when it dies.",
         epilog="INI file: section [WATCHDOG] (or [WORKER]) with zookeeper_servers, username, password, "
-               "ca_cert; optional interval, session_timeout, starvation_timeout, state_directory. Command-line "
+               "ca_cert; optional interval, session_timeout, starvation_timeout, state_directory, metrics_address, "
+               "metrics_cert, metrics_key. Command-line "
                "options override it. "
                + exit_codes_help(ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.UNREACHABLE,
                                  ExitCode.ACCESS_REFUSED) + " (3 and 4: --dry-run only; the daemon keeps retrying).",
@@ -72,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "the dead predecessor's session at once instead of waiting for it to expire (default "
                              "$STATE_DIRECTORY under systemd, else ~/.local/state/pero-worker)")
     parser.add_argument("-d", "--debug", action="store_true", help="debug output")
+    add_metrics_arguments(parser, "watchdog")
     return parser
 
 
@@ -93,8 +97,9 @@ def build_settings(args: argparse.Namespace) -> WatchdogSettings:
         starvation_timeout=_positive(ini.get("starvation_timeout"), "starvation_timeout",
                                      PlannerSettings.starvation_timeout),
     )
+    connection = connection_config(args, ini)
     return WatchdogSettings(
-        connection=connection_config(args, ini),
+        connection=connection,
         interval=_positive(args.interval if args.interval is not None else ini.get("interval"), "interval",
                            DEFAULT_INTERVAL),
         session_timeout=_positive(args.session_timeout if args.session_timeout is not None
@@ -104,6 +109,7 @@ def build_settings(args: argparse.Namespace) -> WatchdogSettings:
         dry_run=args.dry_run,
         debug=args.debug,
         planner=planner,
+        metrics=None if args.dry_run else metrics_config(args, ini, connection, "watchdog"),
     )
 
 

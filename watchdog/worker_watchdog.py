@@ -28,6 +28,7 @@ from pero_worker.libs.backoff import Backoff
 from pero_worker.libs.config import ConfigError
 from pero_worker.libs.daemon import StopRequest, configuration_error, run_guarded, setup_logging
 from pero_worker.libs.exit_codes import ExitCode
+from pero_worker.libs.metrics import MetricsError, start_metrics_server
 from pero_worker.libs.zk import (
     KazooException,
     KazooState,
@@ -38,10 +39,11 @@ from pero_worker.libs.zk import (
     describe_zk_error,
 )
 from pero_worker.libs.zk_session import SessionFile, SessionFileBusy, close_stale_session
+from pero_worker.watchdog import metrics as watchdog_metrics
 from pero_worker.watchdog import report
 from pero_worker.watchdog.planning import Move, plan
 from pero_worker.watchdog.settings import ELECTION_PATH, WatchdogSettings, build_parser, build_settings
-from pero_worker.watchdog.state import StateReader, apply_plan
+from pero_worker.watchdog.state import Snapshot, StateReader, apply_plan
 
 log = logging.getLogger("pero_worker.watchdog")
 
@@ -60,6 +62,7 @@ class Watchdog:
         self._election = None
         self.rounds = 0
         self.recent_moves: tuple[Move, ...] = ()   # this instance's moves still locked (anti-oscillation)
+        self.stage_gauges = watchdog_metrics.StageGauges()
 
     # --- lifecycle ----------------------------------------------------------------
     def stop(self) -> None:
@@ -188,6 +191,7 @@ class Watchdog:
     def _lead(self) -> None:
         assert self.zk is not None
         log.info("watchdog %s is now ACTIVE", self.identifier)
+        watchdog_metrics.LEADER.set(1)
         reader = StateReader(self.zk, self.settings.connection, management_interval=self.settings.management_interval)
         # Two failed rounds in a row may be a hiccup; from the third on, rounds slow down (up to 5 s apart).
         backoff = Backoff(initial=self.settings.interval, cap=max(5.0, self.settings.interval))
@@ -202,6 +206,7 @@ class Watchdog:
                         backoff.reset()
                     except Exception as error:  # ZooKeeper hiccup, a node removed under us ...
                         failures += 1
+                        watchdog_metrics.ROUND_FAILURES.inc()
                         reason = describe_zk_error(error) if isinstance(error, KazooException) else \
                             f"{type(error).__name__}: {error}"
                         log.error("planning round failed (%s)", reason, exc_info=self.settings.debug)
@@ -211,6 +216,8 @@ class Watchdog:
                 self.stopping.wait(max(0.0, self.settings.interval - elapsed))
         finally:
             reader.close()
+            watchdog_metrics.LEADER.set(0)
+            self.stage_gauges.clear()
         if self.session_lost.is_set():
             log.warning("ZooKeeper session lost: no longer active")
         else:
@@ -219,17 +226,30 @@ class Watchdog:
     def round(self, reader: StateReader) -> None:
         assert self.zk is not None
         now = time.time()
+        started = time.perf_counter()
         snapshot = reader.snapshot(now)
         if not snapshot.depth_source:
             log.debug("no queue depths this round; not moving anybody")
             return
         recent = tuple(m for m in self.recent_moves if m.unlock_time > now)
+        planning_started = time.perf_counter()
         result = plan(snapshot.worker_views, snapshot.stage_views, now, self.settings.planner, recent)
+        watchdog_metrics.PLANNING_SECONDS.observe(time.perf_counter() - planning_started)
         if self.session_lost.is_set() or self.stopping.requested:
             return
         apply_plan(self.zk, result, now)
         self.recent_moves = recent + tuple(m for m in result.moves if m.to_queue)
         self.rounds += 1
+        self._record_round(snapshot, result.moves, started)
+
+    def _record_round(self, snapshot: Snapshot, moves: tuple[Move, ...], started: float) -> None:
+        """The round's figures for /metrics (memory only: Prometheus reads them when it scrapes)."""
+        for move in moves:
+            watchdog_metrics.MOVES.labels(watchdog_metrics.move_kind(move.reason)).inc()
+        self.stage_gauges.update(watchdog_metrics.stage_figures(snapshot.worker_views, snapshot.stage_views,
+                                                                self.settings.planner))
+        watchdog_metrics.ROUNDS.inc()
+        watchdog_metrics.ROUND_SECONDS.observe(time.perf_counter() - started)
 
 
 def dry_run(settings: WatchdogSettings) -> int:
@@ -265,6 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging("WATCHDOG", settings.debug)
     if settings.dry_run:
         return run_guarded(log, lambda: dry_run(settings))
+    try:
+        start_metrics_server(settings.metrics, watchdog_metrics.REGISTRY)
+    except MetricsError as error:
+        return configuration_error("worker_watchdog.py", error)
     stop = StopRequest.on_signals()
     return run_guarded(log, lambda: Watchdog(settings, stop).run())
 

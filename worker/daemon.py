@@ -46,6 +46,7 @@ from pero_worker.libs.mq import (
     PublishOutcome,
 )
 from pero_worker.libs.zk import KazooException, KazooState, ZooKeeper, describe_zk_error
+from pero_worker.worker import metrics as worker_metrics
 from pero_worker.worker import routing, stats
 from pero_worker.worker.acks import AckTracker
 from pero_worker.worker.log_shipping import LogShipper
@@ -297,6 +298,7 @@ class WorkerDaemon:
     # --- status ---------------------------------------------------------------------------
 
     def _set_status(self, status: str) -> None:
+        worker_metrics.set_status(status)
         try:
             self.registration.set_status(status)
         except KazooException as error:
@@ -329,7 +331,8 @@ class WorkerDaemon:
             log.warning("dead-letter queue: %s", problem)
         self._dead_letter_problem = problem
         if self._last_mq_error:
-            log.info("RabbitMQ connection restored (%s)", ", ".join(str(server) for server in settings.servers))
+            log.info("RabbitMQ connection restored (connected to %s; servers %s)", session.connected_to,
+                     ", ".join(str(server) for server in settings.servers))
         self._last_mq_error = ""
         self._mq_backoff.reset()
         self._session = session
@@ -433,6 +436,7 @@ class WorkerDaemon:
             self._set_status(zk_paths.IDLE)
             return
         log.info("stage %s ready (version %s) in %.2f s", target.stage, event.version or "-", event.seconds)
+        worker_metrics.stage_taken_up(target.stage, event.seconds)
         try:
             stats.record_switch_time(self.zk, target.stage, event.seconds, self.worker_id)
         except Exception as error:   # statistics are best effort
@@ -512,7 +516,10 @@ class WorkerDaemon:
                     return
     def _publish(self, outcome: Outcome) -> None:
         assert self._session is not None and outcome.route is not None
-        outcome = fit_to_limit(outcome, self._size_limit.limit, self.worker_id)
+        fitted = fit_to_limit(outcome, self._size_limit.limit, self.worker_id)
+        if fitted is not outcome:
+            worker_metrics.result_too_large(outcome.delivery.queue)
+        outcome = fitted
         route = outcome.route
         assert route is not None
         queue = DEAD_LETTER_QUEUE if route.kind is routing.RouteKind.DEAD_LETTER else route.queue

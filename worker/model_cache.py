@@ -66,6 +66,8 @@ class CachedModel:
     fetched: bool    # True when it was downloaded and unpacked by this call
     seconds: float   # time spent downloading + verifying + unpacking (0.0 when served from the cache)
     bytes: int = 0   # size of the downloaded archive
+    download_seconds: float = 0.0   # of `seconds`: the SFTP download ...
+    unpack_seconds: float = 0.0     # ... and the checksum + unpacking
 
 
 def folder_name(name: str) -> str:
@@ -278,7 +280,8 @@ class ModelCache:
         (version_dir / "source.json").write_text(json.dumps(source, indent=1), encoding="utf-8")
         log.info("stage %r version %r ready: %d bytes downloaded in %.1f s, %d files unpacked in %.1f s",
                  stage, version, size, downloaded - started, stats.members, time.monotonic() - downloaded)
-        return CachedModel(version_dir / "model", fetched=True, seconds=seconds, bytes=size)
+        return CachedModel(version_dir / "model", fetched=True, seconds=seconds, bytes=size,
+                           download_seconds=downloaded - started, unpack_seconds=time.monotonic() - downloaded)
 
     @staticmethod
     def _remote_checksum(sftp: SftpClient, remote_path: str) -> str | None:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from pero_worker.libs.message_pb2 import ProcessingRequest
 from pero_worker.libs.message_size import format_size
 from pero_worker.libs.mq import Delivery
+from pero_worker.worker import metrics as worker_metrics
 from pero_worker.worker import routing
 from pero_worker.worker.routing import Route
 from pero_worker.worker.stage_log import RequestLogCapture, append_stage_log, now_ns
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # Outcomes are handed back at least this often while a batch is being processed.
 HANDOFF_INTERVAL = 0.02
+# A request's StageLog status -> its failure reason in the metrics (worker/metrics.py); OK is no failure.
+_FAILURE_KINDS = {routing.STATUS_FAILED: "failed", routing.STATUS_ERROR: "error"}
 
 
 class Processor(Protocol):
@@ -153,6 +156,7 @@ class ProcessingThread:
                 reason = f"{routing.REASON_INTERNAL_ERROR}: {type(error).__name__}: {error}"
                 outcome = Outcome(item[0], item[1], routing.dead_letter(reason), item[0].body, item[0].priority,
                                   dead_letter_headers(reason, item[0].queue, self.worker_id))
+                worker_metrics.request_done(item[0].queue, 0.0, "dead_letter")
             ready.append(outcome)
             if time.monotonic() - last_handoff >= HANDOFF_INTERVAL:
                 self._on_outcomes(ready)
@@ -169,6 +173,7 @@ class ProcessingThread:
             reason = routing.check_request(request.processing_stages, queue)
         if reason:
             log.warning("request from queue %s sent to the dead-letter queue: %s", queue, reason)
+            worker_metrics.request_done(queue, 0.0, "dead_letter")
             return Outcome(delivery, generation, routing.dead_letter(reason), delivery.body, delivery.priority,
                            dead_letter_headers(reason, queue, self.worker_id))
         assert request is not None
@@ -194,6 +199,7 @@ class ProcessingThread:
         seconds = time.perf_counter() - started
         append_stage_log(request, host_id=self.worker_id, stage=queue, start_ns=start_ns, end_ns=now_ns(),
                          status=status, log_text=lines.text(), version=context.version)
+        worker_metrics.request_done(queue, seconds, _FAILURE_KINDS.get(status))
         if status == routing.STATUS_OK:
             # Failures are usually fast rejections: counting them would make a slow stage look fast.
             self._on_timing(queue, seconds)

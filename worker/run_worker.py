@@ -14,7 +14,9 @@ from pero_worker.libs.backoff import Backoff
 from pero_worker.libs.config import ConfigError
 from pero_worker.libs.daemon import StopRequest, configuration_error, run_guarded, setup_logging
 from pero_worker.libs.exit_codes import ExitCode
+from pero_worker.libs.metrics import MetricsError, start_metrics_server
 from pero_worker.libs.zk import KazooException, NoAuthError, ZkConnectionError, ZooKeeper, describe_zk_error
+from pero_worker.worker import metrics as worker_metrics
 from pero_worker.worker.daemon import WorkerDaemon
 from pero_worker.worker.log_shipping import LogShipper
 from pero_worker.worker.model_cache import clean_interrupted
@@ -121,6 +123,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         return configuration_error("run_worker.py", error)
     setup_logging("WORKER", config.debug)
+    try:
+        metrics = start_metrics_server(config.metrics, worker_metrics.REGISTRY)
+    except MetricsError as error:
+        return configuration_error("run_worker.py", error)
+    worker_metrics.set_identity(config.worker_id)
+    if metrics is None:
+        worker_metrics.disable()
     stop = StopRequest.on_signals()
     return run_guarded(log, lambda: run(config, stop))
 

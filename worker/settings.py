@@ -21,6 +21,7 @@ from pero_worker.libs.config import (
 )
 from pero_worker.libs.exit_codes import ExitCode, exit_codes_help
 from pero_worker.libs.message_size import parse_byte_size
+from pero_worker.libs.metrics import MetricsConfig, add_metrics_arguments, metrics_config
 from pero_worker.libs.mq import DEFAULT_LOG_QUEUE
 
 INI_SECTIONS = ("WORKER",)
@@ -47,6 +48,8 @@ class WorkerConfig:
     # The broker's max_message_size when the operator knows it (None: the default of the broker's version,
     # corrected by the broker's own refusal; docs/protocol.md §3).
     max_message_size: int | None = None
+    # Where /metrics is served (libs/metrics.py); None: metrics off.
+    metrics: MetricsConfig | None = None
 
 
 def default_cache_dir() -> Path:
@@ -78,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                              f"version; a result over it goes to the output stage as failed (default "
                              f"${MAX_MESSAGE_SIZE_ENV}, else the version's default)"))
     group.add_argument("-d", "--debug", action="store_true", help="verbose logging")
+    add_metrics_arguments(parser, "worker")
     return parser
 
 
@@ -112,7 +116,8 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
     remote_logging = not (args.disable_remote_logging or _truthy(ini.get("disable_remote_logging")))
     return WorkerConfig(connection=connection, worker_id=worker_id, worker_id_given=given, cache_dir=cache_dir,
                         log_queue=log_queue, remote_logging=remote_logging, debug=bool(args.debug), device=device,
-                        max_message_size=_max_message_size(args, ini))
+                        max_message_size=_max_message_size(args, ini),
+                        metrics=metrics_config(args, ini, connection, "worker"))
 
 
 def _max_message_size(args: argparse.Namespace, ini: dict[str, str]) -> int | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from pero_worker.libs import zk_paths
 from pero_worker.libs.config import ConnectionConfig
 from pero_worker.libs.zk import KazooException, ZooKeeper, describe_zk_error
+from pero_worker.worker import metrics as worker_metrics
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,8 @@ class StageLoader:
             if nodes.config_path:
                 cached = self._model_cache().get(stage, nodes.version, nodes.config_path, self._sftp_client)
                 model_dir = cached.path
+                if cached.fetched:
+                    worker_metrics.model_fetched(stage, cached.download_seconds, cached.unpack_seconds)
             processor = build_processor(nodes.config, model_dir, device=self.device)
         except StageConfigError as error:
             raise StageSetupError(f"stage {stage!r}: {error}") from None

@@ -40,6 +40,9 @@ DEFAULT_IMAGES = {"zookeeper": "pero-zookeeper:latest", "rabbitmq": "pero-rabbit
 # Where a registry is reachable: the official images, same interface (README "Deploy with containers").
 OFFICIAL_IMAGES = {"zookeeper": "zookeeper:3.8", "rabbitmq": "rabbitmq:3.13-management", "sftp": "atmoz/sftp:debian"}
 ENGINES = ("zookeeper", "rabbitmq", "sftp")
+# On the host's network every worker container would take the same default /metrics port (libs/metrics.py):
+# each takes the first free one of this range instead (the watchdog and the log daemon keep their defaults).
+WORKER_METRICS = "127.0.0.1:9480-9499"
 
 
 class ContainerError(Exception):
@@ -133,6 +136,7 @@ def daemon_containers(lay: Layout, opts: Options) -> list[Container]:
         cache = f"{name}-cache"
         result.append(Container(name, "worker", opts.images["worker"], "host",
                                 mounts=(config, Mount(cache, "/var/cache/pero-worker")),
+                                env=(("PERO_METRICS_ADDRESS", WORKER_METRICS),),
                                 args=("-i", name), gpus=opts.gpus, volumes=(cache,)))
     return result
 

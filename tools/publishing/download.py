@@ -29,7 +29,7 @@ from google.protobuf.message import DecodeError
 
 from pero_worker.libs.exit_codes import ExitCode
 from pero_worker.libs.message_pb2 import ProcessingRequest
-from pero_worker.libs.mq import Delivery, MQConnectionError, MQError
+from pero_worker.libs.mq import Delivery, MQAuthenticationError, MQConnectionError, MQError
 from pero_worker.libs.safe_names import dedup_key, deduplicate, request_folder_name, safe_file_name
 from pero_worker.tools.cli import (
     CliError,
@@ -51,6 +51,7 @@ from pero_worker.tools.publishing.upload import (  # noqa: F401  (re-exported: t
 TEMP_PREFIX = ".tmp-"                    # half-written request folders (removed at start)
 UNPARSABLE_FOLDER = "_unparsable"        # raw bodies that are not a ProcessingRequest
 INFO_FILE = "request_info.txt"
+RECONNECT_FOR = 60.0                     # download: how long to look for a broker after the connection dropped
 PREFETCH = 128                           # download: deliveries in flight = largest batch made durable at once
 
 
@@ -390,8 +391,9 @@ def download(args: argparse.Namespace) -> int:
                 return
             last_tag = delivery.delivery_tag
 
-        session.consume(queue, on_message, prefetch=PREFETCH)
-        try:
+        def consume_until_done() -> None:
+            nonlocal last_message
+            session.consume(queue, on_message, prefetch=PREFETCH)
             while not failure and not stopping.is_set():
                 session.pump(0.5)
                 commit_and_ack()
@@ -399,6 +401,30 @@ def download(args: argparse.Namespace) -> int:
                     if session.queue_length(queue) == 0:
                         break
                     last_message = time.monotonic()
+
+        def reconnect(error: MQConnectionError) -> None:
+            """The broker went (a cluster node stopped): what is stored is made durable, the session reopened
+            on the server list's first broker that answers.  Deliveries not acked come again and are
+            recognised as already downloaded."""
+            nonlocal last_tag
+            downloader.commit()
+            last_tag = 0
+            log.warning("%s; reconnecting (requests not yet acknowledged come again and are skipped as "
+                        "already downloaded)", error)
+            session.open(retry_for=RECONNECT_FOR)
+            log.warning("reconnected to RabbitMQ; downloading from %s again", queue)
+
+        try:
+            while True:
+                try:
+                    consume_until_done()
+                    break
+                except MQAuthenticationError:
+                    raise
+                except MQConnectionError as error:
+                    if failure or stopping.is_set():
+                        raise
+                    reconnect(error)
         except KeyboardInterrupt:
             if not args.keep_running:
                 raise

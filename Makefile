@@ -11,10 +11,13 @@
 #   make docker-images  container engine (podman) + every image (cached; README "Deploy with containers")
 #   make docker-test    the images built and the whole stack run in containers (container_tests/; not in `make test`)
 #   make cluster-test   3-node ZooKeeper + 3-node RabbitMQ on loopback, faults while pages flow (dev/cluster_failover.py)
+#   make chaos          fault-injection suite: 1,000 pages, every fault (dev/chaos/run.py; 4-6 min)
+#   make chaos-short    the same, fewer pages and faults (<= 5 min; .ci/run runs it after make test)
 #
 # Variables: TESTS (what pytest runs, default tests), PYTEST_ARGS (extra arguments, e.g. PYTEST_ARGS="-k sftp -x"),
 #            TEST_TIMEOUT (seconds for the whole pytest run; 0 = no limit),
-#            CLUSTER_ARGS (for cluster-test, e.g. CLUSTER_ARGS="--pages 1000 --keep-cluster").
+#            CLUSTER_ARGS (for cluster-test, e.g. CLUSTER_ARGS="--pages 1000 --keep-cluster"),
+#            CHAOS_ARGS (for chaos and chaos-short, e.g. CHAOS_ARGS="--keep").
 
 SHELL := /bin/bash
 PY := .venv/bin/python
@@ -22,11 +25,11 @@ TESTS ?= tests
 PYTEST_ARGS ?=
 TEST_TIMEOUT ?= 0
 
-.PHONY: help install services services-stop services-status lint test proto demo bench cluster-test \
+.PHONY: help install services services-stop services-status lint test proto demo bench cluster-test chaos chaos-short \
 	docker-engine docker-images docker-test
 
 help:
-	@sed -n '2,17p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,20p' Makefile | sed 's/^# \{0,1\}//'
 
 install:
 	./install_dependencies.sh
@@ -61,7 +64,10 @@ bench: services
 	$(PY) bench/metrics_scrape.py
 	$(PY) bench/scheduling.py
 	$(PY) bench/cer.py
+	$(PY) bench/line_ocr.py
+	$(PY) bench/quality.py
 	$(PY) bench/download_memory.py
+	$(PY) bench/console.py
 
 docker-engine:
 	dev/container_engine.sh
@@ -77,3 +83,12 @@ docker-test: install docker-images
 	exit $$rc
 cluster-test: install
 	$(PY) dev/cluster_failover.py $(CLUSTER_ARGS)
+
+# The chaos suite deploys with system_setup.py (a system account, an sshd): one at a time on this machine, like
+# the other tests that call it.
+CHAOS_ARGS ?=
+chaos: install
+	flock /tmp/pero-secure.lock $(PY) -m pero_worker.dev.chaos.run $(CHAOS_ARGS)
+
+chaos-short: install
+	flock /tmp/pero-secure.lock $(PY) -m pero_worker.dev.chaos.run --short $(CHAOS_ARGS)

@@ -57,6 +57,10 @@ if [[ $DO_APT == 1 ]]; then
     ldconfig -p 2>/dev/null | grep -q 'libmagic\.so\.1' || missing+=(libmagic1)
     # systemd-analyze verifies the unit files in sample-config/systemd (tests/test_systemd_units.py).
     command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+    # Headless Chromium and its WebDriver: the web console's browser tests and bench/console.py (selenium
+    # drives these; nothing downloads a browser).
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
     if (( ${#missing[@]} )); then
         if [[ $(id -u) != 0 ]]; then
             echo "install_dependencies.sh: need root to install ${missing[*]} (or use --no-apt)" >&2
@@ -67,7 +71,7 @@ if [[ $DO_APT == 1 ]]; then
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${missing[@]}"
     else
-        say "Debian packages present (zookeeper, openssh-server, rabbitmq-server, fonts, libmagic1)"
+        say "Debian packages present (zookeeper, openssh-server, rabbitmq-server, fonts, libmagic1, chromium)"
     fi
 fi
 

@@ -7,6 +7,13 @@ them directly (no RabbitMQ), and compares the page text in reading order
 (lines joined by newlines) with the ground truth by Levenshtein distance.
 The same is done for the committed pages in examples/.
 
+The development set (bench/devset.py, pages from bench/magazine.py: book,
+2- and 3-column magazine pages, a halftone photo touching a scanner border,
+pages turned by 90/180/270 degrees, bleed-through and low contrast) is run
+first, with Tesseract next to us on every page in the same run: CER and
+bag-of-words error per page and per class, and our layout's line recall and
+reading order (`--dev-pages N` per class, `--no-tesseract`, `--dev-only`).
+
 Layout quality is reported on its own too (it needs no model): line recall and
 precision against the rendered line positions, baseline error, and whether
 the lines come out in reading order.
@@ -135,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto", help="torch device for OCR: auto, cpu, cuda")
     ap.add_argument("--save-dir", help="write rendered pages, PAGE XML and OCR text here for inspection")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--dev-pages", type=int, default=2,
+                    help="pages per class of the magazine/book development set (bench/magazine.py; 0 = skip)")
+    ap.add_argument("--no-tesseract", action="store_true",
+                    help="do not run (or install) Tesseract next to our pipeline on the development set")
+    ap.add_argument("--classes", help="comma-separated page classes of the development set (default: all)")
+    ap.add_argument("--dev-only", action="store_true", help="only the development set (no held-out pages, "
+                    "no examples)")
     args = ap.parse_args(argv)
 
     families = held_out_families()
@@ -153,6 +167,24 @@ def main(argv: list[str] | None = None) -> int:
         except StageConfigError as error:
             print(f"WARNING: OCR model in {model_dir} cannot be used ({error}); measuring layout only",
                   file=sys.stderr)
+
+    if args.dev_pages > 0:
+        from pero_worker.bench.devset import print_dev_summary, run_dev_set
+        from pero_worker.bench.magazine import PAGE_CLASSES
+
+        classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else PAGE_CLASSES
+        unknown = [c for c in classes if c not in PAGE_CLASSES]
+        if unknown:
+            print(f"cer.py: unknown page class {', '.join(unknown)} (known: {', '.join(PAGE_CLASSES)})",
+                  file=sys.stderr)
+            return 2
+        totals, tess = run_dev_set(pipeline, args.dev_pages, families[0], args.seed, not args.no_tesseract, save,
+                                   classes)
+        print_dev_summary(totals, pipeline is not None, tess)
+    if args.dev_only:
+        if pipeline is not None:
+            pipeline.close()
+        return 0
 
     tot_gt = tot_det = tot_match = pages_in_order = 0
     base_errs = []

@@ -1,33 +1,45 @@
 #!/usr/bin/env python3
 """OCR throughput: pages/second through a real worker against pero-ocr's PageParser called directly.
 
-Both sides get the same pages (examples/, repeated), the same bundled model
-(pero-ocr/model/) and the same device, and both start from the same PAGE XML
+All modes get the same pages (examples/, repeated), the same bundled model
+(pero-ocr/model/) and the same device, and all start from the same PAGE XML
 made beforehand by the layout stage, so the comparison isolates what the
-pipeline adds around `PageParser.process_page`: protobuf, RabbitMQ, result
-handling, the StageLog.
+pipeline adds around (or saves on) `PageParser.process_page`.
 
-  direct     PageParser.process_page(image, layout) in a loop, nothing else
-  processor  the worker's PERO_OCR processor in-process (what a worker calls per request)
-  worker     a real worker process consuming the stage queue (RabbitMQ, ZooKeeper, SFTP model
-             download); the clock runs from the end of a warm-up page to the end of the last
-             page, read from the requests' StageLogs, so model loading and warm-up are excluded
-             as they are for `direct`
+  direct          PageParser.process_page(image, layout) in a loop, nothing else
+  processor       the worker's PERO_OCR processor in-process, one request at a time
+  batched         the same processor with cross-page batching ([WORKER] BATCH_PAGES = --batch-pages):
+                  groups of pages through begin/run/finish, as the worker's processing thread calls them
+  worker          a real worker process consuming the stage queue (RabbitMQ, ZooKeeper, SFTP model
+                  download); the clock runs from the end of a warm-up page to the end of the last
+                  page, read from the requests' StageLogs, so model loading and warm-up are excluded
+                  as they are for `direct`
+  worker-batched  the same with BATCH_PAGES in the stage config
 
-Last lines: `RESULT ocr_direct_<device> <pages/s> pages/s`, `RESULT ocr_processor_<device> ...`,
-`RESULT ocr_worker_<device> ...` and `RESULT ocr_worker_vs_direct_<device> <percent> %`.
-The `worker` mode needs the local services (`make services`); `--modes direct processor`
-runs anywhere pero-ocr does (e.g. on a GPU machine without RabbitMQ).
+Every mode's PAGE XML is scored against examples/*.gt.txt (CER over the pages that have one), so a
+speed-up that changes the text shows.  With `--device cuda` the GPU's utilisation is sampled during
+each timed section (nvidia-smi, else torch.cuda.utilization).
+
+Last lines: `RESULT ocr_<mode>_<device> <pages/s> pages/s` per mode, `RESULT cer_<mode>_<device> <v> %`,
+`RESULT ocr_<mode>_<device>_gpu_util <v> %` on CUDA, and the ratios measured in the same run
+(`ocr_worker_vs_direct`, `ocr_batched_vs_processor`, `ocr_worker_batched_vs_worker`, ...).
+A mode whose requests failed says so and the bench exits 1.
+The worker modes need the local services (`make services`); on a machine without RabbitMQ (e.g. a GPU
+machine) `--modes direct processor batched` measures the in-process path the worker runs.
 """
 from __future__ import annotations
 
 import argparse
 import configparser
+import io
+import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -37,6 +49,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+MODES = ("direct", "processor", "batched", "worker", "worker-batched")
+
+
+class BenchFailure(Exception):
+    """A mode did not process every page successfully: its figure is not reported."""
 
 
 def load_pages(examples: Path, repeat: int) -> list[tuple[str, bytes]]:
@@ -61,7 +78,73 @@ def layout_xml(pages: list[tuple[str, bytes]]) -> dict[str, bytes]:
     return result
 
 
-def run_direct(pages, xmls, model_dir: Path, device: str) -> float:
+def page_text(xml: bytes) -> str:
+    from pero_ocr.core.layout import PageLayout
+    layout = PageLayout(file=io.BytesIO(xml))
+    return "\n".join(line.transcription or "" for line in layout.lines_iterator())
+
+
+def cer(examples: Path, texts: dict[str, str]) -> float | None:
+    """CER in % over the pages with a ground truth (examples/<stem>.gt.txt)."""
+    from pero_worker.bench.scoring import char_errors
+    edits = length = 0
+    for name, text in texts.items():
+        truth = examples / (Path(name).stem + ".gt.txt")
+        if truth.is_file():
+            errors, size = char_errors(truth.read_text(encoding="utf-8"), text)
+            edits, length = edits + errors, length + size
+    return 100.0 * edits / length if length else None
+
+
+class GpuSampler:
+    """Mean GPU utilisation (%) while running: nvidia-smi every 0.2 s, else torch.cuda.utilization()."""
+
+    def __init__(self, device: str) -> None:
+        self.enabled = device.startswith("cuda")
+        self.index = int(device.split(":", 1)[1]) if ":" in device else 0
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> float | None:
+        if shutil.which("nvidia-smi"):
+            done = subprocess.run(["nvidia-smi", "-i", str(self.index), "--query-gpu=utilization.gpu",
+                                   "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5)
+            return float(done.stdout.strip().splitlines()[0]) if done.returncode == 0 and done.stdout.strip() else None
+        import torch
+        try:
+            return float(torch.cuda.utilization(self.index))
+        except Exception:   # no NVML: no figure rather than a wrong one
+            return None
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            value = self._sample()
+            if value is not None:
+                self.samples.append(value)
+
+    def __enter__(self) -> GpuSampler:
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self.enabled:
+            self._thread.join(timeout=10)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.mean(self.samples) if self.samples else None
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+        torch.cuda.synchronize()
+
+
+def run_direct(pages, xmls, model_dir: Path, device: str, args) -> dict:
     import torch
     from pero_ocr.core.layout import PageLayout
     from pero_ocr.document_ocr.page_parser import PageParser
@@ -70,20 +153,19 @@ def run_direct(pages, xmls, model_dir: Path, device: str) -> float:
     config.read(model_dir / "config.ini")
     parser = PageParser(config, device=torch.device(device), config_path=str(model_dir))
     decoded = [(cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_COLOR), name) for name, content in pages]
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = {}
-        for name, xml in xmls.items():
-            paths[name] = Path(tmp) / f"{name}.xml"
-            paths[name].write_bytes(xml)
-        parser.process_page(decoded[0][0], PageLayout(file=str(paths[decoded[0][1]])))  # warm-up
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        for image, name in decoded:
-            parser.process_page(image, PageLayout(file=str(paths[name])))
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return len(decoded) / (time.perf_counter() - started)
+    layouts = [PageLayout(file=io.BytesIO(xmls[name])) for _image, name in decoded]
+    parser.process_page(decoded[0][0], PageLayout(file=io.BytesIO(xmls[decoded[0][1]])))  # warm-up
+    _sync(device)
+    texts = {}
+    with GpuSampler(device) as gpu:
+        started, cpu = time.perf_counter(), time.process_time()
+        for (image, _name), layout in zip(decoded, layouts):
+            parser.process_page(image, layout)
+        _sync(device)
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    for (_image, name), layout in zip(decoded, layouts):
+        texts[name] = "\n".join(line.transcription or "" for line in layout.lines_iterator())
+    return {"rate": len(decoded) / elapsed, "cpu": cpu / len(decoded), "texts": texts, "gpu": gpu.mean}
 
 
 def _requests(pages, xmls, stages):
@@ -94,22 +176,99 @@ def _requests(pages, xmls, stages):
             results=[Data(name=name, content=content), Data(name=f"{name}_page.xml", content=xmls[name])])
 
 
-def run_processor(pages, xmls, model_dir: Path, device: str) -> float:
+def _texts(requests) -> dict[str, str]:
+    texts = {}
+    for request in requests:
+        image = request.results[0].name
+        texts[image] = page_text(next(d.content for d in request.results if d.name == f"{image}_page.xml"))
+    return texts
+
+
+def batching_section(args) -> str:
+    lines = [f"BATCH_PAGES = {args.batch_pages}"]
+    if args.batch_pixels:
+        lines.append(f"BATCH_PIXELS = {args.batch_pixels}")
+    if args.crop_processes is not None:
+        lines.append(f"CROP_PROCESSES = {args.crop_processes}")
+    if args.mixed_precision:
+        lines.append("MIXED_PRECISION = TRUE")
+    return "\n[WORKER]\n" + "\n".join(lines) + "\n"
+
+
+def _process_group(processor, group) -> None:
+    """What the worker's processing thread does with a group: begin each, run all, finish each."""
+    jobs = [processor.begin(request) for request in group]
+    processor.run(jobs)
+    for job in jobs:
+        processor.finish(job)
+
+
+def run_processor(pages, xmls, model_dir: Path, device: str, args, batched: bool = False) -> dict:
     from pero_worker.worker.processors import build_processor
 
-    processor = build_processor((model_dir / "config.ini").read_text(), model_dir, device=device)
+    config = (model_dir / "config.ini").read_text() + (batching_section(args) if batched else "")
+    processor = build_processor(config, model_dir, device=device)
+    size = processor.batch_pages if batched else 1
+    if batched and size < 2:
+        raise BenchFailure("the processor did not take up BATCH_PAGES (see the log)")
+    warm = list(_requests(pages[:size], xmls, ["ocr", "out"]))
+    _process_group(processor, warm) if batched else processor.process(warm[0])   # warm-up, as for direct
     requests = list(_requests(pages, xmls, ["ocr", "out"]))
-    processor.process(requests[0])   # warm-up, as for direct
-    requests = list(_requests(pages, xmls, ["ocr", "out"]))
-    started = time.perf_counter()
-    for request in requests:
-        processor.process(request)
-    elapsed = time.perf_counter() - started
+    with GpuSampler(device) as gpu:
+        started, cpu = time.perf_counter(), time.process_time()
+        for first in range(0, len(requests), size):
+            if batched:
+                _process_group(processor, requests[first:first + size])
+            else:
+                processor.process(requests[first])
+        _sync(device)
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     processor.close()
-    return len(requests) / elapsed
+    return {"rate": len(requests) / elapsed, "cpu": cpu / len(requests), "texts": _texts(requests),
+            "gpu": gpu.mean}
 
 
-def run_worker(pages, xmls, model_dir: Path, device: str) -> float:
+def run_batched(pages, xmls, model_dir: Path, device: str, args) -> dict:
+    return run_processor(pages, xmls, model_dir, device, args, batched=True)
+
+
+def run_worker_batched(pages, xmls, model_dir: Path, device: str, args) -> dict:
+    return run_worker(pages, xmls, model_dir, device, args, batched=True)
+
+
+def _stage_config_file(model_dir: Path, work: Path, args, batched: bool) -> Path:
+    path = work / "config.ini"
+    path.write_text((model_dir / "config.ini").read_text() + (batching_section(args) if batched else ""))
+    return path
+
+
+def _collect_worker_results(mq, out: str) -> tuple[float, list]:
+    """Pages/s from the StageLogs' end times and the output requests; BenchFailure if any failed."""
+    from pero_worker.libs.message_pb2 import ProcessingRequest
+    ends, in_stage, done = [], [], []
+    while (delivery := mq.get(out)) is not None:
+        request = ProcessingRequest.FromString(delivery.body)
+        entry = request.logs[-1]
+        mq.ack(delivery.delivery_tag)
+        if entry.status != "OK":
+            raise BenchFailure(f"a request failed in the worker ({entry.status}): {entry.log[-300:]}")
+        ends.append(entry.end.ToNanoseconds() / 1e9)
+        in_stage.append((entry.end.ToNanoseconds() - entry.start.ToNanoseconds()) / 1e9)
+        done.append(request)
+    ends.sort()
+    # The clock: from the end of the first (warm-up) page to the end of the last, as the worker's StageLogs
+    # record them; the pages counted are those that ended after that start (a batching worker ends the whole
+    # warm-up group at that moment, so its other pages do not count either).
+    window = ends[-1] - ends[0]
+    finished = sum(1 for end in ends if end > ends[0])
+    if finished == 0 or window <= 0:
+        raise BenchFailure("every page ended at once: no time window to measure (use more pages)")
+    print(f"   worker: {statistics.median(in_stage):.3f} s median inside the stage per request, "
+          f"{window / finished:.3f} s/page wall clock over {finished} pages", flush=True)
+    return finished / window, done
+
+
+def run_worker(pages, xmls, model_dir: Path, device: str, args, batched: bool = False) -> dict:
     from pero_worker.dev.local_services import ensure_services, write_server_lists
     from pero_worker.libs import zk_paths
     from pero_worker.libs.addresses import Address
@@ -136,7 +295,7 @@ def run_worker(pages, xmls, model_dir: Path, device: str) -> float:
     auth = ["-u", services.user, "--password-file", str(services.password_file)]
     py = sys.executable
     for cmd in ([py, "scripts/stage_config_manager.py", "-z", zk_arg, *auth, "--name", stage,
-                 "--config", str(model_dir / "config.ini"), "--file", str(archive),
+                 "--config", str(_stage_config_file(model_dir, work, args, batched)), "--file", str(archive),
                  "--remote-path", f"pero/{stage}"],
                 [py, "scripts/stage_config_manager.py", "-z", zk_arg, *auth, "--name", out]):
         subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
@@ -154,30 +313,15 @@ def run_worker(pages, xmls, model_dir: Path, device: str) -> float:
         mq.wait_for_confirms(60)
         zk.set_text(zk_paths.worker_queue(worker_id), stage)
         deadline = time.monotonic() + 1800
-
-        def wait_count(count: int) -> None:
+        with GpuSampler(device) as gpu:
             # Slow polling on purpose: frequent broker round trips would take CPU from the worker
-            # on a small machine; the timing itself comes from the StageLogs below.
-            while (mq.queue_length(out) or 0) < count:
+            # on a small machine; the timing itself comes from the StageLogs.
+            while (mq.queue_length(out) or 0) < len(pages) + 1:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise SystemExit("the worker did not finish the OCR pages (see its status in ZooKeeper)")
+                    raise BenchFailure("the worker did not finish the OCR pages (see its status in ZooKeeper)")
                 time.sleep(0.5)
-        wait_count(len(pages) + 1)
-        # The clock: from the end of the first (warm-up) page to the end of the last, as the worker's
-        # StageLogs record them; so len(pages) pages were processed in that window.
-        from pero_worker.libs.message_pb2 import ProcessingRequest
-        ends, in_stage = [], []
-        while (delivery := mq.get(out)) is not None:
-            entry = ProcessingRequest.FromString(delivery.body).logs[-1]
-            ends.append(entry.end.ToNanoseconds() / 1e9)
-            in_stage.append((entry.end.ToNanoseconds() - entry.start.ToNanoseconds()) / 1e9)
-            mq.ack(delivery.delivery_tag)
-        ends.sort()
-        window = ends[-1] - ends[0]
-        in_stage = sorted(in_stage)[:-1]   # without the slowest, i.e. the warm-up page
-        print(f"   worker: {statistics.mean(in_stage):.3f} s/page inside the stage, "
-              f"{window / len(pages):.3f} s/page wall clock", flush=True)
-        return len(pages) / window
+        rate, done = _collect_worker_results(mq, out)
+        return {"rate": rate, "cpu": None, "texts": _texts(done), "gpu": gpu.mean}
     finally:
         zk.set_text(zk_paths.worker_enabled(worker_id), "false")
         try:
@@ -193,38 +337,76 @@ def run_worker(pages, xmls, model_dir: Path, device: str) -> float:
         zk.stop()
         admin.delete(chroot, recursive=True)
         admin.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
-def main() -> int:
+RUNNERS = {"direct": run_direct, "processor": run_processor, "batched": run_batched, "worker": run_worker,
+           "worker-batched": run_worker_batched}
+RATIOS = (("worker", "direct"), ("processor", "direct"), ("batched", "direct"), ("batched", "processor"),
+          ("worker-batched", "worker"), ("worker-batched", "direct"))
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=Path, default=REPO / "examples")
     parser.add_argument("--model-dir", type=Path, default=REPO / "pero-ocr" / "model")
     parser.add_argument("--repeat", type=int, default=2, help="how many times the example pages are processed")
     parser.add_argument("--runs", type=int, default=3, help="runs per mode (median reported)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--modes", nargs="+", default=["direct", "processor", "worker"],
-                        choices=["direct", "processor", "worker"])
-    args = parser.parse_args()
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--batch-pages", type=int, default=8, help="BATCH_PAGES of the batched modes")
+    parser.add_argument("--batch-pixels", type=int, help="BATCH_PIXELS of the batched modes (default: by device)")
+    parser.add_argument("--crop-processes", type=int, help="CROP_PROCESSES of the batched modes (default: by device)")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="MIXED_PRECISION = TRUE in the batched modes (float16 autocast; CUDA only)")
+    return parser
 
+
+def report(results: dict[str, list[dict]], device: str, examples: Path) -> None:
+    medians = {mode: statistics.median(r["rate"] for r in runs) for mode, runs in results.items()}
+    print()
+    print(f"load average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    for mode, rate in medians.items():
+        print(f"RESULT ocr_{mode.replace('-', '_')}_{device} {rate:.3f} pages/s")
+    for mode, runs in results.items():
+        cpu = [r["cpu"] for r in runs if r["cpu"] is not None]
+        if cpu:
+            print(f"RESULT ocr_{mode.replace('-', '_')}_{device}_cpu_seconds {statistics.median(cpu):.3f} s/page")
+        value = cer(examples, runs[-1]["texts"])
+        if value is not None:
+            print(f"RESULT cer_{mode.replace('-', '_')}_{device} {value:.2f} %")
+        gpu = [r["gpu"] for r in runs if r["gpu"] is not None]
+        if gpu:
+            print(f"RESULT ocr_{mode.replace('-', '_')}_{device}_gpu_util {statistics.median(gpu):.1f} %")
+    for mode, base in RATIOS:
+        if mode in medians and base in medians:
+            print(f"RESULT ocr_{mode.replace('-', '_')}_vs_{base.replace('-', '_')}_{device} "
+                  f"{100 * medians[mode] / medians[base]:.1f} %")
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     pages = load_pages(args.examples, args.repeat)
     xmls = layout_xml(pages)
-    runners = {"direct": run_direct, "processor": run_processor, "worker": run_worker}
     # Modes alternate within each run so that drifting machine load hits them alike.
-    rates: dict[str, list[float]] = {mode: [] for mode in args.modes}
+    results: dict[str, list[dict]] = {mode: [] for mode in args.modes}
+    failed = []
     for attempt in range(args.runs):
         for mode in args.modes:
-            rate = runners[mode](pages, xmls, args.model_dir, args.device)
-            rates[mode].append(rate)
-            print(f"{mode:>9} run {attempt + 1}: {len(pages)} pages, {rate:.3f} pages/s", flush=True)
-    medians = {mode: statistics.median(values) for mode, values in rates.items()}
-    device = args.device.replace(":", "")
-    print()
-    for mode, rate in medians.items():
-        print(f"RESULT ocr_{mode}_{device} {rate:.3f} pages/s")
-    if "direct" in medians and "worker" in medians:
-        print(f"RESULT ocr_worker_vs_direct_{device} {100 * medians['worker'] / medians['direct']:.1f} %")
-    if "direct" in medians and "processor" in medians:
-        print(f"RESULT ocr_processor_vs_direct_{device} {100 * medians['processor'] / medians['direct']:.1f} %")
+            try:
+                outcome = RUNNERS[mode](pages, xmls, args.model_dir, args.device, args)
+            except BenchFailure as error:
+                print(f"{mode:>14} run {attempt + 1}: FAILED: {error}", flush=True)
+                failed.append(mode)
+                continue
+            results[mode].append(outcome)
+            print(f"{mode:>14} run {attempt + 1}: {len(pages)} pages, {outcome['rate']:.3f} pages/s "
+                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
+    report({mode: runs for mode, runs in results.items() if runs and mode not in failed},
+           args.device.replace(":", ""), args.examples)
+    if failed:
+        print(f"FAILED modes (no figure reported): {', '.join(sorted(set(failed)))}")
+        return 1
     return 0
 
 

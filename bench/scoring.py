@@ -112,3 +112,16 @@ def char_errors(reference: str, hypothesis: str) -> tuple[int, int]:
     ref = normalise_text(reference)
     hyp = normalise_text(hypothesis)
     return Levenshtein.distance(ref, hyp), len(ref)
+
+
+def bag_of_words_error(reference: str, hypothesis: str) -> float:
+    """1 - (words in common, as multisets) / (the larger word count): reading order does not matter,
+    missing and invented words both count.  0 for two empty texts."""
+    from collections import Counter
+
+    ref = Counter(reference.split())
+    hyp = Counter(hypothesis.split())
+    total = max(sum(ref.values()), sum(hyp.values()))
+    if total == 0:
+        return 0.0
+    return 1.0 - sum((ref & hyp).values()) / total

@@ -36,7 +36,7 @@ from pero_worker.libs.backoff import Backoff
 
 if TYPE_CHECKING:
     from pero_worker.libs.config import ConnectionConfig
-    from pero_worker.libs.zk import ZooKeeper
+    from pero_worker.libs.zk import NodeReader
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,8 @@ class Delivery:
     headers: dict[str, Any]
     redelivered: bool
     queue: str
+    message_id: str | None = None   # ours: '<session token>.<seq>', unique; other publishers may set none
+    timestamp: int | None = None    # AMQP timestamp property: epoch seconds of the publish (None: not set)
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ class MQSettings:
     heartbeat: int = 30
 
     @classmethod
-    def from_zookeeper(cls, zk: ZooKeeper, conn: ConnectionConfig, **overrides: Any) -> MQSettings:
+    def from_zookeeper(cls, zk: NodeReader, conn: ConnectionConfig, **overrides: Any) -> MQSettings:
         """Broker addresses come from ZooKeeper; credentials and CA from the process config."""
         default_port = DEFAULT_PORTS["amqps" if conn.use_tls else "amqp"]
         servers = []
@@ -408,9 +410,10 @@ class MQSession:
         _connection, channel = self._require_open()
         self._publish_seq += 1
         seq = self._publish_seq
+        # The timestamp lets operator tools tell a message's age (e.g. how long a dead letter has waited).
         properties = pika.BasicProperties(
             delivery_mode=2, priority=max(0, int(priority)), headers=headers or None,
-            message_id=f"{self._session_token}.{seq}")
+            message_id=f"{self._session_token}.{seq}", timestamp=int(time.time()))
         self._pending[seq] = on_done
         try:
             channel._impl.basic_publish(exchange="", routing_key=queue, body=body,
@@ -549,7 +552,11 @@ class MQSession:
             return None
         return Delivery(delivery_tag=method.delivery_tag, body=body, priority=properties.priority or 0,
                         headers=dict(properties.headers or {}), redelivered=bool(method.redelivered),
-                        queue=queue)
+                        queue=queue, message_id=properties.message_id, timestamp=properties.timestamp)
+
+    def release_all(self) -> None:
+        """Give every delivery not yet acked back to its queue (tools that looked at messages without taking them)."""
+        self.nack(0, requeue=True, multiple=True)
 
     # --- the I/O loop -----------------------------------------------------------
 

@@ -23,7 +23,7 @@ from pero_worker.libs.addresses import DEFAULT_PORTS, Address, parse_address
 
 if TYPE_CHECKING:
     from pero_worker.libs.config import ConnectionConfig
-    from pero_worker.libs.zk import ZooKeeper
+    from pero_worker.libs.zk import NodeReader
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class ManagementClient:
         self._http = requests.Session()
 
     @classmethod
-    def from_zookeeper(cls, zk: ZooKeeper, conn: ConnectionConfig, **kwargs: Any) -> ManagementClient:
+    def from_zookeeper(cls, zk: NodeReader, conn: ConnectionConfig, **kwargs: Any) -> ManagementClient:
         default_port = DEFAULT_PORTS["management_tls" if conn.use_tls else "management"]
         servers = []
         for entry in zk.children(zk_paths.MQ_MONITORING_SERVERS):

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (  # re-exported: callers catch these from here
@@ -26,6 +28,7 @@ from kazoo.exceptions import (  # re-exported: callers catch these from here
 )
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KazooState, KeeperState
+from kazoo.recipe.cache import TreeCache, TreeEvent
 from kazoo.retry import KazooRetry
 from kazoo.security import make_acl
 
@@ -37,9 +40,14 @@ __all__ = [
     "ZooKeeper", "ZkConnectionError", "ZkLoginRefused", "NoNodeError", "NodeExistsError", "NoAuthError",
     "BadVersionError",
     "ConnectionLoss", "KazooException", "LockTimeout", "SessionExpiredError", "KazooState", "describe_zk_error",
+    "CachedTree", "NodeReader",
 ]
 
 log = logging.getLogger(__name__)
+
+
+RECONNECT_DELAY_CAP = 0.8      # seconds between reconnection attempts at most, before jitter
+RECONNECT_JITTER = 0.25        # ... so at most 0.8 * 1.25 = 1.0 s apart
 
 
 class ZkConnectionError(Exception):
@@ -129,8 +137,11 @@ class ZooKeeper:
         kwargs: dict = {
             "hosts": hosts,
             "timeout": session_timeout,
-            # Retry connection attempts forever with capped backoff: a daemon outlives outages.
-            "connection_retry": KazooRetry(max_tries=-1, delay=0.2, backoff=2, max_delay=5),
+            # Retry connection attempts forever with capped backoff: a daemon outlives outages.  The cap keeps
+            # attempts at most ~1 s apart (kazoo multiplies each delay by a jitter of 1 ± max_jitter): a daemon
+            # must be back within 2 s of ZooKeeper (issue 12); with a 5 s cap it could wait 5-7 s.
+            "connection_retry": KazooRetry(max_tries=-1, delay=0.2, backoff=2, max_delay=RECONNECT_DELAY_CAP,
+                                           max_jitter=RECONNECT_JITTER),
             "command_retry": KazooRetry(max_tries=3, delay=0.1, backoff=2, max_delay=2),
             "logger": logging.getLogger("kazoo.client"),
         }
@@ -259,6 +270,27 @@ class ZooKeeper:
             return None
         return data
 
+    def get_many(self, paths: Sequence[str]) -> list[bytes | None]:
+        """Several nodes' bytes (None where absent) in about one round trip: the requests are pipelined on
+        the session instead of waiting for each answer (readers of every worker's nodes: watchdog, console)."""
+        pending = [self.client.get_async(path) for path in paths]
+        result: list[bytes | None] = []
+        for request in pending:
+            try:
+                result.append(request.get()[0])
+            except NoNodeError:
+                result.append(None)
+        return result
+
+    def created_many(self, paths: Sequence[str]) -> list[float | None]:
+        """Creation times (epoch s) of several nodes, None where absent; pipelined like get_many."""
+        pending = [self.client.exists_async(path) for path in paths]
+        result: list[float | None] = []
+        for request in pending:
+            stat = request.get()
+            result.append(None if stat is None else stat.ctime / 1000.0)
+        return result
+
     def get_text(self, path: str, default: str = "") -> str:
         data = self.get(path)
         return data.decode("utf-8", "replace") if data is not None else default
@@ -330,3 +362,73 @@ class ZooKeeper:
     def election(self, path: str, identifier: str):
         """A kazoo Election; call .run(func) to block until elected, then run func."""
         return self.client.Election(path, identifier)
+
+
+class NodeReader(Protocol):
+    """What the readers of the whole tree use (watchdog/state.py): a live `ZooKeeper` or a `CachedTree`."""
+
+    def children(self, path: str) -> list[str]: ...
+    def get(self, path: str) -> bytes | None: ...
+    def get_text(self, path: str, default: str = "") -> str: ...
+    def get_many(self, paths: Sequence[str]) -> list[bytes | None]: ...
+    def created_many(self, paths: Sequence[str]) -> list[float | None]: ...
+    def exists(self, path: str) -> bool: ...
+
+
+class CachedTree:
+    """A read-only copy of a subtree kept current by watches (kazoo's TreeCache): reading it costs no round trip.
+
+    For a reader that looks at every node once a second (the web console): with 100 workers that is ~750
+    requests a second to ZooKeeper otherwise.  While the session is not connected every read raises
+    ConnectionLoss, so the reader knows its figures would be stale instead of silently serving old ones.
+    """
+
+    def __init__(self, zk: ZooKeeper, root: str) -> None:
+        self._zk = zk
+        self._root = root
+        self._cache = TreeCache(zk.client, root)
+        self._ready = threading.Event()
+
+    def start(self, timeout: float = 30.0) -> CachedTree:
+        """Load the subtree (ZkConnectionError if that takes longer than `timeout`)."""
+        self._cache.listen(self._on_event)
+        self._cache.start()
+        if not self._ready.wait(timeout):
+            self.close()
+            raise ZkConnectionError(f"could not load ZooKeeper's {self._root} within {timeout:.0f} s")
+        return self
+
+    def _on_event(self, event: Any) -> None:
+        if event.event_type == TreeEvent.INITIALIZED:
+            self._ready.set()
+
+    def close(self) -> None:
+        self._cache.close()
+
+    def _node(self, path: str) -> Any:
+        if not self._zk.connected:
+            raise ConnectionLoss("not connected to ZooKeeper")
+        return self._cache.get_data(path)
+
+    def children(self, path: str) -> list[str]:
+        if not self._zk.connected:
+            raise ConnectionLoss("not connected to ZooKeeper")
+        return sorted(self._cache.get_children(path) or ())
+
+    def get(self, path: str) -> bytes | None:
+        node = self._node(path)
+        return None if node is None else node.data
+
+    def get_text(self, path: str, default: str = "") -> str:
+        data = self.get(path)
+        return data.decode("utf-8", "replace") if data is not None else default
+
+    def get_many(self, paths: Sequence[str]) -> list[bytes | None]:
+        return [self.get(path) for path in paths]
+
+    def created_many(self, paths: Sequence[str]) -> list[float | None]:
+        nodes = [self._node(path) for path in paths]
+        return [None if node is None or node.stat is None else node.stat.ctime / 1000.0 for node in nodes]
+
+    def exists(self, path: str) -> bool:
+        return self._node(path) is not None

@@ -52,7 +52,7 @@ DEFAULT_OUTPUT_DIR = "logs"
 DEFAULT_ROTATION_MINUTES = 10080.0   # one week
 DEFAULT_NUMBER_OF_FILES = 10
 PREFETCH = 500                       # records in flight: written and acked in batches
-MAX_BACKOFF = 2.0                    # retry at least this often: back within ~2 s of a service
+MAX_BACKOFF = 1.0                    # retry at least this often: consuming <= 2 s after a service is back
 
 
 @dataclass(frozen=True)

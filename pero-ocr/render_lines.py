@@ -28,12 +28,13 @@ import json
 import math
 import random
 import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, features
 
 from pero_worker.training.charset import CHARACTERS
 
@@ -156,11 +157,45 @@ LANGUAGES: dict[str, Language] = {
                 "",
                 "«» „“ “”"),
 }
-LANGUAGE_WEIGHTS = {"en": 10, "de": 8, "fr": 7, "es": 5, "pt": 3, "it": 4, "cs": 10, "sk": 4, "pl": 5,
-                    "hu": 4, "ro": 3, "hr": 3, "lv": 2, "lt": 2, "tr": 3, "nordic": 4, "is": 1, "fi": 2,
-                    "nl": 3, "eo": 1, "mt": 1, "misc": 3}
+# Real European print is mostly plain ASCII: English weighs as much as all other languages together,
+# and the rare-letter profiles ("misc", Esperanto, Maltese, Icelandic) are rare, so the model does not
+# learn to expect accents where noise blurs a plain letter (issue 10: "Öur", "dweĺling", "taľe").
+LANGUAGE_WEIGHTS = {"en": 50, "de": 9, "fr": 8, "es": 5, "pt": 3, "it": 4, "cs": 6, "sk": 2, "pl": 3,
+                    "hu": 2, "ro": 1.5, "hr": 1.5, "lv": 0.7, "lt": 0.7, "tr": 1, "nordic": 3, "is": 0.3, "fi": 1,
+                    "nl": 3, "eo": 0.2, "mt": 0.2, "misc": 0.4}
+# Common English words, rich in the letter pairs print sets as ligatures (fi, fl, ff, ffi, ffl, ft, st, ct)
+# and in the letters small caps and italics make hard (so the real-word share of English lines teaches them).
+_ENGLISH_TEXT = """
+the of and to in is that for it as with was on be by this are or from at which not but have an his her they
+we you he she had were their been has more one all would there what so up out if about who them some could
+time only new other into two may first after then also made over such these our any most many well
+office official officer affairs effect effort efficient difficult different offer offered suffer traffic
+staff stuff cliff coffee afford affect sufficient profit profile field fifth fifty fifteen figure final finally
+find finding fine finish fire firm fish fit five fix flag flat flesh flight floor flow flower fluid fly flying
+flux fleet flame flood flourish reflect inflation conflict influence influential affluent baffle shuffle waffle
+scaffold officially sufficiently effectively office's artifact benefit classified clarify identify justify
+modified notified satisfied signify specific terrific scientific beneficial artificial superficial
+after often soft left gift shift craft draft loft lift swift theft
+first last most best just must fast past least against still state street story study style system
+act fact action active actual effect elect select direct district product practice protect respect object
+and with when where which while whom whose why will wish within without woman women wonder word work world
+quickly quiet quite quote question equal require request quality quantity
+morning evening during nothing something thing thought through though although enough rough brought
+dwelling telling well tell tale tales love hand land lone alone our hour house mouse
+Mr Mrs Dr St Street Road London New York Chapter Section Page Volume Table Figure Contents Index
+"""
+ENGLISH_WORDS = tuple(_ENGLISH_TEXT.split())
 ROMAN = ["I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X", "XI", "XII", "XIV", "XIX", "XX", "XXI"]
 SYMBOLS = "#$%&*+/<=>@[\\]^_`{|}~§°€"
+
+
+ACCENT_KEEP = 0.4
+
+
+def _plain(ch: str) -> str:
+    """The letter without its accents ('é' -> 'e'); letters that are no accented form (ß, ø, ł) stay."""
+    base = unicodedata.normalize("NFD", ch)[0]
+    return base if base.isascii() and base.isalpha() else ch
 
 
 def _charset_filter(text: str) -> str:
@@ -178,6 +213,8 @@ class TextGenerator:
 
     def word(self, lang: Language) -> str:
         r = self.rng
+        if lang is LANGUAGES["en"] and r.random() < 0.55:
+            return r.choice(ENGLISH_WORDS)
         if lang.words and r.random() < 0.35:
             return r.choice(lang.words)
         syllables = r.choices([1, 2, 3, 4, 5], weights=[18, 34, 28, 14, 6])[0]
@@ -191,7 +228,9 @@ class TextGenerator:
             out.append(r.choice(lang.vowels))
             if r.random() < 0.3:
                 out.append(r.choice(lang.consonants))
-        return "".join(out)
+        # The letter profiles list accented letters several times each; real words carry fewer of them
+        # (about one letter in 25 in French, one in 60 in German), so most are set plain.
+        return "".join(ch if ch.isascii() or r.random() < ACCENT_KEEP else _plain(ch) for ch in "".join(out))
 
     def number(self) -> str:
         r = self.rng
@@ -257,7 +296,7 @@ class TextGenerator:
             p = r.random()
             if p < 0.1:
                 tok = self.number()
-            elif p < 0.13:
+            elif p < 0.115:
                 tok = self.oddity()
             else:
                 tok = self.word(lang)
@@ -408,19 +447,114 @@ def cropper():
 # --------------------------------------------------------------------------------------------
 
 
-def _draw_line(canvas: Image.Image, xy: tuple[float, float], text: str, font, fill: int) -> None:
+# Pillow shapes text with libraqm (HarfBuzz) when it has it: only then are OpenType ligatures ("fi", "fl",
+# "ffi" as one glyph, as books and magazines print them) and true small caps (`smcp`) drawn at all.
+SHAPING = features.check("raqm")
+
+
+@dataclass(frozen=True)
+class Style:
+    """How one line is set, beyond its font: OpenType features, small caps, letter-spacing, faux bold.
+
+    The label is always the text as typed: ligatures read as their letters, small capitals as the
+    lowercase letters they stand for, letter-spaced words without the extra spaces.
+    """
+    features: tuple[str, ...] = ("liga",)
+    small_caps: str = ""          # "" | "smcp" (the font's own small capitals) | "faux" (scaled capitals)
+    tracking: float = 0.0         # extra space after every character, in em (letter-spaced titles)
+    stroke: int = 0               # px of faux bold around every glyph
+
+
+PLAIN = Style()
+
+
+@functools.lru_cache(maxsize=512)
+def has_small_caps(path: str) -> bool:
+    """Whether the font has its own small capitals (the `smcp` feature changes how 'x' is drawn)."""
+    if not SHAPING:
+        return False
+    font = ImageFont.truetype(path, 40)
+    return font.getbbox("x", features=["smcp"]) != font.getbbox("x")
+
+
+def choose_style(rng: random.Random, font_file: FontFile, text: str) -> Style:
+    """Random setting of one line: ligatures mostly on (as in print), sometimes small caps or letter-spaced."""
+    feats = ("liga",) if rng.random() < 0.85 else ("-liga",)
+    small_caps = ""
+    if rng.random() < 0.06 and any(ch.islower() for ch in text):
+        small_caps = "smcp" if has_small_caps(font_file.path) and rng.random() < 0.7 else "faux"
+    tracking = rng.uniform(0.06, 0.5) if rng.random() < 0.06 else 0.0
+    stroke = 1 if rng.random() < 0.03 else 0
+    return Style(feats + (("smcp",) if small_caps == "smcp" else ()), small_caps, tracking, stroke)
+
+
+def _pieces(text: str, style: Style) -> list[tuple[str, float]] | None:
+    """(string, size factor) pieces for glyph-by-glyph drawing; None when the line is drawn in one go."""
+    if not style.tracking and style.small_caps != "faux":
+        return None
+    out = []
+    for ch in text:
+        upper = ch.upper()
+        if style.small_caps == "faux" and ch.islower() and len(upper) == 1:
+            out.append((upper, 0.74))
+        else:
+            out.append((ch, 1.0))
+    return out
+
+
+def _features(style: Style) -> list[str] | None:
+    return list(style.features) if SHAPING else None
+
+
+def line_extent(text: str, font, style: Style = PLAIN) -> tuple[float, float, float, float]:
+    """Ink box (x0, y0, x1, y1) of the line drawn with `_draw_line`, relative to its baseline start."""
+    pieces = _pieces(text, style)
+    if pieces is None:
+        return font.getbbox(text, anchor="ls", features=_features(style), stroke_width=style.stroke)
+    x0, y0, _x1, y1 = font.getbbox(text, anchor="ls", stroke_width=style.stroke)
+    return x0, y0, _advance(pieces, font, style), y1
+
+
+def _advance(pieces: list[tuple[str, float]], font, style: Style) -> float:
+    em = font.size
+    return sum(_sized(font, factor).getlength(piece) + style.tracking * em for piece, factor in pieces)
+
+
+def _sized(font, factor: float):
+    return font if factor == 1.0 else font.font_variant(size=max(4, int(round(font.size * factor))))
+
+
+def _draw_line(canvas: Image.Image, xy: tuple[float, float], text: str, font, fill: int,
+               style: Style = PLAIN) -> None:
     """Draw text with its baseline's left end at xy."""
-    ImageDraw.Draw(canvas).text(xy, text, font=font, fill=fill, anchor="ls")
+    draw = ImageDraw.Draw(canvas)
+    pieces = _pieces(text, style)
+    if pieces is None:
+        draw.text(xy, text, font=font, fill=fill, anchor="ls", features=_features(style),
+                  stroke_width=style.stroke, stroke_fill=fill)
+        return
+    x, y = xy
+    for piece, factor in pieces:
+        sized = _sized(font, factor)
+        draw.text((x, y), piece, font=sized, fill=fill, anchor="ls", stroke_width=style.stroke, stroke_fill=fill)
+        x += sized.getlength(piece) + style.tracking * font.size
 
 
 def _degrade(img: np.ndarray, rng: random.Random, nrng: np.random.Generator, em: float,
              paper: int, ink: int) -> np.ndarray:
     """Scan-like degradations of a float32 grey canvas (0..255)."""
     h, w = img.shape
+    if rng.random() < 0.07:  # halftone screen: text printed on a tinted (dotted) background
+        img = _halftone(img, rng, paper, ink)
     if rng.random() < 0.35:  # paper texture / uneven illumination
         small = nrng.normal(0, 1, (max(2, h // 16), max(2, w // 16))).astype(np.float32)
         field = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
         img = img + field * rng.uniform(2, 14) * (img > (paper + ink) / 2)
+    if rng.random() < 0.12:  # uneven light across the line (book gutter, scanner lamp): up to 35 % darker
+        ramp = np.linspace(0.0, 1.0, w, dtype=np.float32) ** rng.uniform(0.5, 2.5)
+        if rng.random() < 0.5:
+            ramp = ramp[::-1]
+        img = img * (1.0 - rng.uniform(0.1, 0.35) * ramp)[None, :]
     if rng.random() < 0.5:
         sigma = rng.uniform(0.3, 1.3) * em / 28.0
         img = cv2.GaussianBlur(img, (0, 0), max(0.3, sigma))
@@ -452,6 +586,30 @@ def _degrade(img: np.ndarray, rng: random.Random, nrng: np.random.Generator, em:
     return img
 
 
+def _halftone(img: np.ndarray, rng: random.Random, paper: int, ink: int) -> np.ndarray:
+    """A rotated dot screen on the paper (not on the ink), as under text printed on a tint."""
+    h, w = img.shape
+    period = rng.uniform(2.5, 7.0)
+    angle = math.radians(rng.choice([15, 45, 75, 0]))
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    u = (xs * math.cos(angle) + ys * math.sin(angle)) * (2 * math.pi / period)
+    v = (-xs * math.sin(angle) + ys * math.cos(angle)) * (2 * math.pi / period)
+    dots = (np.cos(u) + np.cos(v)) > rng.uniform(0.2, 1.4)
+    on_paper = img > (paper + ink) / 2
+    return np.where(dots & on_paper, img - rng.uniform(0.15, 0.45) * (paper - ink), img).astype(np.float32)
+
+
+def _bleed_through(coverage: np.ndarray, rng: random.Random, neighbours: TextGenerator, font, em: float,
+                   base_y: float) -> np.ndarray:
+    """Faint mirrored text of the other side of the sheet, added to the ink coverage (0..255)."""
+    h, w = coverage.shape
+    back = Image.new("L", (w, h), 0)
+    _draw_line(back, (rng.uniform(-0.5, 0.5) * em, base_y + rng.uniform(-0.6, 0.6) * em),
+               neighbours.line(max(8, int(w / (0.5 * em)))), font, 255)
+    mirrored = cv2.GaussianBlur(np.asarray(back, dtype=np.float32)[:, ::-1], (0, 0), max(0.6, em / 30.0))
+    return np.maximum(coverage, mirrored * rng.uniform(0.08, 0.28))
+
+
 def render_sample(text: str, font_file: FontFile, rng: random.Random, fonts: FontCache,
                   neighbours: TextGenerator | None = None, augment: bool = True,
                   em: int | None = None) -> np.ndarray:
@@ -461,15 +619,20 @@ def render_sample(text: str, font_file: FontFile, rng: random.Random, fonts: Fon
     """
     nrng = np.random.default_rng(rng.getrandbits(32))
     if em is None:
-        em = int(round(math.exp(rng.uniform(math.log(17), math.log(58)))))
+        # 8-12 pt at 150-400 dpi: 17-67 px to the em; small print at 150 dpi goes down to 14 px.
+        em = int(round(math.exp(rng.uniform(math.log(14), math.log(66)))))
     font = fonts.get(font_file.path, em)
-    x0, y0, x1, y1 = font.getbbox(text, anchor="ls")
+    style = choose_style(rng, font_file, text) if augment else PLAIN
+    x0, y0, x1, y1 = line_extent(text, font, style)
     if augment:
         # Horizontal scale (narrow/wide print, scanner aspect) and a slight rotation of the page.
         sx = rng.uniform(0.82, 1.18) if rng.random() < 0.5 else 1.0
         angle = max(-2.5, min(2.5, rng.gauss(0, 0.8))) if rng.random() < 0.7 else 0.0
         paper = rng.randint(165, 255)
-        ink = rng.randint(0, max(0, min(110, paper - 75)))
+        if rng.random() < 0.1:   # low contrast: grey print on grey paper
+            ink = max(0, paper - rng.randint(40, 80))
+        else:
+            ink = rng.randint(0, max(0, min(110, paper - 75)))
     else:
         sx, angle, paper, ink = 1.0, 0.0, 245, 20
     margin = int(em * 1.2)
@@ -482,7 +645,7 @@ def render_sample(text: str, font_file: FontFile, rng: random.Random, fonts: Fon
     base_x = margin - min(x0, 0)
 
     mask = Image.new("L", (width, height), 0)
-    _draw_line(mask, (base_x, base_y), text, font, 255)
+    _draw_line(mask, (base_x, base_y), text, font, 255, style)
     coverage = np.asarray(mask, dtype=np.float32)
     if neighbours is not None and augment and rng.random() < 0.65:
         others = Image.new("L", (width, height), 0)
@@ -493,6 +656,8 @@ def render_sample(text: str, font_file: FontFile, rng: random.Random, fonts: Fon
                 _draw_line(others, (base_x + rng.uniform(-1, 1) * em, base_y + direction * leading),
                            other, font, 255)
         coverage = np.maximum(coverage, np.asarray(others, dtype=np.float32))
+    if neighbours is not None and augment and rng.random() < 0.07:
+        coverage = _bleed_through(coverage, rng, neighbours, font, em, base_y)
     img = paper - (paper - ink) * (coverage / 255.0)
     ink_mask = np.asarray(mask) > 96
 

@@ -331,7 +331,17 @@ def evaluate_engine(model_dir: Path, font_dir: Path, count: int, seed: int) -> d
 # --------------------------------------------------------------------------------------------
 
 
+def check_shaping(allow_plain: bool) -> None:
+    """Refuse to train without text shaping (Pillow's libraqm), unless told: without it no ligature or small
+    capital is ever drawn, and a model trained so reads print's "fi" as one letter (issue 10: "frst", "offce")."""
+    import render_lines as R
+    if not R.SHAPING and not allow_plain:
+        raise SystemExit("Pillow has no libraqm here (PIL.features.check('raqm') is False): ligatures and small caps "
+                         "would not be rendered. Install libraqm0 (Debian) or pass --no-shaping to train anyway.")
+
+
 def train(args: argparse.Namespace) -> int:
+    check_shaping(args.no_shaping)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -511,6 +521,8 @@ def main() -> int:
     ap.add_argument("--hidden", type=int, default=128, help="LSTM units per direction")
     ap.add_argument("--layers", type=int, default=2, help="BiLSTM layers")
     ap.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    ap.add_argument("--no-shaping", action="store_true",
+                    help="train even where Pillow lacks libraqm (no ligatures, no true small caps)")
     ap.add_argument("--val-lines", type=int, default=512, help="lines in each validation set")
     ap.add_argument("--val-every", type=float, default=60.0, help="seconds between validations")
     ap.add_argument("--ckpt-every", type=float, default=90.0, help="seconds between checkpoints")

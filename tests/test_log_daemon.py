@@ -212,3 +212,12 @@ def test_a_log_queue_declared_by_an_earlier_version_is_consumed_with_one_warning
         session.close()
     assert daemon.returncode == 0, output
     assert output.count("exists with other arguments") == 1 and "406" in output and "Traceback" not in output, output
+
+
+def test_broker_and_zookeeper_retries_are_at_most_1_s_apart():
+    """Issue 12: the log daemon consumes again <= 2 s after the broker is back; its retry loop waits at most
+    MAX_BACKOFF between attempts (it was 2 s, which alone could use the whole bound)."""
+    from pero_worker.libs.backoff import Backoff
+    from pero_worker.log_daemon import log_daemon
+    backoff = Backoff(initial=0.2, cap=log_daemon.MAX_BACKOFF)
+    assert max(backoff.delay() for _ in range(30)) <= 1.0

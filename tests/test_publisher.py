@@ -281,6 +281,35 @@ def publish(mq: MQSession, queue: str, request: ProcessingRequest | bytes) -> No
     assert mq.publish_and_wait(queue, body) is PublishOutcome.CONFIRMED
 
 
+def test_flagged_summary_counts_and_lists_pages():
+    assert dl.flagged_summary([]) == ["0 page(s) flagged by the quality checks"]
+    lines = dl.flagged_summary([("a_1", ["upside_down", "low_confidence"]), ("b_2", ["no_text"]),
+                                ("c_3", ["low_confidence"])], limit=2)
+    assert lines[0].startswith("3 page(s) flagged by the quality checks (low_confidence: 2, no_text: 1, "
+                               "upside_down: 1)")
+    assert lines[1:] == ["  flagged a_1: upside_down, low_confidence", "  flagged b_2: no_text", "  ... and 1 more"]
+
+
+def test_download_counts_pages_with_quality_warnings(env, tmp_path, capsys):
+    out = env.queue("out")
+    warned = make_request(results=[("turned.png", b"IMG")],
+                          logs=[("layout", "OK", "layout ok\n"),
+                                ("ocr", "OK", "2026 WARNING x: QUALITY WARNING: upside_down, low_confidence: "
+                                              "the page reads better turned\n")])
+    fine = make_request(results=[("fine.png", b"IMG")], logs=[("ocr", "OK", "42 lines\n")])
+    publish(env.mq, out, warned)
+    publish(env.mq, out, fine)
+    target = tmp_path / "download"
+    assert env.run("--download", out, "--directory", str(target)) == 0   # a warning is not a failure
+    summary = capsys.readouterr().out
+    assert "0 with failed stages" in summary
+    assert "1 page(s) flagged by the quality checks (low_confidence: 1, upside_down: 1)" in summary
+    assert f"flagged turned_{warned.uuid[:8]}: upside_down, low_confidence" in summary
+    info = (target / f"turned_{warned.uuid[:8]}" / dl.INFO_FILE).read_text()
+    assert "quality:          upside_down, low_confidence" in info and "status:           OK" in info
+    assert "quality:          no warnings" in (target / f"fine_{fine.uuid[:8]}" / dl.INFO_FILE).read_text()
+
+
 def test_download_writes_folders_and_empties_the_queue(env, tmp_path, capsys):
     out = env.queue("out")
     ok = make_request(results=[("scan.jpg", b"IMG"), ("scan.jpg_page.xml", b"<xml/>")],

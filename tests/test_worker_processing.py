@@ -153,3 +153,96 @@ def test_internal_errors_are_dead_lettered(capture, monkeypatch) -> None:
     [[outcome]] = handed
     assert outcome.route.kind is RouteKind.DEAD_LETTER and outcome.headers["reason"].startswith("internal_error:")
     assert outcome.delivery.delivery_tag == 9
+
+
+# --- groups: a processor that reads several requests in one step (BATCH_PAGES) -------------------------
+
+class Grouping:
+    """A batching processor in miniature: begin/run/finish as PeroOcrProcessor has them, recording the calls.
+
+    begin refuses a request whose content is b"bad-input"; run fails a page whose content is b"bad-page"
+    (kept in its job, as the real one does); `crash` makes run raise (a bug in the shared step)."""
+
+    def __init__(self, batch_pages: int, crops_ahead: bool = False, crash: bool = False) -> None:
+        self.batch_pages = batch_pages
+        self.crops_ahead = crops_ahead
+        self.crash = crash
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def begin(self, request: ProcessingRequest) -> dict:
+        self.calls.append(("begin", [request.uuid]))
+        if request.results[0].content == b"bad-input":
+            raise ProcessingError("not an image")
+        logging.getLogger("grouping").info("begun %s", request.uuid)
+        return {"request": request, "error": None}
+
+    def run(self, jobs: list[dict]) -> None:
+        self.calls.append(("run", [job["request"].uuid for job in jobs]))
+        logging.getLogger("grouping").info("read %d pages together", len(jobs))
+        if self.crash:
+            raise RuntimeError("shared step exploded")
+        for job in jobs:
+            if job["request"].results[0].content == b"bad-page":
+                job["error"] = ProcessingError("the network failed on this page")
+
+    def finish(self, job: dict) -> None:
+        self.calls.append(("finish", [job["request"].uuid]))
+        if job["error"] is not None:
+            raise job["error"]
+        job["request"].results.add(name="a.jpg_page.xml", content=b"<PcGts/>")
+
+    def process(self, request: ProcessingRequest) -> None:
+        self.calls.append(("process", [request.uuid]))
+
+    def close(self) -> None:
+        pass
+
+
+def _run_thread(capture, processor, contents: list[bytes]) -> list[Outcome]:
+    import threading
+    done: list[Outcome] = []
+    finished = threading.Event()
+
+    def on_outcomes(outcomes: list[Outcome]) -> None:
+        done.extend(outcomes)
+        if len(done) >= len(contents):
+            finished.set()
+    thread = ProcessingThread("w1", capture, on_outcomes, lambda stage, s: None,
+                              lambda error: isinstance(error, ProcessingError))
+    thread.context = StageContext(STAGE, "v2", processor)
+    for tag, content in enumerate(contents, 1):   # all waiting before the thread starts: groups are full
+        request = ProcessingRequest(uuid=f"r{tag}", processing_stages=[STAGE, "out"])
+        request.results.add(name="a.jpg", content=content)
+        thread.submit(_delivery(request.SerializeToString(), tag), 0)
+    thread.start()
+    assert finished.wait(10), f"only {len(done)} outcomes"
+    thread.stop()
+    return sorted(done, key=lambda outcome: outcome.delivery.delivery_tag)
+
+
+@pytest.mark.parametrize("crops_ahead", [False, True])
+def test_groups_fail_only_the_bad_requests(capture, crops_ahead) -> None:
+    processor = Grouping(3, crops_ahead)
+    contents = [b"ok", b"bad-input", b"ok", b"bad-page", b"ok", b"ok", b"ok"]
+    outcomes = _run_thread(capture, processor, contents)
+    statuses = [outcome.request.logs[-1].status for outcome in outcomes]
+    assert statuses == ["OK", "FAILED", "OK", "FAILED", "OK", "OK", "OK"]
+    assert all(outcome.route.queue == "out" for outcome in outcomes)
+    runs = [uuids for call, uuids in processor.calls if call == "run"]
+    assert runs == [["r1", "r3"], ["r4", "r5", "r6"]]
+    assert ("process", ["r7"]) in processor.calls      # a lone request goes through process() (PageParser)
+    logs = {outcome.request.uuid: outcome.request.logs[-1].log for outcome in outcomes}
+    assert "begun r1" in logs["r1"] and "read 2 pages together" in logs["r1"] and "begun r3" not in logs["r1"]
+    assert "not an image" in logs["r2"] and "read" not in logs["r2"]
+    assert "the network failed on this page" in logs["r4"] and "read 3 pages together" in logs["r4"]
+    order = [call for call, _uuids in processor.calls if call in ("begin", "run")]
+    if crops_ahead:   # the next group is begun before the current one runs
+        assert order[:7] == ["begin"] * 6 + ["run"], order
+    else:
+        assert order[:5] == ["begin"] * 3 + ["run", "begin"], order
+
+
+def test_a_crash_of_the_shared_step_fails_its_group_with_error(capture) -> None:
+    outcomes = _run_thread(capture, Grouping(2, crash=True), [b"ok", b"ok", b"ok", b"ok"])
+    assert [outcome.request.logs[-1].status for outcome in outcomes] == ["ERROR"] * 4
+    assert all("shared step exploded" in outcome.request.logs[-1].log for outcome in outcomes)

@@ -114,6 +114,17 @@ def test_prefetch_should_change(current, avg, change) -> None:
     assert stats.prefetch_should_change(current, avg) is change
 
 
+@pytest.mark.parametrize("avg, minimum, expected", [(5.0, 0, 2), (5.0, 16, 16), (0.001, 16, 64), (None, 8, 8)])
+def test_choose_prefetch_minimum_of_a_batching_stage(avg, minimum, expected) -> None:
+    assert stats.choose_prefetch(avg, minimum) == expected
+
+
+def test_a_batching_stage_does_not_resubscribe_below_its_minimum() -> None:
+    # BATCH_PAGES = 8: prefetch 16; a slow average (prefetch 2 otherwise) must not cause a re-subscribe loop
+    assert not stats.prefetch_should_change(16, 5.0, 16)
+    assert stats.prefetch_should_change(16, 5.0)
+
+
 # --- settings --------------------------------------------------------------------------
 
 def _config(argv: list[str]):
@@ -256,3 +267,25 @@ def test_log_shipper_drops_oldest_when_nothing_ships() -> None:
     assert shipper.buffered == 100 and shipper.dropped == 150
     lines = shipper._take(1000)
     assert "line 150" in lines[0] and "line 249" in lines[-1] and " w9 INFO " in lines[0]
+
+
+@pytest.mark.parametrize("argv, env, models, memory", [
+    ([], {}, 0, None),
+    (["--warm-models", "2"], {}, 2, None),
+    ([], {"PERO_WARM_MODELS": "3", "PERO_WARM_MODELS_MEMORY": "2GiB"}, 3, 2 * 2**30),
+    (["--warm-models", "1", "--warm-models-memory", "500MB"], {"PERO_WARM_MODELS": "3"}, 1, 500 * 2**20),
+])
+def test_warm_model_settings(monkeypatch, argv, env, models, memory) -> None:
+    for name in ("PERO_WARM_MODELS", "PERO_WARM_MODELS_MEMORY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config = _config(["-z", "127.0.0.1:2181", *argv])
+    assert (config.warm_models, config.warm_models_memory) == (models, memory)
+
+
+@pytest.mark.parametrize("argv", [["--warm-models", "two"], ["--warm-models", "-1"],
+                                  ["--warm-models-memory", "lots"]])
+def test_bad_warm_model_settings(argv) -> None:
+    with pytest.raises(ConfigError, match="warm models"):
+        _config(["-z", "127.0.0.1:2181", *argv])

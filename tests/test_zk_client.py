@@ -46,3 +46,33 @@ def test_data_watch_reports_changes_and_lock_is_exclusive(zk):
         from pero_worker.libs.zk import LockTimeout
         with pytest.raises(LockTimeout), other.lock("/pero/lock_a", timeout=0.5):
             pass
+
+
+def test_reconnection_attempts_are_at_most_1_s_apart_so_a_long_outage_ends_within_2_s(services):
+    """Issue 12: a daemon is back within 2 s of ZooKeeper.  With the earlier 5 s backoff cap, an outage of a few
+    seconds left the client sleeping up to ~7 s after the server was back."""
+    import time
+
+    from pero_worker.dev.tcp_proxy import TcpProxy
+    proxy = TcpProxy(services.zk_host, services.zk_port).start()
+    host, port = proxy.address.rsplit(":", 1)
+    client = ZooKeeper(ConnectionConfig((Address(host, int(port)),)), session_timeout=30.0).start()
+    try:
+        retry = client.client._conn_retry
+        assert retry.max_delay * (1 + retry.max_jitter) <= 1.0 + 1e-9
+        proxy.cut()
+        deadline = time.monotonic() + 10
+        while client.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not client.connected
+        time.sleep(7)           # long enough for the backoff to have reached its cap
+        proxy.restore()
+        restored = time.monotonic()
+        while not client.connected and time.monotonic() - restored < 10:
+            time.sleep(0.02)
+        took = time.monotonic() - restored
+        print(f"ZooKeeper back after a 7 s outage -> reconnected in {took:.2f} s")
+        assert client.connected and took <= 2.0
+    finally:
+        client.stop()
+        proxy.close()

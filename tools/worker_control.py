@@ -26,6 +26,7 @@ from pero_worker.tools.cli import (
     run_main,
     validate_stage_name,
 )
+from pero_worker.tools.dead_letters import dead_letter_line
 from pero_worker.watchdog.report import format_table, seconds
 from pero_worker.watchdog.settings import ELECTION_PATH
 from pero_worker.watchdog.state import StateReader, format_iso, read_workers
@@ -98,6 +99,7 @@ def queues(zk: ZooKeeper, conn: ConnectionConfig) -> int:
         reader.close()
     if not snapshot.stages and not snapshot.other_stages:
         print("no stages configured")
+        print(dead_letter_line(zk, conn))
         return ExitCode.OK
     by_stage: dict[str, list[str]] = {}
     for record in snapshot.workers:
@@ -119,11 +121,16 @@ def queues(zk: ZooKeeper, conn: ConnectionConfig) -> int:
             f"{name} ({reason})" for name, reason in sorted(snapshot.other_stages.items())))
     if snapshot.depth_source != "amqp+management":
         print(f"\n(queue depths from: {snapshot.depth_source or 'nowhere: broker unreachable'})")
+    print("\n" + dead_letter_line(zk, conn))
     return ExitCode.OK
 
 
-def switch(zk: ZooKeeper, worker_id: str, stage: str, *, lock: float, force: bool) -> int:
+def switch_worker(zk: ZooKeeper, worker_id: str, stage: str, *, lock: float, force: bool) -> list[str]:
+    """Point WORKER at STAGE ('' = none) and lock it there; the warnings to show (CliError when refused).
+
+    Shared by `-i` and the web console, so both refuse and warn alike."""
     _require_worker(zk, worker_id)
+    warnings = []
     if stage:
         try:
             validate_stage_name(stage)
@@ -134,20 +141,31 @@ def switch(zk: ZooKeeper, worker_id: str, stage: str, *, lock: float, force: boo
             raise CliError(f"stage {stage!r} is not a processing stage: {kind.reason} (see stage_config_manager.py "
                            "--list); use --force to switch anyway")
         if zk_paths.decode_priority(zk.get(zk_paths.stage_admin_priority(stage))) < 0:
-            print(f"warning: stage {stage} is disabled (administrative priority -1): "
-                  "the watchdog will move the worker away", file=sys.stderr)
+            warnings.append(f"stage {stage} is disabled (administrative priority -1): "
+                            "the watchdog will move the worker away")
     if not zk.exists(zk_paths.worker_connected(worker_id)):
-        print(f"warning: worker {worker_id} is not connected; it takes the stage when it comes back",
-              file=sys.stderr)
+        warnings.append(f"worker {worker_id} is not connected; it takes the stage when it comes back")
     zk.set_text(zk_paths.worker_unlock_time(worker_id), format_iso(time.time() + max(0.0, lock)))
     zk.set_text(zk_paths.worker_queue(worker_id), stage)
+    return warnings
+
+
+def switch(zk: ZooKeeper, worker_id: str, stage: str, *, lock: float, force: bool) -> int:
+    for warning in switch_worker(zk, worker_id, stage, lock=lock, force=force):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"worker {worker_id} -> {stage or 'no stage'}")
     return ExitCode.OK
 
 
-def shutdown(zk: ZooKeeper, worker_id: str, *, wait: float) -> int:
+def set_enabled(zk: ZooKeeper, worker_id: str, enabled: bool) -> None:
+    """`enabled = false` asks a running worker to stop; `true` withdraws a request not yet obeyed (a stopped
+    worker is started again by its service manager, and writes `true` itself when it registers)."""
     _require_worker(zk, worker_id)
-    zk.set_text(zk_paths.worker_enabled(worker_id), "false")
+    zk.set_text(zk_paths.worker_enabled(worker_id), "true" if enabled else "false")
+
+
+def shutdown(zk: ZooKeeper, worker_id: str, *, wait: float) -> int:
+    set_enabled(zk, worker_id, False)
     print(f"worker {worker_id} asked to shut down")
     if wait > 0:
         deadline = time.monotonic() + wait

@@ -62,6 +62,7 @@ from pero_worker.worker.settings import WorkerConfig
 from pero_worker.worker.stage_log import RequestLogCapture
 from pero_worker.worker.stage_setup import CONFIG_RETRY_INTERVAL, StageLoader, StageSetupError, is_processing_error
 from pero_worker.worker.stage_state import Action, StageState, Target
+from pero_worker.worker.warm_pool import WarmPool, WarmSettings, memory_bytes
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ class StageConfigured:        # processing thread: a set-up job finished (error 
     error: str = ""
     seconds: float = 0.0
     transient: bool = False
+    batch_pages: int = 1      # requests the processor reads in one step (cross-page batching)
+    warm: bool = False        # taken from the warm-model pool: no download, no load
 
 
 Event = QueueAssigned | VersionChanged | EnabledChanged | AverageMeasured | ZkStateChanged | StageConfigured
@@ -141,6 +144,8 @@ class WorkerDaemon:
         self.processing = ProcessingThread(self.worker_id, capture, self._on_outcomes, self.stats.record,
                                            is_processing_error)
         self.stage = StageState()                  # the stage life cycle (main thread only)
+        # Processors of recently left stages (processing thread only: set-up jobs run there).
+        self.warm = WarmPool(WarmSettings(config.warm_models, config.warm_models_memory))
         self._watched_stages: set[str] = set()
         self._averages: dict[str, float] = {}
         self._exit_code = ExitCode.OK
@@ -255,7 +260,7 @@ class WorkerDaemon:
         self._averages[event.stage] = event.seconds
         if self.stage.on_average(event.stage, event.seconds):
             log.info("stage %s takes %.4f s per request: re-subscribing with prefetch %d",
-                     event.stage, event.seconds, stats.choose_prefetch(event.seconds))
+                     event.stage, event.seconds, stats.choose_prefetch(event.seconds, self.stage.min_prefetch))
 
     def _watch_stage(self, stage: str) -> None:
         if not stage or stage in self._watched_stages:
@@ -404,13 +409,16 @@ class WorkerDaemon:
         self.processing.run_job(lambda: self._setup_job(target))
 
     def _setup_job(self, target: Target) -> None:
-        """On the processing thread: close the old processor, build the new one, post StageConfigured."""
+        """On the processing thread: retire the old processor, take or build the new one, post StageConfigured."""
         old, self.processing.context = self.processing.context, None
+        # The wanted processor leaves the pool before the old one enters it: with room for one warm model,
+        # A -> B -> A still finds A.
+        if target.stage and self._setup_from_pool(target):
+            if old is not None:
+                self._retire(old)
+            return
         if old is not None:
-            try:
-                old.processor.close()
-            except Exception as error:
-                log.warning("closing the processor of stage %s failed: %s", old.stage, error)
+            self._retire(old)   # before loading: its memory may be needed
         if not target.stage:
             self.post(StageConfigured(target, None))
             return
@@ -424,7 +432,37 @@ class WorkerDaemon:
             self.post(StageConfigured(target, None, f"{type(error).__name__}: {error}"))
             return
         self.processing.context = StageContext(target.stage, version, processor)
-        self.post(StageConfigured(target, version, "", seconds))
+        self.post(StageConfigured(target, version, "", seconds, batch_pages=_batch_pages(processor)))
+
+    def _setup_from_pool(self, target: Target) -> bool:
+        """Take the stage's processor from the warm-model pool when it holds this version (processing thread)."""
+        if not self.warm.settings.enabled or not target.version:
+            return False
+        started = time.monotonic()
+        processor, stale = self.warm.take(target.stage, target.version)
+        for item in stale:
+            self._close_processor(target.stage, item)
+        if processor is None:
+            return False
+        self.processing.context = StageContext(target.stage, target.version, processor)
+        self.post(StageConfigured(target, target.version, "", time.monotonic() - started,
+                                  batch_pages=_batch_pages(processor), warm=True))
+        return True
+
+    def _retire(self, old: StageContext) -> None:
+        """The processor of the stage being left: into the warm-model pool, or closed."""
+        for processor in self.warm.put(old.stage, old.version, old.processor, memory_bytes(old.processor)):
+            self._close_processor(old.stage if processor is old.processor else "a warm stage", processor)
+        if self.warm.settings.enabled and len(self.warm):
+            log.info("warm models: %s (%.1f MiB)", ", ".join(f"{stage} {version}" for stage, version in
+                                                             self.warm.kept()), self.warm.total_bytes / 2**20)
+
+    @staticmethod
+    def _close_processor(stage: str, processor: object) -> None:
+        try:
+            processor.close()   # type: ignore[attr-defined]
+        except Exception as error:
+            log.warning("closing the processor of stage %s failed: %s", stage, error)
 
     def _on_stage_configured(self, event: StageConfigured) -> None:
         target = event.target
@@ -435,7 +473,9 @@ class WorkerDaemon:
         if not target.stage:
             self._set_status(zk_paths.IDLE)
             return
-        log.info("stage %s ready (version %s) in %.2f s", target.stage, event.version or "-", event.seconds)
+        self.stage.min_prefetch = 2 * event.batch_pages if event.batch_pages > 1 else 0
+        log.info("stage %s ready (version %s) in %.2f s%s", target.stage, event.version or "-", event.seconds,
+                 " from the warm-model pool (no download, no load)" if event.warm else "")
         worker_metrics.stage_taken_up(target.stage, event.seconds)
         try:
             stats.record_switch_time(self.zk, target.stage, event.seconds, self.worker_id)
@@ -459,7 +499,7 @@ class WorkerDaemon:
         if average is None:
             raw = self.zk.get(zk_paths.stage_avg_msg_time(stage))
             average = zk_paths.decode_float(raw) if raw else None
-        prefetch = stats.choose_prefetch(average)
+        prefetch = stats.choose_prefetch(average, self.stage.min_prefetch)
         generation = self._generation
         tracker = self._tracker
 
@@ -589,3 +629,9 @@ class WorkerDaemon:
         self.processing.stop()
         self.stats.stop(timeout=0.5)
         self._set_status(zk_paths.DEAD)
+
+
+def _batch_pages(processor: object) -> int:
+    """How many requests the processor reads in one step (1 unless it batches across pages)."""
+    value = getattr(processor, "batch_pages", 1)
+    return value if isinstance(value, int) and value > 1 else 1

@@ -138,26 +138,45 @@ class ProcessingThread:
                 with self._cond:
                     self._busy = False
 
-    def _next_delivery(self) -> tuple[Delivery, int] | None:
+    def _next_group(self) -> list[tuple[Delivery, int]]:
+        """The deliveries for one processing step: one, or as many as a batching processor reads together."""
+        context = self.context
+        size = max(1, int(getattr(context.processor, "batch_pages", 1))) if context is not None else 1
         with self._cond:
-            if self._stopped or self._jobs or not self._waiting:
-                return None
-            return self._waiting.popleft()
+            if self._stopped or self._jobs:
+                return []
+            group = []
+            while self._waiting and len(group) < size:
+                group.append(self._waiting.popleft())
+            return group
 
     def _process_waiting(self) -> None:
-        """Process deliveries one by one (so a switch can requeue the rest), handing outcomes back in batches."""
+        """Process deliveries (so a switch can requeue the rest), handing outcomes back in batches.
+
+        A processor that crops ahead (`crops_ahead`) gets the next group begun before the current one runs,
+        so its pages are decoded and cropped in the crop pool while the network reads the current group."""
         ready: list[Outcome] = []
         last_handoff = time.monotonic()
-        while (item := self._next_delivery()) is not None:
-            try:
-                outcome = self.handle(*item)
-            except Exception as error:   # a bug of ours: park the request where an operator sees it
-                log.exception("internal error handling a request from %s", item[0].queue)
-                reason = f"{routing.REASON_INTERNAL_ERROR}: {type(error).__name__}: {error}"
-                outcome = Outcome(item[0], item[1], routing.dead_letter(reason), item[0].body, item[0].priority,
-                                  dead_letter_headers(reason, item[0].queue, self.worker_id))
-                worker_metrics.request_done(item[0].queue, 0.0, "dead_letter")
-            ready.append(outcome)
+        ahead: _Group | None = None
+        while (group := self._next_group()) or ahead is not None:
+            outcomes: list[Outcome] = []
+            begun: _Group | None = None
+            if len(group) > 1:
+                try:
+                    begun = self.begin_group(group)
+                except Exception as error:   # a bug of ours: park the requests where an operator sees them
+                    outcomes += self._internal_error(group, error)
+            if ahead is not None:            # its network pass runs while the pool crops the group just begun
+                previous, ahead = ahead, None
+                outcomes += self._guarded(previous.items, lambda previous=previous: self.finish_group(previous))
+            if len(group) == 1:
+                outcomes += self._guarded(group, lambda: [self.handle(*group[0])])
+            elif begun is not None:
+                if self._crops_ahead() and self._has_waiting():
+                    ahead = begun
+                else:
+                    outcomes += self._guarded(group, lambda begun=begun: self.finish_group(begun))
+            ready.extend(outcomes)
             if time.monotonic() - last_handoff >= HANDOFF_INTERVAL:
                 self._on_outcomes(ready)
                 ready = []
@@ -165,8 +184,31 @@ class ProcessingThread:
         if ready:
             self._on_outcomes(ready)
 
-    def handle(self, delivery: Delivery, generation: int) -> Outcome:
-        """Decide (and do the processing for) one delivery.  Never raises for bad input."""
+    def _guarded(self, group: list[tuple[Delivery, int]], step: Callable[[], list[Outcome]]) -> list[Outcome]:
+        try:
+            return step()
+        except Exception as error:   # a bug of ours: park the requests where an operator sees them
+            return self._internal_error(group, error)
+
+    def _crops_ahead(self) -> bool:
+        context = self.context
+        return context is not None and bool(getattr(context.processor, "crops_ahead", False))
+
+    def _has_waiting(self) -> bool:
+        with self._cond:
+            return bool(self._waiting) and not self._jobs and not self._stopped
+
+    def _internal_error(self, group: list[tuple[Delivery, int]], error: Exception) -> list[Outcome]:
+        log.exception("internal error handling requests from %s", group[0][0].queue if group else "?")
+        reason = f"{routing.REASON_INTERNAL_ERROR}: {type(error).__name__}: {error}"
+        for delivery, _generation in group:
+            worker_metrics.request_done(delivery.queue, 0.0, "dead_letter")
+        return [Outcome(delivery, generation, routing.dead_letter(reason), delivery.body, delivery.priority,
+                        dead_letter_headers(reason, delivery.queue, self.worker_id))
+                for delivery, generation in group]
+
+    def _admit(self, delivery: Delivery, generation: int) -> tuple[ProcessingRequest, StageContext] | Outcome:
+        """The request and the stage to process it in, or the outcome for a request that is not processed."""
         queue = delivery.queue
         request, reason = routing.parse_request(delivery.body)
         if request is not None:
@@ -181,24 +223,25 @@ class ProcessingThread:
         if context is None or context.stage != queue:
             # Cannot happen while the daemon drains before switching; requeue rather than guess.
             return Outcome(delivery, generation, None)
+        return request, context
 
-        start_ns = now_ns()
-        started = time.perf_counter()
-        with self._capture.capture() as lines:
-            try:
-                context.processor.process(request)
-                status = routing.STATUS_OK
-            except BaseException as error:   # a processor calling sys.exit() must not kill this thread
-                if self._is_processing_error(error):
-                    status = routing.STATUS_FAILED
-                    log.warning("request %s failed in stage %s: %s", request.uuid or "?", queue, error)
-                else:
-                    status = routing.STATUS_ERROR
-                    log.error("request %s crashed the %s processor: %s: %s\n%s", request.uuid or "?", queue,
-                              type(error).__name__, error, traceback.format_exc(limit=8).rstrip())
-        seconds = time.perf_counter() - started
+    def _status_after(self, error: BaseException | None, request: ProcessingRequest, queue: str) -> str:
+        """The StageLog status for a processing step that raised `error` (None: it did not); logs why."""
+        if error is None:
+            return routing.STATUS_OK
+        if self._is_processing_error(error):
+            log.warning("request %s failed in stage %s: %s", request.uuid or "?", queue, error)
+            return routing.STATUS_FAILED
+        log.error("request %s crashed the %s processor: %s: %s\n%s", request.uuid or "?", queue,
+                  type(error).__name__, error, "".join(traceback.format_exception(error, limit=8)).rstrip())
+        return routing.STATUS_ERROR
+
+    def _conclude(self, delivery: Delivery, generation: int, request: ProcessingRequest, context: StageContext,
+                  status: str, start_ns: int, log_text: str, seconds: float) -> Outcome:
+        """Append the StageLog, record the timing and route the request on."""
+        queue = delivery.queue
         append_stage_log(request, host_id=self.worker_id, stage=queue, start_ns=start_ns, end_ns=now_ns(),
-                         status=status, log_text=lines.text(), version=context.version)
+                         status=status, log_text=log_text, version=context.version)
         worker_metrics.request_done(queue, seconds, _FAILURE_KINDS.get(status))
         if status == routing.STATUS_OK:
             # Failures are usually fast rejections: counting them would make a slow stage look fast.
@@ -208,6 +251,98 @@ class ProcessingThread:
         request.processing_stages.extend(route.stages)
         return Outcome(delivery, generation, route, request.SerializeToString(), request.priority, None, request,
                        seconds)
+
+    def handle(self, delivery: Delivery, generation: int) -> Outcome:
+        """Decide (and do the processing for) one delivery.  Never raises for bad input."""
+        admitted = self._admit(delivery, generation)
+        if isinstance(admitted, Outcome):
+            return admitted
+        request, context = admitted
+        start_ns = now_ns()
+        started = time.perf_counter()
+        error: BaseException | None = None
+        with self._capture.capture() as lines:
+            try:
+                context.processor.process(request)
+            except BaseException as raised:   # a processor calling sys.exit() must not kill this thread
+                error = raised
+            status = self._status_after(error, request, delivery.queue)
+        return self._conclude(delivery, generation, request, context, status, start_ns, lines.text(),
+                              time.perf_counter() - started)
+
+    def handle_group(self, group: list[tuple[Delivery, int]]) -> list[Outcome]:
+        """Several deliveries through a batching processor: begin each (its own log), run all together,
+        finish each (its own log).  A request that fails fails alone; each gets the shared step's log too."""
+        return self.finish_group(self.begin_group(group))
+
+    def begin_group(self, group: list[tuple[Delivery, int]]) -> _Group:
+        """Admit and begin each delivery of a group (input read, crops started); failures conclude at once."""
+        begun = _Group(group, [None] * len(group), [], now_ns(), time.perf_counter())
+        for index, (delivery, generation) in enumerate(group):
+            admitted = self._admit(delivery, generation)
+            if isinstance(admitted, Outcome):
+                begun.outcomes[index] = admitted
+                continue
+            request, context = admitted
+            with self._capture.capture() as lines:
+                try:
+                    job = context.processor.begin(request)
+                    begun.pending.append(_Pending(index, request, context, job, lines.text()))
+                    continue
+                except BaseException as error:
+                    status = self._status_after(error, request, delivery.queue)
+            begun.outcomes[index] = self._conclude(delivery, generation, request, context, status, begun.start_ns,
+                                                   lines.text(), time.perf_counter() - begun.started)
+        return begun
+
+    def finish_group(self, begun: _Group) -> list[Outcome]:
+        """Run the shared step of a begun group and finish each of its requests."""
+        shared, shared_error = self._run_shared(begun.pending)
+        per_request = (time.perf_counter() - begun.started) / max(1, len(begun.pending))
+        for item in begun.pending:
+            delivery, generation = begun.items[item.index]
+            error: BaseException | None = shared_error
+            with self._capture.capture() as lines:
+                try:
+                    if error is None:
+                        item.context.processor.finish(item.job)
+                except BaseException as raised:
+                    error = raised
+                status = self._status_after(error, item.request, delivery.queue)
+            text = "\n".join(part for part in (item.log_text, shared, lines.text()) if part)
+            begun.outcomes[item.index] = self._conclude(delivery, generation, item.request, item.context, status,
+                                                        begun.start_ns, text, per_request)
+        return begun.outcomes  # type: ignore[return-value]
+
+    def _run_shared(self, pending: list[_Pending]) -> tuple[str, BaseException | None]:
+        """The shared step of a group (the network over all pages); its log lines belong to every request.
+        The processor keeps a page's own failure in its job; what escapes here fails the whole group."""
+        if not pending:
+            return "", None
+        with self._capture.capture() as lines:
+            try:
+                pending[0].context.processor.run([item.job for item in pending])
+            except BaseException as error:   # a crash of the shared step: every request of it gets ERROR
+                return lines.text(), error
+        return lines.text(), None
+
+
+@dataclass
+class _Group:
+    items: list[tuple[Delivery, int]]
+    outcomes: list[Outcome | None]
+    pending: list[_Pending]
+    start_ns: int
+    started: float
+
+
+@dataclass
+class _Pending:
+    index: int
+    request: ProcessingRequest
+    context: StageContext
+    job: Any
+    log_text: str
 
 
 def reroute_after_return(outcome: Outcome, worker_id: str) -> Outcome:

@@ -26,6 +26,8 @@ from pero_worker.libs.mq import DEFAULT_LOG_QUEUE
 
 INI_SECTIONS = ("WORKER",)
 MAX_MESSAGE_SIZE_ENV = "PERO_MAX_MESSAGE_SIZE"
+WARM_MODELS_ENV = "PERO_WARM_MODELS"
+WARM_MODELS_MEMORY_ENV = "PERO_WARM_MODELS_MEMORY"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # Worker ids become ZooKeeper node names and file names: keep them plain.
 _WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
@@ -50,6 +52,10 @@ class WorkerConfig:
     max_message_size: int | None = None
     # Where /metrics is served (libs/metrics.py); None: metrics off.
     metrics: MetricsConfig | None = None
+    # Warm-model pool (worker/warm_pool.py): processors of this many recently left stages stay loaded,
+    # within this many bytes of model memory (None: no byte budget).
+    warm_models: int = 0
+    warm_models_memory: int | None = None
 
 
 def default_cache_dir() -> Path:
@@ -80,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help=("the broker's max_message_size (e.g. 128MiB), when it is not the default of its "
                              f"version; a result over it goes to the output stage as failed (default "
                              f"${MAX_MESSAGE_SIZE_ENV}, else the version's default)"))
+    group.add_argument("--warm-models", metavar="N",
+                       help=("keep the models of the N stages this worker left most recently loaded, so that "
+                             "switching back to one costs no download and no load (default "
+                             f"${WARM_MODELS_ENV}, else 0: a stage's model is closed when the worker leaves it)"))
+    group.add_argument("--warm-models-memory", metavar="BYTES",
+                       help=("at most this much model memory (e.g. 2GiB) in the warm models; the least recently "
+                             f"used go first (default ${WARM_MODELS_MEMORY_ENV}, else no limit beyond N)"))
     group.add_argument("-d", "--debug", action="store_true", help="verbose logging")
     add_metrics_arguments(parser, "worker")
     return parser
@@ -116,8 +129,26 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
     remote_logging = not (args.disable_remote_logging or _truthy(ini.get("disable_remote_logging")))
     return WorkerConfig(connection=connection, worker_id=worker_id, worker_id_given=given, cache_dir=cache_dir,
                         log_queue=log_queue, remote_logging=remote_logging, debug=bool(args.debug), device=device,
-                        max_message_size=_max_message_size(args, ini),
+                        max_message_size=_max_message_size(args, ini), warm_models=_warm_models(args, ini),
+                        warm_models_memory=_warm_models_memory(args, ini),
                         metrics=metrics_config(args, ini, connection, "worker"))
+
+
+def _warm_models(args: argparse.Namespace, ini: dict[str, str]) -> int:
+    raw = (args.warm_models or os.environ.get(WARM_MODELS_ENV) or ini.get("warm_models") or "0").strip()
+    if not raw.isdigit():
+        raise ConfigError(f"warm models: {raw!r} is not a whole number >= 0")
+    return int(raw)
+
+
+def _warm_models_memory(args: argparse.Namespace, ini: dict[str, str]) -> int | None:
+    raw = args.warm_models_memory or os.environ.get(WARM_MODELS_MEMORY_ENV) or ini.get("warm_models_memory") or ""
+    if not raw.strip():
+        return None
+    try:
+        return parse_byte_size(raw)
+    except ValueError as error:
+        raise ConfigError(f"warm models memory: {error}") from None
 
 
 def _max_message_size(args: argparse.Namespace, ini: dict[str, str]) -> int | None:

@@ -47,14 +47,19 @@ def ema(old: float | None, sample_mean: float, count: int = 1, alpha: float = ME
     return old + weight * (sample_mean - old)
 
 
-def choose_prefetch(avg_msg_time: float | None) -> int:
+def choose_prefetch(avg_msg_time: float | None, minimum: int = 0) -> int:
     """How many unacked requests one worker holds.
 
     Fast stages need many in flight to hide the publish/confirm round trip;
     slow OCR stages need few, or one worker hoards pages that idle workers
     could take.  Unknown stages start small; the daemon re-subscribes once it
-    has measured the stage.
+    has measured the stage.  `minimum`: a stage that reads several requests in
+    one step (BATCH_PAGES) needs two steps' worth in flight.
     """
+    return max(minimum, _prefetch_for(avg_msg_time))
+
+
+def _prefetch_for(avg_msg_time: float | None) -> int:
     if avg_msg_time is None or not math.isfinite(avg_msg_time) or avg_msg_time <= 0:
         return 4
     if avg_msg_time < 0.02:
@@ -78,9 +83,9 @@ def early_estimate(samples: list[float]) -> float | None:
     return (ordered[middle - 1] + ordered[middle]) / 2 if len(ordered) % 2 == 0 else ordered[middle]
 
 
-def prefetch_should_change(current: int, avg_msg_time: float | None) -> bool:
+def prefetch_should_change(current: int, avg_msg_time: float | None, minimum: int = 0) -> bool:
     """Worth a re-subscribe only for a big difference (it costs a drain of the in-flight work)."""
-    wanted = choose_prefetch(avg_msg_time)
+    wanted = choose_prefetch(avg_msg_time, minimum)
     return wanted >= current * 4 or wanted * 4 <= current
 
 

@@ -30,6 +30,7 @@ from google.protobuf.message import DecodeError
 from pero_worker.libs.exit_codes import ExitCode
 from pero_worker.libs.message_pb2 import ProcessingRequest
 from pero_worker.libs.mq import Delivery, MQAuthenticationError, MQConnectionError, MQError
+from pero_worker.libs.quality import parse_warning
 from pero_worker.libs.safe_names import dedup_key, deduplicate, request_folder_name, safe_file_name
 from pero_worker.tools.cli import (
     CliError,
@@ -67,6 +68,14 @@ def failed_stages(request: ProcessingRequest) -> list[str]:
     return [log_entry.stage for log_entry in request.logs if log_entry.status != "OK"]
 
 
+def quality_flags_of(request: ProcessingRequest) -> list[str]:
+    """The quality flags (libs/quality.py) of a request: from the QUALITY WARNING lines of its stage logs."""
+    codes: list[str] = []
+    for entry in request.logs:
+        codes += [code for code in parse_warning(entry.log) if code not in codes]
+    return codes
+
+
 def render_info(request: ProcessingRequest, file_names: Sequence[tuple[str, str]]) -> str:
     """The request_info.txt text: identity, timing, every stage with its status, and the result files."""
     failed = failed_stages(request)
@@ -77,6 +86,7 @@ def render_info(request: ProcessingRequest, file_names: Sequence[tuple[str, str]
         f"start_time:       {_timestamp_text(request.start_time)}",
         f"remaining_stages: {' '.join(request.processing_stages) or '-'}",
         f"status:           {'FAILED in ' + ', '.join(failed) if failed else 'OK'}",
+        f"quality:          {', '.join(quality_flags_of(request)) or 'no warnings'}",
         "stages:",
     ]
     for entry in request.logs:
@@ -118,6 +128,26 @@ def plan_request_files(request: ProcessingRequest) -> list[tuple[str, str, bytes
         results.append((result.name, name, result.content))
     info = render_info(request, [(original, name) for original, name, _ in results]).encode("utf-8")
     return ([(INFO_FILE, INFO_FILE, info)] + [(name, name, content) for name, content in logs] + results)
+
+
+MAX_FLAGGED_LISTED = 100
+
+
+def flagged_summary(flagged: Sequence[tuple[str, Sequence[str]]], limit: int = MAX_FLAGGED_LISTED) -> list[str]:
+    """Summary lines for the pages the quality checks flagged: a count per flag, then the folders (pure)."""
+    counts: dict[str, int] = {}
+    for _folder, flags in flagged:
+        for flag in flags:
+            counts[flag] = counts.get(flag, 0) + 1
+    if not flagged:
+        return ["0 page(s) flagged by the quality checks"]
+    lines = [f"{len(flagged)} page(s) flagged by the quality checks ("
+             + ", ".join(f"{flag}: {n}" for flag, n in sorted(counts.items())) + "); see 'quality:' in their "
+             + INFO_FILE]
+    lines += [f"  flagged {folder}: {', '.join(flags)}" for folder, flags in flagged[:limit]]
+    if len(flagged) > limit:
+        lines.append(f"  ... and {len(flagged) - limit} more")
+    return lines
 
 
 # --- download -------------------------------------------------------------------------
@@ -189,9 +219,11 @@ class DownloadStats:
     failed_by_stage: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
     unparsable: int = 0
+    flagged: list[tuple[str, list[str]]] = field(default_factory=list)   # (request folder, quality flags)
 
     def merge(self, other: DownloadStats) -> None:
         self.downloaded += other.downloaded
+        self.flagged += other.flagged
         self.failed_requests += other.failed_requests
         self.duplicates += other.duplicates
         self.unparsable += other.unparsable
@@ -313,6 +345,9 @@ class Downloader:
         self._batch_folders.append(final)
         self._batch_keys.append(key)
         self._batch_stats.downloaded += 1
+        flags = quality_flags_of(request)
+        if flags:
+            self._batch_stats.flagged.append((os.path.basename(final), flags))
         failed = failed_stages(request)
         if failed:
             self._batch_stats.failed_requests += 1
@@ -451,6 +486,7 @@ def download(args: argparse.Namespace) -> int:
     if stats.unparsable:
         summary += f"; {stats.unparsable} unparsable message(s) kept in {UNPARSABLE_FOLDER}/"
     print(summary)
+    print("\n".join(flagged_summary(stats.flagged)))
     if failure:
         error = failure[0]
         if isinstance(error, MQConnectionError):

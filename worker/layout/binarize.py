@@ -111,3 +111,35 @@ def binarize_with_flat(image: np.ndarray, window: int | None = None) -> tuple[np
     bound = min(255.0 * 0.85, float(otsu) + 0.5 * (255.0 - float(otsu)))
     local = sauvola_threshold(flat, window)
     return (flat < local) & (flat < bound), flat_u8
+
+
+def paper_surface(gray: np.ndarray, cells: int = 32) -> np.ndarray:
+    """The paper's brightness over the whole page as a smooth quadratic surface (float32, page size).
+
+    Lamp gradients and a darker spine are smooth across the page, while photographs, dark
+    headings and scanner shadows are local: the page is cut into cells, each cell's paper
+    level is its 90th percentile, and a quadratic surface is fitted to the cells, refitting
+    without the cells far below it (pictures, dense print).  Relative to this surface a
+    photograph stays dark however large it is (a local background estimate would call its
+    inside paper), and a dim side of the page is not mistaken for a picture."""
+    H, W = gray.shape
+    step = max(8, min(H, W) // cells)
+    ny, nx = max(2, H // step), max(2, W // step)
+    small = cv2.resize(gray, (nx * 8, ny * 8), interpolation=cv2.INTER_AREA).astype(np.float32)
+    blocks = small.reshape(ny, 8, nx, 8).transpose(0, 2, 1, 3).reshape(ny, nx, 64)
+    level = np.percentile(blocks, 90, axis=2)
+    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float64)
+    u, v = (xx + 0.5) / nx - 0.5, (yy + 0.5) / ny - 0.5
+    design = np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=-1).reshape(-1, 6)
+    z = level.reshape(-1).astype(np.float64)
+    keep = np.ones(len(z), dtype=bool)
+    coef = np.zeros(6)
+    for _ in range(4):
+        if keep.sum() < 8:
+            break
+        coef, *_ = np.linalg.lstsq(design[keep], z[keep], rcond=None)
+        resid = z - design @ coef
+        spread = max(2.0, 2.5 * float(np.median(np.abs(resid[keep]))))
+        keep = resid > -spread
+    surface = (design @ coef).reshape(ny, nx).astype(np.float32)
+    return cv2.resize(surface, (W, H), interpolation=cv2.INTER_LINEAR)

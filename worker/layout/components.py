@@ -66,11 +66,13 @@ def estimate_text_height(comps: Components, page_height: int) -> float:
         if ok.sum() == 0:
             return float(np.median(h))
     hs = h[ok]
-    # Mode of a log-spaced histogram, refined by the median around it.
+    # Mode of a log-spaced histogram weighted by ink area, refined by the median around it.
+    # Weighting by area lets the letters win over the thousands of tiny dots a halftone
+    # photograph binarises into (they are many, but carry little ink each).
     bins = np.exp(np.linspace(np.log(max(1.0, hs.min())), np.log(hs.max() + 1.0), 40))
     if len(bins) < 3 or bins[-1] <= bins[0]:
         return float(np.median(hs))
-    hist, edges = np.histogram(hs, bins=bins)
+    hist, edges = np.histogram(hs, bins=bins, weights=comps.areas[ok].astype(np.float64))
     smooth = np.convolve(hist, [1, 2, 1], mode="same")
     i = int(np.argmax(smooth))
     lo, hi = edges[max(0, i - 3)], edges[min(len(edges) - 1, i + 4)]
@@ -87,7 +89,7 @@ class Classes:
     picture_mask: np.ndarray  # bool image, True inside picture areas
 
 
-def dark_area_mask(gray_flat: np.ndarray | None, mask: np.ndarray, h: float) -> np.ndarray:
+def dark_area_mask(gray_flat: np.ndarray | None, mask: np.ndarray, h: float, ink_depth: float = 215.0) -> np.ndarray:
     """Picture areas: where most of the page is dark, refined to the picture's own outline.
 
     Text covers at most about half of any cell (about 2h wide) even in bold
@@ -97,11 +99,13 @@ def dark_area_mask(gray_flat: np.ndarray | None, mask: np.ndarray, h: float) -> 
     cells only, over the non-paper pixels connected to them, and each area is
     filled to its convex hull (pictures are convex, mostly rectangles, possibly
     slightly rotated).  Text next to a picture is not connected to it by
-    non-paper pixels, so it stays out.
+    non-paper pixels, so it stays out.  `ink_depth` is how much darker than paper the
+    page's letters are (255 - their darkest grey; about 215 for good print).
     """
     cell = max(4, int(round(2 * h)))
     H, W = mask.shape
-    dark = mask if gray_flat is None else gray_flat < 0.75 * 255
+    # "Dark" relative to the page's own print: faint, low-contrast print has faint photographs too.
+    dark = mask if gray_flat is None else gray_flat < 255 - 0.3 * max(ink_depth, 60.0)
     small = cv2.resize(dark.astype(np.float32), (max(1, W // cell), max(1, H // cell)),
                        interpolation=cv2.INTER_AREA)
     dense = (small > 0.6).astype(np.uint8)
@@ -112,7 +116,14 @@ def dark_area_mask(gray_flat: np.ndarray | None, mask: np.ndarray, h: float) -> 
     zone = cv2.resize(cv2.dilate(dense, np.ones((9, 9), np.uint8)), (W, H), interpolation=cv2.INTER_NEAREST)
     nonpaper = mask if gray_flat is None else gray_flat < 0.93 * 255
     nonpaper = (nonpaper & zone.astype(bool)).astype(np.uint8)
-    nonpaper = cv2.morphologyEx(nonpaper, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    # Light halftone areas are separate dots: closing joins them (the dot pitch is a fraction of
+    # a letter), so the picture keeps its light parts; white space around text is far wider.
+    k = max(3, int(round(0.25 * h)) | 1)
+    nonpaper = cv2.morphologyEx(nonpaper, cv2.MORPH_CLOSE, np.ones((k, k), np.uint8))
+    # Opening by about a letter cuts off thin things attached to a picture (a rule running into
+    # it, a line of text touching it): the hull of the picture must not stretch along them.
+    o = max(3, int(round(h)) | 1)
+    nonpaper = cv2.morphologyEx(nonpaper, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (o, o)))
     n, labels = cv2.connectedComponents(nonpaper | core, connectivity=8)
     touching = np.unique(labels[core.astype(bool)])
     lut = np.zeros(n, dtype=np.uint8)
@@ -120,8 +131,51 @@ def dark_area_mask(gray_flat: np.ndarray | None, mask: np.ndarray, h: float) -> 
     area = lut[labels]
     contours, _ = cv2.findContours(area, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     for contour in contours:
-        cv2.fillPoly(area, [cv2.convexHull(contour)], 1)
+        hull = cv2.convexHull(contour)
+        # Most pictures are rectangles (maybe a little turned): a light corner of a photo is
+        # paper-bright and falls out of the hull, yet belongs to the picture.  A rectangle the
+        # outline fills well is taken whole; other shapes keep their hull.
+        rect = cv2.boxPoints(cv2.minAreaRect(contour))
+        rect_area = cv2.contourArea(rect)
+        if rect_area > 0 and cv2.contourArea(hull) >= 0.9 * rect_area:
+            hull = np.round(rect).astype(np.int32)
+        cv2.fillPoly(area, [hull], 1)
     return area.astype(bool)
+
+
+def picture_shapes(comps: Components, picture: np.ndarray, h: float) -> np.ndarray:
+    """Mask of the picture components by their own outline (convex hull), never their bounding box.
+
+    A photograph's box also covers whatever is beside it when the photo is not a rectangle,
+    or when something dark (a scanner border, a rule) is attached to it: filling the box once
+    masked a whole page.  The outline is closed over gaps of about a letter first, so that the
+    light parts of a halftone, whose dots do not touch, stay inside."""
+    H, W = comps.labels.shape
+    out = np.zeros((H, W), dtype=np.uint8)
+    if not picture.any():
+        return out
+    lut = np.zeros(comps.count + 1, dtype=np.uint8)
+    lut[np.flatnonzero(picture) + 1] = 1
+    shape = lut[comps.labels]
+    k = max(3, int(round(h)) | 1)
+    ellipse = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    shape = cv2.morphologyEx(shape, cv2.MORPH_CLOSE, ellipse)
+    # ... and thin things attached to it (a rule running into a photo) are cut off before the hull.
+    shape = cv2.morphologyEx(shape, cv2.MORPH_OPEN, ellipse)
+    # Pieces of one photo that binarised apart (a 1-bit scan splits it into blobs where it is
+    # light) are grouped when less than a few letters apart, and each group is filled to its
+    # convex hull; text beside a picture lies outside it.
+    g = max(3, int(round(4 * h)) | 1)
+    groups = cv2.dilate(shape, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (g, g)))
+    n, labels = cv2.connectedComponents(groups, connectivity=8)
+    ys, xs = np.nonzero(shape)
+    which = labels[ys, xs]
+    for k in range(1, n):
+        sel = which == k
+        if sel.any():
+            pts = np.stack([xs[sel], ys[sel]], axis=1).astype(np.int32)
+            cv2.fillPoly(out, [cv2.convexHull(pts)], 1)
+    return out
 
 
 def classify(comps: Components, h: float, mask_shape: tuple[int, int],
@@ -146,10 +200,7 @@ def classify(comps: Components, h: float, mask_shape: tuple[int, int],
     picture &= ~noise
 
     H, W = mask_shape
-    pic_mask = np.zeros((H, W), dtype=np.uint8)
-    for i in np.flatnonzero(picture):
-        x0, y0, x1, y1 = comps.boxes[i].astype(int)
-        pic_mask[y0:y1, x0:x1] = 1
+    pic_mask = picture_shapes(comps, picture, hh)
     if dark_mask is not None:
         pic_mask |= dark_mask.astype(np.uint8)
     if pic_mask.any():

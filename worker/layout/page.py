@@ -15,18 +15,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from pero_worker.worker.layout import binarize as binarize_mod
+from pero_worker.worker.layout.border import Border, find_border, whiten_border
 from pero_worker.worker.layout.components import (
+    Classes,
     Components,
     classify,
     dark_area_mask,
     estimate_text_height,
     find_components,
 )
+from pero_worker.worker.layout.facts import LayoutFacts
+from pero_worker.worker.layout.furniture import label_page_furniture, split_drop_caps
 from pero_worker.worker.layout.geometry import line_geometry, line_polygon
 from pero_worker.worker.layout.lines import group_lines
+from pero_worker.worker.layout.orientation import Orientation, detect_orientation
 from pero_worker.worker.layout.skew import apply_affine, deskew_transform, estimate_skew, invert_affine, warp_mask
 from pero_worker.worker.layout.xycut import CutParams, xy_cut
 
@@ -43,6 +49,8 @@ class LayoutParams:
     min_column_width: float = 4.0
     line_split_gap: float = 3.0   # a line is cut where words are further apart (tables)
     min_skew_to_rotate: float = 0.05
+    max_working_side: float = 3600.0   # pixels; bigger scans are analysed reduced (0 = never)
+    detect_orientation: float = 1.0    # 0 = trust the page is upright (no 90/180/270 turn)
 
 
 @dataclass
@@ -56,6 +64,7 @@ class Line:
 class Region:
     polygon: np.ndarray           # (4, 2) in original image coordinates
     lines: list[Line] = field(default_factory=list)
+    kind: str | None = None       # PAGE TextRegion/@type: header, footer, page-number, drop-capital or None
 
 
 @dataclass
@@ -64,7 +73,8 @@ class PageAnalysis:
     skew_deg: float
     text_height: float
     regions: list[Region]
-    picture_mask: np.ndarray | None = None
+    picture_mask: np.ndarray | None = None    # in the upright working frame (see facts.scale)
+    facts: LayoutFacts = field(default_factory=LayoutFacts)
 
     @property
     def lines(self) -> list[Line]:
@@ -77,20 +87,150 @@ def _text_mask(comps: Components, keep: np.ndarray) -> np.ndarray:
     return lut[comps.labels]
 
 
-def analyze_page(image: np.ndarray, params: LayoutParams = LayoutParams()) -> PageAnalysis:
-    """Layout of a page image (grey, colour or binary numpy array)."""
-    gray = binarize_mod.to_gray(image)
+@dataclass
+class _Prepared:
+    """A binarised page with its components classified (all in one pixel frame)."""
+    gray: np.ndarray
+    comps: Components
+    h: float
+    classes: Classes | None
+
+
+def _prepare(gray: np.ndarray) -> _Prepared:
+    """Binarise, find components and the text height, class them (text, noise, rules, pictures)."""
     H, W = gray.shape
     binary_input = binarize_mod.is_binary(gray)
     mask, flat = binarize_mod.binarize_with_flat(gray)
     comps = find_components(mask)
     h = estimate_text_height(comps, H)
     if comps.count == 0 or h <= 0:
-        return PageAnalysis(size=(H, W), skew_deg=0.0, text_height=0.0, regions=[])
-    paper = binarize_mod.background(gray, max(31, min(H, W) // 2), factor=8).astype(np.float32)
+        return _Prepared(gray, comps, 0.0, None)
+    paper = binarize_mod.paper_surface(gray)
     dark_src = flat if binary_input else np.clip(gray / np.maximum(paper, 1.0) * 255.0, 0, 255)
-    dark = dark_area_mask(dark_src, mask, h)
+    darkest = _darkest(comps, mask, flat)
+    dark = dark_area_mask(dark_src, mask, h, _ink_depth(comps, darkest, h))
     classes = classify(comps, h, (H, W), dark)
+    if not binary_input:
+        _drop_faint(comps, classes, darkest, h)
+    return _Prepared(gray, comps, h, classes)
+
+
+def _darkest(comps: Components, mask: np.ndarray, page: np.ndarray) -> np.ndarray:
+    """Darkest grey of every component (index i = label i + 1), from its ink pixels only."""
+    out = np.full(comps.count + 1, 255, dtype=np.uint8)
+    np.minimum.at(out, comps.labels[mask], page[mask])
+    return out[1:]
+
+
+def _ink_depth(comps: Components, darkest: np.ndarray, h: float) -> float:
+    """How much darker than paper the letters are: 255 - the median of their darkest grey."""
+    letters = np.flatnonzero((comps.heights >= 0.5 * h) & (comps.heights <= 2 * h))
+    if len(letters) < 20:
+        return 215.0
+    return 255.0 - float(np.median(darkest[letters]))
+
+
+def _drop_faint(comps: Components, classes: Classes, darkest: np.ndarray, h: float) -> None:
+    """Letter-sized marks far fainter than the page's print are the back side showing through
+    (bleed-through) or a pencil note: they become noise, not text lines.
+
+    The darkness of a mark is its darkest pixel on the illumination-flattened page; print on
+    one page is inked about evenly, so anything under 45 % of the median letter's darkness is
+    not this page's print."""
+    text = np.flatnonzero(classes.text & (comps.heights >= 0.5 * h))
+    if len(text) < 20:
+        return
+    depth = 255.0 - darkest[text].astype(np.float64)
+    faint = text[depth < 0.45 * float(np.median(depth))]
+    classes.text[faint] = False
+    classes.noise[faint] = True
+
+
+def working_scale(shape: tuple[int, int], max_side: float) -> float:
+    """Factor (<= 1) that brings the image's long side down to `max_side` pixels (big scans are
+    analysed at about 200-300 dpi: the layout does not need more and memory and time grow with pixels)."""
+    side = max(shape)
+    return 1.0 if max_side <= 0 or side <= max_side else max_side / side
+
+
+def _quarter_turn(shape: tuple[int, int], degrees_cw: int) -> np.ndarray:
+    """2x3 point map from an H x W image to the same image turned clockwise by 0/90/180/270 degrees."""
+    H, W = shape
+    k = (degrees_cw // 90) % 4
+    maps = {0: [[1, 0, 0], [0, 1, 0]], 1: [[0, -1, H - 1], [1, 0, 0]],
+            2: [[-1, 0, W - 1], [0, -1, H - 1]], 3: [[0, 1, 0], [-1, 0, W - 1]]}
+    return np.array(maps[k], dtype=np.float64)
+
+
+def analyze_page(image: np.ndarray, params: LayoutParams = LayoutParams()) -> PageAnalysis:
+    """Layout of a page image (grey, colour or binary numpy array), in the image's own coordinates.
+
+    The page is analysed at a working resolution (big scans are reduced), with the
+    scanner border painted white, turned upright (0/90/180/270) and deskewed; every
+    coordinate is mapped back to the original image, whose full resolution the OCR
+    stage crops its lines from."""
+    gray_full = binarize_mod.to_gray(image)
+    H, W = gray_full.shape
+    scale = working_scale((H, W), params.max_working_side)
+    if scale < 1.0:
+        size = (max(1, int(round(W * scale))), max(1, int(round(H * scale))))
+        gray = cv2.resize(gray_full, size, interpolation=cv2.INTER_AREA)
+    else:
+        gray = gray_full
+    del gray_full
+    border = find_border(gray)
+    gray = whiten_border(gray, border)
+    prep = _prepare(gray)
+    orient = Orientation(0, 0.0, 0)
+    if prep.classes is not None and params.detect_orientation:
+        text_boxes = prep.comps.boxes[prep.classes.text]
+        orient = detect_orientation(text_boxes, gray.shape, prep.h)
+        if orient.degrees:
+            prep = _prepare(np.ascontiguousarray(np.rot90(gray, -(orient.degrees // 90))))
+    upright = _analyze_upright(prep, params)
+    # Upright working frame -> working frame -> image frame (pixel centres kept in place).
+    to_work = invert_affine(_quarter_turn(gray.shape, orient.degrees))
+    to_image = np.array([[1.0 / scale, 0.0, 0.5 / scale - 0.5], [0.0, 1.0 / scale, 0.5 / scale - 0.5]])
+    m = _compose(to_image, to_work)
+    analysis = _map_analysis(upright, m, 1.0 / scale, (H, W))
+    analysis.facts = _facts(prep, upright, orient, border, scale)
+    return analysis
+
+
+def _compose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The affine map `a` after `b` (2x3 each)."""
+    return (np.vstack([a, [0, 0, 1]]) @ np.vstack([b, [0, 0, 1]]))[:2]
+
+
+def _map_analysis(a: PageAnalysis, m: np.ndarray, zoom: float, size: tuple[int, int]) -> PageAnalysis:
+    """The analysis with every coordinate mapped by `m` (heights scaled by `zoom`), clipped to `size`."""
+    regions = []
+    for r in a.regions:
+        lines = [Line(baseline=_clip(apply_affine(m, ln.baseline), size),
+                      heights=[ln.heights[0] * zoom, ln.heights[1] * zoom],
+                      polygon=_clip(apply_affine(m, ln.polygon), size)) for ln in r.lines]
+        regions.append(Region(polygon=_clip(apply_affine(m, r.polygon), size), lines=lines, kind=r.kind))
+    return PageAnalysis(size=size, skew_deg=a.skew_deg, text_height=a.text_height * zoom, regions=regions,
+                        picture_mask=a.picture_mask)
+
+
+def _facts(prep: _Prepared, a: PageAnalysis, orient: Orientation, border: Border, scale: float) -> LayoutFacts:
+    classes = prep.classes
+    text_count = int(classes.text.sum()) if classes is not None else 0
+    pictures = float(classes.picture_mask.mean()) if classes is not None else 0.0
+    # Ink: letter-like marks (a handful of specks is no print) or a picture.
+    ink = text_count >= 3 or (classes is not None and bool(classes.picture.any()))
+    return LayoutFacts(orientation=orient.degrees, orientation_conf=orient.confidence, skew=round(a.skew_deg, 3),
+                       ink=ink, text_components=text_count, lines=len(a.lines), regions=len(a.regions),
+                       picture_fraction=round(pictures, 4), border=border.found, scale=round(scale, 4))
+
+
+def _analyze_upright(prep: _Prepared, params: LayoutParams) -> PageAnalysis:
+    """Regions and lines of an upright page, in its own (working) pixel frame."""
+    H, W = prep.gray.shape
+    comps, h, classes = prep.comps, prep.h, prep.classes
+    if classes is None:
+        return PageAnalysis(size=(H, W), skew_deg=0.0, text_height=0.0, regions=[])
     text = classes.text
     if not text.any():
         return PageAnalysis(size=(H, W), skew_deg=0.0, text_height=h, regions=[],
@@ -113,21 +253,28 @@ def analyze_page(image: np.ndarray, params: LayoutParams = LayoutParams()) -> Pa
     m_inv = invert_affine(m)
 
     dcomps = find_components(tmask)
+    del tmask
     keep = dcomps.areas >= max(3.0, 0.012 * h * h)
-    boxes = dcomps.boxes
     idx = np.flatnonzero(keep)
-    cut = CutParams(col_gap=params.column_gap * h, row_gap=params.block_gap * h,
-                    min_col_width=params.min_column_width * h,
-                    min_col_height=params.min_column_height * h,
-                    short_col_height=params.short_column_height * h,
-                    short_col_gap=params.short_column_gap * h, tolerance=0.6 * h,
-                    fine_row_gap=0.25 * h)
-    blocks = xy_cut(boxes, cut, idx)
-
-    regions = [region for block in blocks
-               if (region := _block_region(dcomps, block, h, params, m_inv, (H, W))) is not None]
+    blocks = xy_cut(dcomps.boxes, _cut_params(params, h), idx)
+    regions = []
+    for block, kind in split_drop_caps(dcomps.boxes, blocks, h):
+        region = _block_region(dcomps, block, h, params, m_inv, (H, W))
+        if region is not None:
+            region.kind = kind
+            regions.append(region)
+    regions = label_page_furniture(regions, h, H, angle)
     return PageAnalysis(size=(H, W), skew_deg=angle, text_height=h, regions=regions,
                         picture_mask=classes.picture_mask)
+
+
+def _cut_params(params: LayoutParams, h: float) -> CutParams:
+    return CutParams(col_gap=params.column_gap * h, row_gap=params.block_gap * h,
+                     min_col_width=params.min_column_width * h,
+                     min_col_height=params.min_column_height * h,
+                     short_col_height=params.short_column_height * h,
+                     short_col_gap=params.short_column_gap * h, tolerance=0.6 * h,
+                     fine_row_gap=0.25 * h, letter_height=h)
 
 
 def _block_region(dcomps: Components, block: np.ndarray, h: float, params: LayoutParams, m_inv: np.ndarray,
@@ -203,7 +350,7 @@ def to_page_layout(analysis: PageAnalysis, page_id: str):
     order: dict[str, int] = {}
     for ri, region in enumerate(analysis.regions):
         rid = f"r{ri + 1:03d}"
-        rl = RegionLayout(rid, np.round(region.polygon).astype(np.int64))
+        rl = RegionLayout(rid, np.round(region.polygon).astype(np.int64), region_type=region.kind)
         for li, line in enumerate(region.lines):
             rl.lines.append(TextLine(
                 id=f"{rid}-l{li + 1:03d}",

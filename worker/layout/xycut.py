@@ -38,6 +38,7 @@ class CutParams:
     fine_row_gap: float = 0.0       # gaps between lines: tried when a node has no block gap (see xy_cut)
     short_col_height: float = 0.0   # nodes lower than this need a wider gap ...
     short_col_gap: float = 0.0      # ... this wide (word gaps of justified text line up over a few lines)
+    letter_height: float = 0.0      # bands of marks lower than half of this (accents, specks) join the next band
 
 
 def find_gaps(starts: np.ndarray, ends: np.ndarray, weights: np.ndarray, min_gap: float,
@@ -75,8 +76,8 @@ def _split(boxes: np.ndarray, idx: np.ndarray, cuts: list[tuple[float, float]], 
     return [idx[which == k] for k in range(len(cuts) + 1) if np.any(which == k)]
 
 
-def column_cuts(boxes: np.ndarray, idx: np.ndarray, p: CutParams, any_height: bool = False) \
-        -> list[tuple[float, float]]:
+def column_cuts(boxes: np.ndarray, idx: np.ndarray, p: CutParams, any_height: bool = False,
+                min_width: float | None = None) -> list[tuple[float, float]]:
     """Column gaps through the whole node, without the ones that would make too narrow columns.
 
     A node lower than `min_col_height` has none unless `any_height` (used when checking
@@ -92,7 +93,7 @@ def column_cuts(boxes: np.ndarray, idx: np.ndarray, p: CutParams, any_height: bo
         bounds = [left] + [c for g in cuts for c in g] + [right]
         widths = [bounds[2 * k + 1] - bounds[2 * k] for k in range(len(cuts) + 1)]
         k = int(np.argmin(widths))
-        if widths[k] >= p.min_col_width:
+        if widths[k] >= (p.min_col_width if min_width is None else min_width):
             break
         # Drop the narrower of the gaps next to the too-narrow piece.
         if k == 0:
@@ -106,19 +107,89 @@ def column_cuts(boxes: np.ndarray, idx: np.ndarray, p: CutParams, any_height: bo
     return cuts
 
 
+def continues_columns(boxes: np.ndarray, group: np.ndarray, band: np.ndarray, p: CutParams) -> bool:
+    """Whether a band of lines and the group above it are one column flow.
+
+    They are when their union keeps a column gap and each of them either has columns itself
+    or looks like a line of one of those columns: inside one column and as wide as the column
+    (justified text), or flush with its left or right edge (a paragraph's last or first line).
+    A centred byline or heading above the columns fits inside one column too, but is neither
+    wide nor flush: it is its own block, read before the columns (not after the first one)."""
+    union = np.concatenate([group, band])
+    # A one-word last line at the top of a column is a narrow piece: allow it here.
+    cuts = column_cuts(boxes, union, p, any_height=True, min_width=p.min_col_width / 3)
+    if not cuts:
+        return False
+    bounds = [float(boxes[union, 0].min())] + [c for g in cuts for c in g] + [float(boxes[union, 2].max())]
+    return _fits_columns(boxes, group, bounds, p) and _fits_columns(boxes, band, bounds, p)
+
+
+def _fits_columns(boxes: np.ndarray, piece: np.ndarray, bounds: list[float], p: CutParams) -> bool:
+    if column_cuts(boxes, piece, p, any_height=True, min_width=p.min_col_width / 3):
+        return True
+    bx0, bx1 = float(boxes[piece, 0].min()), float(boxes[piece, 2].max())
+    tol = max(p.tolerance, 1.0)
+    for k in range(len(bounds) // 2):
+        left, right = bounds[2 * k], bounds[2 * k + 1]
+        if bx0 >= left - tol and bx1 <= right + tol:
+            lm, rm = bx0 - left, right - bx1
+            centred = lm > 2 * tol and rm > 2 * tol and abs(lm - rm) <= 2 * tol
+            return not centred
+    return False
+
+
 def _merge_column_bands(boxes: np.ndarray, bands: list[np.ndarray], p: CutParams) -> list[np.ndarray]:
-    """Join consecutive bands while their union keeps a column gap (a band may hold a line
+    """Join consecutive bands while they continue each other's columns (a band may hold a line
     of one column only: a paragraph break in the other), unless a very large gap separates them."""
     groups: list[np.ndarray] = []
+    node = np.concatenate(bands)
+    centre = (boxes[node, 0].min() + boxes[node, 2].max()) / 2.0
+    width = boxes[node, 2].max() - boxes[node, 0].min()
+    last_centred = False
     for band in bands:
-        if groups:
+        centred = _centred_line(boxes, band, centre, width, p)
+        if groups and not centred and not last_centred:
             gap = boxes[band, 1].min() - boxes[groups[-1], 3].max()
-            union = np.concatenate([groups[-1], band])
-            if gap <= 4 * p.row_gap and column_cuts(boxes, union, p, any_height=True):
-                groups[-1] = union
+            if gap <= 4 * p.row_gap and continues_columns(boxes, groups[-1], band, p):
+                groups[-1] = np.concatenate([groups[-1], band])
                 continue
         groups.append(band)
+        last_centred = centred
     return groups
+
+
+def _centred_line(boxes: np.ndarray, band: np.ndarray, centre: float, width: float, p: CutParams) -> bool:
+    """A band without columns, clearly narrower than the node and centred on it: a title, byline or
+    caption that separates two sections (it never joins a column flow, even when it lies inside
+    the middle column's extent)."""
+    if column_cuts(boxes, band, p, any_height=True):
+        return False
+    x0, x1 = boxes[band, 0].min(), boxes[band, 2].max()
+    tol = max(p.tolerance, 1.0)
+    return bool(x1 - x0 < 0.8 * width and abs((x0 + x1) / 2.0 - centre) <= 2 * tol)
+
+
+def _absorb_marks(boxes: np.ndarray, bands: list[np.ndarray], p: CutParams) -> list[np.ndarray]:
+    """Bands of accents, dots or specks alone join the band below them (the last one the band above):
+    they are parts of lines, and on their own they break a column flow apart."""
+    if p.letter_height <= 0 or len(bands) < 2:
+        return bands
+    out: list[np.ndarray] = []
+    carry: np.ndarray | None = None
+    for band in bands:
+        if carry is not None:
+            band = np.concatenate([carry, band])
+            carry = None
+        if (boxes[band, 3] - boxes[band, 1]).max() < 0.5 * p.letter_height:
+            carry = band
+            continue
+        out.append(band)
+    if carry is not None:
+        if out:
+            out[-1] = np.concatenate([out[-1], carry])
+        else:
+            out.append(carry)
+    return out
 
 
 def row_groups(boxes: np.ndarray, node: np.ndarray, p: CutParams) -> list[np.ndarray]:
@@ -133,7 +204,7 @@ def row_groups(boxes: np.ndarray, node: np.ndarray, p: CutParams) -> list[np.nda
     rows = find_gaps(boxes[node, 1], boxes[node, 3], boxes[node, 2] - boxes[node, 0], min_gap, p.tolerance)
     if not rows:
         return [node]
-    groups = _merge_column_bands(boxes, _split(boxes, node, rows, axis=1), p)
+    groups = _merge_column_bands(boxes, _absorb_marks(boxes, _split(boxes, node, rows, axis=1), p), p)
     cols = [bool(column_cuts(boxes, g, p)) for g in groups]
     out: list[np.ndarray] = []
     prev_cols = True
@@ -144,6 +215,12 @@ def row_groups(boxes: np.ndarray, node: np.ndarray, p: CutParams) -> list[np.nda
             out.append(g)
         prev_cols = c
     return out
+
+
+def _has_centred_line(boxes: np.ndarray, node: np.ndarray, groups: list[np.ndarray], p: CutParams) -> bool:
+    centre = (boxes[node, 0].min() + boxes[node, 2].max()) / 2.0
+    width = boxes[node, 2].max() - boxes[node, 0].min()
+    return any(_centred_line(boxes, g, centre, width, p) for g in groups)
 
 
 def xy_cut(boxes: np.ndarray, p: CutParams, idx: np.ndarray | None = None) -> list[np.ndarray]:
@@ -162,14 +239,16 @@ def xy_cut(boxes: np.ndarray, p: CutParams, idx: np.ndarray | None = None) -> li
             continue
         cols = column_cuts(boxes, node, p)
         if cols:
-            children = _split(boxes, node, cols, axis=0)
-            if len(children) == 1:
-                out.append(node)
-                continue
+            # Columns, unless a centred heading, byline or caption inside one column's extent
+            # (it does not block the column gap) separates horizontal sections: then the
+            # sections first, each read column by column.
+            children = row_groups(boxes, node, p)
+            if len(children) == 1 or not _has_centred_line(boxes, node, children, p):
+                children = _split(boxes, node, cols, axis=0)
         else:
             children = row_groups(boxes, node, p)
-            if len(children) == 1:
-                out.append(node)
-                continue
+        if len(children) == 1:
+            out.append(node)
+            continue
         stack.extend(reversed(children))
     return out

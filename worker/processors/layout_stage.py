@@ -4,8 +4,10 @@ For one request it finds the input image among the results (by content),
 runs `worker.layout.analyze_page` (binarisation, deskew, columns and blocks by
 XY-cut, lines with baselines and heights, reading order) and writes the
 result as PAGE XML into `<image name>_page.xml` (replacing an entry of that
-name).  The next stage is a pero-ocr stage with RUN_LAYOUT_PARSER off: it
-loads that PAGE XML, crops the lines with its LINE_CROPPER and reads them.
+name).  What the layout found out about the page (orientation, ink, lines, pictures,
+scanner border; `worker.layout.facts.LayoutFacts`) goes into the Page element's
+`custom` attribute, for the quality flags of later stages.  The next stage is a
+pero-ocr stage with RUN_LAYOUT_PARSER off: it loads that PAGE XML, crops the lines with its LINE_CROPPER and reads them.
 
 Stage config (`config.ini` on ZooKeeper; no model archive needed):
 
@@ -18,6 +20,8 @@ Stage config (`config.ini` on ZooKeeper; no model archive needed):
     BLOCK_GAP = 1.5
     MIN_COLUMN_WIDTH = 4.0
     LINE_SPLIT_GAP = 3.0
+    MAX_WORKING_SIDE = 3600    ; pixels: bigger scans are analysed reduced (0 = never)
+    DETECT_ORIENTATION = 1     ; 0 = pages are known to be upright
 """
 from __future__ import annotations
 
@@ -80,15 +84,17 @@ class LayoutProcessor:
 
     def process(self, request: ProcessingRequest) -> None:
         from pero_worker.worker.layout import analyze_page, to_page_layout
+        from pero_worker.worker.layout.facts import add_facts_to_pagexml
 
         results = request.results
         _, image_data = find_image(results)
         image_name = image_data.name or "page"
-        image = decode_image(image_data.content, image_data.name)
+        image = decode_image(image_data.content, image_data.name, grey=True)
         started = time.perf_counter()
         try:
             analysis = analyze_page(image, self.params)
             xml = to_page_layout(analysis, image_stem(image_name)).to_pagexml_string()
+            xml = add_facts_to_pagexml(xml, analysis.facts)
         except MemoryError:
             raise ProcessingError(f"not enough memory to analyse the layout of {image_name!r}") from None
         except Exception as error:  # an algorithm failure on odd input must not kill the worker
@@ -103,9 +109,15 @@ class LayoutProcessor:
                 break
         else:
             results.add(name=out_name, content=content)
-        log.info("layout of %r (%d x %d): %d regions, %d lines, skew %+.2f deg, text height %.0f px, %.2f s",
+        facts = analysis.facts
+        log.info("layout of %r (%d x %d): %d regions, %d lines, turned %d deg (confidence %.2f), skew %+.2f deg, "
+                 "text height %.0f px, pictures %.0f %%, border %s, working scale %.2f, %.2f s",
                  image_name, image.shape[1], image.shape[0], len(analysis.regions), len(analysis.lines),
-                 analysis.skew_deg, analysis.text_height, time.perf_counter() - started)
+                 facts.orientation, facts.orientation_conf, analysis.skew_deg, analysis.text_height,
+                 100 * facts.picture_fraction, "removed" if facts.border else "none", facts.scale,
+                 time.perf_counter() - started)
+        if facts.ink_without_text:
+            log.warning("layout of %r: the page has print on it but no text line was found", image_name)
 
     def close(self) -> None:
         pass

@@ -34,6 +34,7 @@ import os
 import pickle
 import posixpath
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,7 @@ from pero_worker.worker.processors.images import decode_image, find_image
 
 if TYPE_CHECKING:
     from pero_worker.libs.message_pb2 import Data, ProcessingRequest
+    from pero_worker.worker.processors.character_prior import PriorSettings
 
 log = logging.getLogger(__name__)
 
@@ -246,10 +248,49 @@ def _put_result(results: Any, index: int | None, name: str, content: bytes) -> N
         results[index].content = content
 
 
+@dataclass
+class PageJob:
+    """One request's page on its way through the batched path (begin -> run -> finish)."""
+    request: Any
+    image_name: str
+    image: Any
+    layout: Any
+    xml_index: int | None
+    logits_index: int | None
+    content: bytes = b""
+    crops: Any = None            # list of crops, or a Future of it from the crop pool
+    error: BaseException | None = None
+
+
 class PeroOcrProcessor:
-    def __init__(self, page_parser: Any, device: Any) -> None:
+    def __init__(self, page_parser: Any, device: Any, batching: Any = None,
+                 prior: PriorSettings | None = None) -> None:
         self.page_parser = page_parser
         self.device = device
+        self.prior = prior
+        self._penalties: Any = None
+        # Batched path (ocr_batched.py): the processing thread hands this many requests at once to
+        # begin/run/finish; 1 = one request at a time through process().
+        self.batch_pages = 1
+        self._reader = None
+        self._crop_pool = None
+        if batching is not None:
+            self.batch_pages, self._reader, self._crop_pool = batching
+
+    def memory_bytes(self) -> int:
+        """Bytes of the line network's parameters and buffers (what the warm-model pool budgets; activations
+        and pero-ocr's other parts are not counted)."""
+        engine = getattr(getattr(self.page_parser, "ocr", None), "ocr_engine", None)
+        model = getattr(engine, "model", None)
+        if model is None:
+            return 0
+        tensors = list(model.parameters()) + list(model.buffers())
+        return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+    @property
+    def crops_ahead(self) -> bool:
+        """True when lines are cropped in a pool: the worker then begins the next group before running this one."""
+        return self._crop_pool is not None
 
     def _load_layout(self, xml: bytes, name: str) -> Any:
         from pero_ocr.core.layout import PageLayout
@@ -261,7 +302,8 @@ class PeroOcrProcessor:
             raise ProcessingError(f"result {name!r} is not a usable PAGE XML: {type(error).__name__}: {error}") \
                 from None
 
-    def process(self, request: ProcessingRequest) -> None:
+    def _read_input(self, request: ProcessingRequest) -> PageJob:
+        """The request's image, its starting layout (with logits) and where the results go back."""
         from pero_ocr.core.layout import PageLayout
 
         results = request.results
@@ -282,23 +324,131 @@ class PeroOcrProcessor:
         if logits_index is not None:
             matched = apply_logits(page_layout, load_logits_dict(results[logits_index].content))
             log.debug("loaded logits of %d lines from %r", matched, results[logits_index].name)
+        return PageJob(request, image_name, image, page_layout, xml_index, logits_index, image_data.content)
 
+    def _failed(self, job: PageJob, error: BaseException) -> ProcessingError:
+        self._after_failure(error)
+        log.error("pero-ocr failed on image %r", job.image_name, exc_info=error)
+        return ProcessingError(f"pero-ocr failed on image {job.image_name!r}: {type(error).__name__}: {error}")
+
+    def process(self, request: ProcessingRequest) -> None:
+        job = self._read_input(request)
         try:
-            page_layout = self.page_parser.process_page(image, page_layout)
+            job.layout = self.page_parser.process_page(job.image, job.layout)
         except Exception as error:
-            self._after_failure(error)
-            log.error("pero-ocr failed on image %r", image_name, exc_info=True)
-            raise ProcessingError(f"pero-ocr failed on image {image_name!r}: {type(error).__name__}: {error}") \
-                from error
+            raise self._failed(job, error) from error
+        self._write_output(job)
 
-        xml_out = page_layout.to_pagexml_string().encode("utf-8")
-        _put_result(results, xml_index, image_name + PAGE_XML_SUFFIX, xml_out)
+    def _write_output(self, job: PageJob) -> None:
+        results, page_layout, image_name = job.request.results, job.layout, job.image_name
+        penalties = self._apply_prior(page_layout)
+        xml_out, summary = self._assess(job.image, page_layout, penalties)
+        _put_result(results, job.xml_index, image_name + PAGE_XML_SUFFIX, xml_out)
         logits_out = self._logits_bytes(page_layout)
         if logits_out is not None:
-            _put_result(results, logits_index, image_name + LOGITS_SUFFIX, logits_out)
-        lines = sum(1 for _ in page_layout.lines_iterator())
-        log.info("image %r (%d x %d): %d regions, %d lines", image_name, width, height,
-                 len(page_layout.regions), lines)
+            _put_result(results, job.logits_index, image_name + LOGITS_SUFFIX, logits_out)
+        height, width = job.image.shape[:2]
+        log.info("image %r (%d x %d): %d regions, %s", image_name, width, height, len(page_layout.regions), summary)
+
+    def _apply_prior(self, page_layout: Any) -> Any:
+        """Re-read the lines with the stage's character prior (not after a decoder); the penalties used, or None."""
+        if self.prior is None or getattr(self.page_parser, "decoder", None) is not None:
+            return None
+        from pero_worker.worker.processors.character_prior import apply_prior, penalty_vector
+        characters = next((line.characters for line in page_layout.lines_iterator() if line.characters), None)
+        if characters is None:
+            return None
+        if self._penalties is None or len(self._penalties) != len(characters) + 1:
+            self._penalties = penalty_vector(characters, self.prior)
+        changed = apply_prior(page_layout, self._penalties)
+        log.debug("character prior changed %d lines", changed)
+        return self._penalties
+
+    def _assess(self, image: Any, page_layout: Any, penalties: Any) -> tuple[bytes, str]:
+        """PAGE XML with line confidences and the page's quality mark; one QUALITY WARNING line when flagged.
+
+        Only a stage that reads text (OCR or decoder) is judged: a layout-only config finds no text by design.
+        """
+        xml = page_layout.to_pagexml_string().encode("utf-8")
+        parser = self.page_parser
+        if getattr(parser, "ocr", None) is None and getattr(parser, "decoder", None) is None:
+            return xml, f"{sum(1 for _ in page_layout.lines_iterator())} lines"
+        from pero_worker.libs.quality import quality_flags, warning_line
+        from pero_worker.worker.processors.quality_probe import mark_page_xml, measure_page
+
+        numbers = measure_page(image, page_layout, parser, penalties)
+        flags = quality_flags(numbers)
+        xml = mark_page_xml(page_layout.to_pagexml_string().encode("utf-8"), numbers, flags)
+        if flags:
+            log.warning("%s", warning_line(flags))
+        confidence = "-" if numbers.mean_confidence is None else f"{numbers.mean_confidence:.3f}"
+        return xml, f"{numbers.lines} lines, {numbers.characters} characters, mean confidence {confidence}"
+
+    # --- batched path: several requests' lines in shared network batches (ocr_batched.py) ---------
+
+    def begin(self, request: ProcessingRequest) -> PageJob:
+        """Read one request's input and start cropping its lines (ahead, when there is a crop pool);
+        ProcessingError for bad input, as process() raises it."""
+        job = self._read_input(request)
+        parser = self.page_parser
+        try:
+            for layout_parser in parser.layout_parsers if parser.run_layout_parser else []:
+                job.layout = layout_parser.process_page(job.image, job.layout)
+            geometry = [(line.baseline, line.heights) for line in job.layout.lines_iterator()]
+            cropper = parser.line_cropper.crop_engine
+            if self._crop_pool is not None and geometry:
+                job.crops = self._crop_pool.submit(cropper, job.content, job.image_name, geometry)
+            else:
+                from pero_worker.worker.processors.ocr_batched import crop_lines
+                job.crops = crop_lines(cropper, job.image, geometry)
+        except Exception as error:
+            raise self._failed(job, error) from error
+        return job
+
+    def run(self, jobs: Sequence[PageJob]) -> None:
+        """Read the lines of all pages in shared batches; a page's failure is kept in its job."""
+        live = []
+        for job in jobs:
+            if hasattr(job.crops, "result"):
+                try:
+                    job.crops = job.crops.result()
+                except Exception as error:   # this page's crop failed in the pool: only this page fails
+                    job.error = error
+                    continue
+            live.append(job)
+        before = self._reader.batches_run
+        read = self._reader.read_pages([job.crops for job in live])
+        log.info("read %d pages (%d lines) together in %d network batches", len(live),
+                 sum(len(job.crops) for job in live), self._reader.batches_run - before)
+        for job, lines in zip(live, read):
+            if isinstance(lines, BaseException):
+                job.error = lines
+                continue
+            try:
+                self._after_ocr(job, lines)
+            except Exception as error:
+                job.error = error
+
+    def _after_ocr(self, job: PageJob, lines: Sequence[Any]) -> None:
+        """What PageParser.process_page does after its OCR step, for one page."""
+        parser = self.page_parser
+        characters = parser.ocr.ocr_engine.characters
+        for line, result in zip(job.layout.lines_iterator(), lines, strict=True):
+            line.transcription = result.transcription
+            line.logits = result.logits
+            line.characters = characters
+            line.logit_coords = result.logit_coords
+        if parser.run_decoder:
+            job.layout = parser.decoder.process_page(job.layout)
+        parser.update_confidences(job.layout)
+        if parser.filter_confident_lines_threshold > 0:
+            job.layout = parser.filter_confident_lines(job.layout)
+
+    def finish(self, job: PageJob) -> None:
+        """Write one page's results into its request; ProcessingError when that page failed."""
+        if job.error is not None:
+            raise self._failed(job, job.error) from job.error
+        self._write_output(job)
 
     @staticmethod
     def _logits_bytes(page_layout: Any) -> bytes | None:
@@ -319,6 +469,9 @@ class PeroOcrProcessor:
                 torch.cuda.empty_cache()
 
     def close(self) -> None:
+        if self._crop_pool is not None:
+            self._crop_pool.close()
+            self._crop_pool = None
         parser, self.page_parser = self.page_parser, None
         if parser is None:
             return
@@ -339,6 +492,11 @@ def build(config: configparser.ConfigParser, model_dir: Path | None, *, device: 
     if not config.has_section("PAGE_PARSER"):
         raise StageConfigError("stage config has no [PAGE_PARSER] section: it is not a pero-ocr config "
                                "(test processors need a [WORKER] section)")
+    from pero_worker.worker.processors.character_prior import prior_settings
+    try:
+        prior = prior_settings(config)
+    except ValueError as error:
+        raise StageConfigError(str(error)) from None
     problems = check_model_paths(config, model_dir is not None)
     if not problems and model_dir is not None:
         problems = check_model_files(config, Path(model_dir))
@@ -366,7 +524,31 @@ def build(config: configparser.ConfigParser, model_dir: Path | None, *, device: 
     except Exception as error:
         raise StageConfigError(f"cannot load the pero-ocr stage: {type(error).__name__}: {error}") from error
     log.info("pero-ocr PageParser ready on %s (model folder %s)", device_name, model_dir)
-    return PeroOcrProcessor(parser, torch_device)
+    return PeroOcrProcessor(parser, torch_device, _batching(config, parser, torch_device), prior)
+
+
+def _batching(config: configparser.ConfigParser, parser: Any, device: Any) -> tuple | None:
+    """(pages, line reader, crop pool) for a stage that asks for cross-page batching (BATCH_PAGES > 1)."""
+    from pero_worker.worker.processors import ocr_batched
+    settings = ocr_batched.batch_settings(config)
+    if not settings.enabled:
+        return None
+    reason = ocr_batched.supports_batching(parser)
+    if reason:
+        log.warning("BATCH_PAGES = %d ignored: %s; pages are read one at a time", settings.pages, reason)
+        return None
+    on_cuda = device.type == "cuda"
+    pixels = settings.max_pixels or (ocr_batched.DEFAULT_GPU_PIXELS if on_cuda else ocr_batched.DEFAULT_CPU_PIXELS)
+    processes = settings.crop_processes
+    if processes is None:
+        processes = ocr_batched.default_crop_processes(device.type, ocr_batched.cores())
+    reader = ocr_batched.BatchedLineReader(parser.ocr.ocr_engine, pixels, settings.max_padding,
+                                           settings.mixed_precision)
+    pool = ocr_batched.CropPool(processes) if processes > 0 else None
+    log.info("cross-page batching: %d pages per step, %d px per network batch, padding <= %s, %d crop "
+             "processes%s", settings.pages, pixels, settings.max_padding, processes,
+             ", float16 autocast" if reader.mixed_precision else "")
+    return settings.pages, reader, pool
 
 
 __all__ = ["build", "PeroOcrProcessor", "resolve_device", "check_model_paths", "check_engine_json",

@@ -1,0 +1,1 @@
+"""The fault-injection suite (make chaos, make chaos-short): see dev/chaos/run.py."""

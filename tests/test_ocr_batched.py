@@ -1,0 +1,216 @@
+"""The PERO_OCR processor's cross-page batched path against PageParser, with the bundled model on examples/.
+
+- read alone with pero-ocr's batch rule, a page gives byte-identical PAGE XML and identical logits;
+- read together with other pages (shared batches, bounded padding), every line's transcription is the same
+  and its logits differ only by the padding's effect on the recurrent layers (small);
+- crops made in the spawned crop pool equal crops made inline;
+- a bad page fails only itself, before (bad PAGE XML) or inside the shared network pass.
+
+CPU, the real model; ~20-60 s on a loaded 2-core machine.
+"""
+from __future__ import annotations
+
+import pickle
+import re
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from needs import require_module  # tests/ helper: a skip here, a failure with CI=true
+
+require_module("torch")
+require_module("pero_ocr")
+
+from pero_worker.libs.message_pb2 import Data, ProcessingRequest  # noqa: E402
+from pero_worker.worker.processors import ProcessingError, StageConfigError, build_processor  # noqa: E402
+from pero_worker.worker.processors.ocr_batched import BatchSettings, batch_settings  # noqa: E402
+from pero_worker.worker.processors.pero_ocr_stage import PeroOcrProcessor  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_DIR = ROOT / "pero-ocr" / "model"
+PAGES = ("03_title_rule_picture_200dpi.jpg", "05_binary_300dpi.png")
+
+
+@pytest.fixture(scope="module")
+def inputs() -> dict[str, tuple[bytes, bytes]]:
+    """image bytes and the layout stage's PAGE XML of two example pages."""
+    layout = build_processor("[WORKER]\nMETHOD = LAYOUT\n", None)
+    found = {}
+    for name in PAGES:
+        content = (ROOT / "examples" / name).read_bytes()
+        request = ProcessingRequest(uuid="x", results=[Data(name=name, content=content)])
+        layout.process(request)
+        found[name] = (content, next(d.content for d in request.results if d.name.endswith("_page.xml")))
+    layout.close()
+    return found
+
+
+def _request(inputs, name: str) -> ProcessingRequest:
+    content, xml = inputs[name]
+    return ProcessingRequest(uuid=uuid.uuid4().hex, results=[Data(name=name, content=content),
+                                                             Data(name=f"{name}_page.xml", content=xml)])
+
+
+def _processor(extra: str = "") -> PeroOcrProcessor:
+    text = (MODEL_DIR / "config.ini").read_text() + ("\n[WORKER]\n" + extra if extra else "")
+    return build_processor(text, MODEL_DIR, device="cpu")
+
+
+def _outputs(request: ProcessingRequest) -> tuple[bytes, dict]:
+    """The PAGE XML (its creation timestamps blanked) and the logits of a processed request."""
+    by_name = {data.name: data.content for data in request.results}
+    xml = next(content for name, content in by_name.items() if name.endswith("_page.xml"))
+    xml = re.sub(rb"<(Created|LastChange)>[^<]*<", rb"<\1><", xml)
+    logits = pickle.loads(next(content for name, content in by_name.items() if name.endswith(".logits")))
+    return xml, logits
+
+
+def _batched(processor: PeroOcrProcessor, requests: list[ProcessingRequest]) -> list[BaseException | None]:
+    jobs = [processor.begin(request) for request in requests]
+    processor.run(jobs)
+    errors: list[BaseException | None] = []
+    for job in jobs:
+        try:
+            processor.finish(job)
+            errors.append(None)
+        except ProcessingError as error:
+            errors.append(error)
+    return errors
+
+
+def _transcriptions(xml: bytes) -> list[str]:
+    from lxml import etree
+    tree = etree.fromstring(xml)
+    return [node.text or "" for node in tree.iter("{*}Unicode")]
+
+
+@pytest.fixture(scope="module")
+def reference(inputs) -> dict[str, tuple[bytes, dict]]:
+    """PageParser's results (the processor's one-page path) per page."""
+    processor = _processor()
+    assert processor.batch_pages == 1
+    found = {}
+    for name in PAGES:
+        request = _request(inputs, name)
+        processor.process(request)
+        found[name] = _outputs(request)
+    processor.close()
+    return found
+
+
+def test_one_page_with_pero_ocr_batches_is_identical(inputs, reference):
+    processor = _processor("BATCH_PAGES = 2\nBATCH_PIXELS = 3840\nBATCH_PADDING = inf\nCROP_PROCESSES = 0\n")
+    # the warm-model pool's measure: the bundled network has ~1.46 M float32 parameters
+    assert 1.4e6 * 4 < processor.memory_bytes() < 1.6e6 * 4
+    try:
+        for name in PAGES:
+            request = _request(inputs, name)
+            assert _batched(processor, [request]) == [None]
+            xml, logits = _outputs(request)
+            ref_xml, ref_logits = reference[name]
+            assert xml == ref_xml
+            assert set(logits) == set(ref_logits)
+            for key, value in ref_logits.items():
+                if key in ("line_characters", "logit_coords"):
+                    assert logits[key] == value
+                else:
+                    assert np.array_equal(logits[key].toarray(), value.toarray()), key
+    finally:
+        processor.close()
+
+
+def test_pages_read_together_keep_every_transcription(inputs, reference):
+    processor = _processor("BATCH_PAGES = 4\nBATCH_PIXELS = 15360\nCROP_PROCESSES = 1\n")
+    try:
+        requests = [_request(inputs, name) for name in PAGES]
+        assert _batched(processor, requests) == [None, None]
+        assert processor._reader.batches_run < sum(len(_transcriptions(reference[n][0])) for n in PAGES) / 4
+        for name, request in zip(PAGES, requests):
+            xml, logits = _outputs(request)
+            ref_xml, ref_logits = reference[name]
+            assert _transcriptions(xml) == _transcriptions(ref_xml)
+            assert len(_transcriptions(xml)) > 20
+            assert logits["logit_coords"] == ref_logits["logit_coords"]
+            frames = same = 0
+            worst = 0.0
+            for key, value in ref_logits.items():
+                if key in ("line_characters", "logit_coords"):
+                    continue
+                start, end = ref_logits["logit_coords"][key]   # the line itself; the rest is padding
+                ours, theirs = logits[key].toarray()[start:end], value.toarray()[start:end]
+                # Stored logits are sparse (improbable entries zeroed), so compare what survives that:
+                # each frame's best class and its logit.
+                frames += len(ours)
+                same += int((ours.argmax(axis=1) == theirs.argmax(axis=1)).sum())
+                worst = max(worst, float(np.abs(ours.max(axis=1) - theirs.max(axis=1)).max()))
+            assert same >= 0.995 * frames, (same, frames)
+            assert worst < 1.0, worst   # best logits are tens of units; the padding moves them by far less
+    finally:
+        processor.close()
+
+
+def test_a_bad_page_fails_alone(inputs, reference):
+    processor = _processor("BATCH_PAGES = 4\nCROP_PROCESSES = 0\n")
+    try:
+        broken = _request(inputs, PAGES[0])
+        broken.results[1].content = b"<PcGts><Page"   # not XML: refused in begin()
+        with pytest.raises(ProcessingError, match="not a usable PAGE XML"):
+            processor.begin(broken)
+        first, second = _request(inputs, PAGES[0]), _request(inputs, PAGES[1])
+        jobs = [processor.begin(first), processor.begin(second)]
+        jobs[0].crops[0] = np.zeros((41, 50, 3), np.uint8)   # a crop the network cannot take: its batch fails
+        processor.run(jobs)
+        with pytest.raises(ProcessingError, match="pero-ocr failed on image"):
+            processor.finish(jobs[0])
+        processor.finish(jobs[1])
+        assert _transcriptions(_outputs(second)[0]) == _transcriptions(reference[PAGES[1]][0])
+        assert not any(data.name.endswith(".logits") for data in first.results)
+    finally:
+        processor.close()
+
+
+@pytest.mark.parametrize("section, expected", [
+    ("", BatchSettings()),
+    ("[WORKER]\n", BatchSettings()),
+    ("[WORKER]\nBATCH_PAGES = 8\n", BatchSettings(pages=8)),
+    ("[WORKER]\nBATCH_PAGES = 8\nBATCH_PIXELS = 61440\nBATCH_PADDING = 0.1\nCROP_PROCESSES = 3\n",
+     BatchSettings(8, 61440, 0.1, 3)),
+    ("[WORKER]\nBATCH_PADDING = inf\n", BatchSettings(max_padding=float("inf"))),
+    ("[WORKER]\nMIXED_PRECISION = yes\n", BatchSettings(mixed_precision=True)),
+])
+def test_batch_settings_table(section, expected):
+    import configparser
+    config = configparser.ConfigParser()
+    config.read_string(section)
+    assert batch_settings(config) == expected
+
+
+@pytest.mark.parametrize("section", ["BATCH_PAGES = 0", "BATCH_PAGES = two", "BATCH_PIXELS = 8",
+                                     "BATCH_PADDING = -1", "BATCH_PADDING = lots", "CROP_PROCESSES = -2",
+                                     "MIXED_PRECISION = maybe"])
+def test_bad_batch_settings_are_stage_config_errors(section):
+    import configparser
+    config = configparser.ConfigParser()
+    config.read_string(f"[WORKER]\n{section}\n")
+    with pytest.raises(StageConfigError, match=section.split()[0]):
+        batch_settings(config)
+
+
+@pytest.mark.parametrize("mixed", ["FALSE", "TRUE"])
+def test_cuda_batched_path_keeps_the_transcriptions(inputs, reference, mixed):
+    """On a GPU (pinned memory, optionally float16 autocast) the text stays PageParser-on-CPU's text."""
+    import torch
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device (hardware, not a missing dependency)")
+    text = (MODEL_DIR / "config.ini").read_text() + f"\n[WORKER]\nBATCH_PAGES = 4\nMIXED_PRECISION = {mixed}\n"
+    processor = build_processor(text, MODEL_DIR, device="cuda")
+    try:
+        requests = [_request(inputs, name) for name in PAGES]
+        assert _batched(processor, requests) == [None, None]
+        for name, request in zip(PAGES, requests):
+            ours, theirs = _transcriptions(_outputs(request)[0]), _transcriptions(reference[name][0])
+            differing = sum(a != b for a, b in zip(ours, theirs))
+            assert len(ours) == len(theirs) and differing <= len(theirs) // 20, (differing, len(theirs))
+    finally:
+        processor.close()

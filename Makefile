@@ -8,6 +8,8 @@
 #   make proto          regenerate libs/message_pb2.py from libs/message.proto
 #   make demo           end-to-end demo on the local services
 #   make bench          benchmarks
+#   make docker-images  container engine (podman) + every image (cached; README "Deploy with containers")
+#   make docker-test    the images built and the whole stack run in containers (container_tests/; not in `make test`)
 #   make cluster-test   3-node ZooKeeper + 3-node RabbitMQ on loopback, faults while pages flow (dev/cluster_failover.py)
 #   make chaos          fault-injection suite: 1,000 pages, every fault (dev/chaos/run.py; 4-6 min)
 #   make chaos-short    the same, fewer pages and faults (<= 5 min; .ci/run runs it after make test)
@@ -23,10 +25,11 @@ TESTS ?= tests
 PYTEST_ARGS ?=
 TEST_TIMEOUT ?= 0
 
-.PHONY: help install services services-stop services-status lint test proto demo bench cluster-test chaos chaos-short
+.PHONY: help install services services-stop services-status lint test proto demo bench cluster-test chaos chaos-short \
+	docker-engine docker-images docker-test
 
 help:
-	@sed -n '2,18p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,20p' Makefile | sed 's/^# \{0,1\}//'
 
 install:
 	./install_dependencies.sh
@@ -66,6 +69,18 @@ bench: services
 	$(PY) bench/download_memory.py
 	$(PY) bench/console.py
 
+docker-engine:
+	dev/container_engine.sh
+
+docker-images: docker-engine
+	dev/build_images.sh
+
+# Under the lock that every user of system_setup.py takes (tests/test_secure_pipeline.py, ...); -s prints the figures.
+docker-test: install docker-images
+	@rc=0; flock /tmp/pero-secure.lock timeout --signal=INT --kill-after=60 $(TEST_TIMEOUT) \
+		$(PY) -m pytest -q -s container_tests $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make docker-test: ERROR: pytest collected no tests" >&2; fi; \
+	exit $$rc
 cluster-test: install
 	$(PY) dev/cluster_failover.py $(CLUSTER_ARGS)
 

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Build the slim manager images: the watchdog (docker/Dockerfile.watchdog) and the log daemon
-# (docker/Dockerfile.log_daemon).
+# Build the shared Python layer (docker/Dockerfile.python -> pero-python) and the manager images: the watchdog
+# (docker/Dockerfile.watchdog -> pero-watchdog) and the log daemon (docker/Dockerfile.log_daemon -> pero-logd),
+# with podman or docker, whichever is installed (PERO_CONTAINER_ENGINE chooses).
 #
-#   ./docker-build-manager.sh [--tag-version VERSION] [extra docker build options...]
+#   ./docker-build-manager.sh [--tag-version VERSION] [extra build options...]
 #
-# Images: pero-watchdog:<version> and pero-log-daemon:<version>, both also :latest.  Run with
-#   docker run -v "$PWD/config:/etc/pero:ro" pero-watchdog:latest
-#   docker run -v "$PWD/config:/etc/pero:ro" -v /srv/pero/logs:/var/log/pero pero-log-daemon:latest
+# Images are tagged :<version from pyproject.toml> and :latest.  Run with
+#   docker run -d --name pero-watchdog -v "$(pwd)"/config:/etc/pero pero-watchdog
+#   docker run -d --name pero-logd -v "$(pwd)"/data/logs:/var/log/pero -v "$(pwd)"/config:/etc/pero pero-logd
+# A missing debian:bookworm-slim is made locally first (dev/container_base.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -16,14 +18,12 @@ ARGS=()
 while (( $# )); do
     case "$1" in
         --tag-version) VERSION="$2"; shift 2 ;;
-        -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) ARGS+=("$1"); shift ;;
     esac
 done
-command -v docker >/dev/null || { echo "docker-build-manager.sh: docker is not installed" >&2; exit 1; }
-for pair in "watchdog:pero-watchdog" "log_daemon:pero-log-daemon"; do
-    dockerfile="docker/Dockerfile.${pair%%:*}"
-    image="${pair#*:}"
-    echo "[build] $image:$VERSION from $dockerfile"
-    docker build -f "$dockerfile" -t "$image:$VERSION" -t "$image:latest" "${ARGS[@]}" .
-done
+source docker/engine.sh
+ensure_base
+engine_build docker/Dockerfile.python pero-python "$VERSION" "${ARGS[@]}"
+engine_build docker/Dockerfile.watchdog pero-watchdog "$VERSION" "${ARGS[@]}"
+engine_build docker/Dockerfile.log_daemon pero-logd "$VERSION" "${ARGS[@]}"

@@ -162,7 +162,10 @@ def connection_config(args: argparse.Namespace, ini: dict[str, str]) -> Connecti
     if ca_cert and not os.path.isfile(ca_cert):
         raise ConfigError(f"CA certificate not found: {ca_cert}")
     servers, chroot = _zookeeper_servers(args, ini)
-    known_hosts = getattr(args, "known_hosts", None) or ini.get("known_hosts") or None
+    # Command line, then PERO_SFTP_KNOWN_HOSTS (libs/sftp.py KNOWN_HOSTS_ENV), then the INI file: a container
+    # reads an INI written on its host, whose path is not the mounted one (docker/entrypoint.sh sets the variable).
+    known_hosts = (getattr(args, "known_hosts", None) or os.environ.get("PERO_SFTP_KNOWN_HOSTS")
+                   or ini.get("known_hosts") or None)
     if known_hosts and not os.path.isfile(known_hosts):
         raise ConfigError(f"known_hosts file not found: {known_hosts}")
     return ConnectionConfig(

@@ -34,7 +34,7 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
 def _copy_sources(path: Path) -> list[str]:
     sources = []
     for word, rest in _instructions(path):
-        if word in ("COPY", "ADD"):
+        if word in ("COPY", "ADD") and "--from=" not in rest:      # --from copies come from another stage
             parts = [p for p in rest.split() if not p.startswith("--")]
             sources.extend(parts[:-1])
     return sources
@@ -58,42 +58,78 @@ def _dockerignore_excludes(relative: str) -> bool:
     return excluded
 
 
-def test_there_are_three_images():
-    assert [p.name for p in DOCKERFILES] == ["Dockerfile.log_daemon", "Dockerfile.watchdog", "Dockerfile.worker"]
+DAEMONS = {"Dockerfile.worker": "worker", "Dockerfile.watchdog": "watchdog", "Dockerfile.log_daemon": "logd"}
+# The engines' stand-ins for the official images, with the official images' uids (sshd must start as root: it
+# jails each login and switches to its user).
+ENGINE_USERS = {"Dockerfile.zookeeper": "1000", "Dockerfile.rabbitmq": "999", "Dockerfile.sftp": None}
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_the_images():
+    assert [p.name for p in DOCKERFILES] == ["Dockerfile.log_daemon", "Dockerfile.python", "Dockerfile.rabbitmq",
+                                             "Dockerfile.sftp", "Dockerfile.watchdog", "Dockerfile.worker",
+                                             "Dockerfile.zookeeper"]
+
+
+@pytest.mark.parametrize("dockerfile", [p for p in DOCKERFILES if _copy_sources(p)], ids=lambda p: p.name)
 def test_every_copied_path_exists_and_is_in_the_build_context(dockerfile):
-    sources = _copy_sources(dockerfile)
-    assert sources, "no COPY found"
-    for source in sources:
+    for source in _copy_sources(dockerfile):
         assert (REPO / source).exists(), f"{dockerfile.name}: COPY {source} does not exist"
         assert not _dockerignore_excludes(source), f"{dockerfile.name}: {source} is excluded by .dockerignore"
 
 
 def test_dockerignore_keeps_the_virtualenv_and_git_out():
-    for heavy in (".venv", ".git", "run", "tests", "bench"):
+    for heavy in (".venv", ".git", "run", "tests", "bench", "pero-ocr", "data", "config"):
         assert _dockerignore_excludes(heavy), heavy
     assert not _dockerignore_excludes("libs/zk.py")
+    assert not _dockerignore_excludes("docker/wheels")
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_images_run_the_entrypoint_as_an_unprivileged_user(dockerfile):
+@pytest.mark.parametrize("dockerfile", [p for p in DOCKERFILES if p.name in DAEMONS], ids=lambda p: p.name)
+def test_daemon_images_run_the_entrypoint_as_an_unprivileged_user_under_tini(dockerfile):
     instructions = _instructions(dockerfile)
     users = [rest for word, rest in instructions if word == "USER"]
-    assert users and users[-1] != "root" and users[-1] != "0"
+    assert users and users[-1] == "10001"
     entry = [rest for word, rest in instructions if word == "ENTRYPOINT"]
-    role = {"Dockerfile.worker": "worker", "Dockerfile.watchdog": "watchdog", "Dockerfile.log_daemon": "logd"}
-    assert entry == [f'["tini", "--", "pero-entrypoint", "{role[dockerfile.name]}"]']
+    assert entry == [f'["tini", "--", "pero-entrypoint", "{DAEMONS[dockerfile.name]}"]']
+    assert [rest for word, rest in instructions if word == "FROM"][-1] == "${PYTHON_IMAGE}"
 
 
-def test_worker_image_is_cuda_with_pinned_torch_and_pero_ocr_without_dependencies():
+@pytest.mark.parametrize("dockerfile", [p for p in DOCKERFILES if p.name in ENGINE_USERS], ids=lambda p: p.name)
+def test_engine_images_use_the_official_images_uids_and_tini(dockerfile):
+    instructions = _instructions(dockerfile)
+    users = [rest for word, rest in instructions if word == "USER"]
+    assert (users[-1] if users else None) == ENGINE_USERS[dockerfile.name]
+    entry = [rest for word, rest in instructions if word == "ENTRYPOINT"]
+    assert entry and entry[0].startswith('["tini", "--"')
+
+
+@pytest.mark.parametrize("dockerfile", [p for p in DOCKERFILES if p.name != "Dockerfile.python"], ids=lambda p: p.name)
+def test_every_image_has_a_health_check(dockerfile):
+    assert any(word == "HEALTHCHECK" for word, _rest in _instructions(dockerfile))
+
+
+def test_no_secret_or_build_cache_goes_into_a_layer():
+    for dockerfile in DOCKERFILES:
+        text = dockerfile.read_text()
+        assert "PIP_NO_CACHE_DIR" not in text or "--mount=type=cache" not in text
+        for word, rest in _instructions(dockerfile):
+            if word == "RUN" and "pip install" in rest:
+                assert "--mount=type=cache,target=/root/.cache/pip" in rest, f"{dockerfile.name}: {rest[:80]}"
+            assert "password" not in rest.lower(), f"{dockerfile.name}: {rest[:80]}"
+
+
+def test_worker_image_has_pinned_cpu_torch_by_default_and_pero_ocr_without_dependencies():
     text = (REPO / "docker" / "Dockerfile.worker").read_text()
-    assert re.search(r"ARG CUDA_IMAGE=nvidia/cuda:\S+-runtime-", text)
-    assert "ARG TORCH_VERSION=2.13.0" in text and "pip install torch==${TORCH_VERSION}" in text
+    assert "ARG TORCH_VERSION=2.13.0" in text and "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
+    assert "--mount=type=bind,source=docker/wheels,target=/wheels" in text
     assert "pip install --no-deps -r /opt/pero/requirements/requirements-ocr-nodeps.txt" in text
     torch_pin = re.search(r'TORCH_SPEC="torch==([^"]+)"', (REPO / "install_dependencies.sh").read_text())
     assert torch_pin and torch_pin.group(1) == "2.13.0", "torch pin differs from install_dependencies.sh"
+    # The code comes last, after every dependency layer.
+    words = [(word, rest) for word, rest in _instructions(REPO / "docker" / "Dockerfile.worker")]
+    copies = [i for i, (word, rest) in enumerate(words) if word == "COPY"]
+    installs = [i for i, (word, rest) in enumerate(words) if word == "RUN" and "pip install" in rest]
+    assert words[copies[-1]][1] == "worker /opt/pero/pero_worker/worker" and max(installs) < copies[-2]
 
 
 def _pins(path: Path) -> dict[str, str]:
@@ -195,7 +231,8 @@ def test_entrypoint_refuses_an_unknown_role(tmp_path):
     assert done.returncode == 2 and "unknown role 'publisher'" in done.stderr
 
 
-@pytest.mark.parametrize("script", ["docker-build-worker.sh", "docker-build-manager.sh",
+@pytest.mark.parametrize("script", ["docker-build-worker.sh", "docker-build-manager.sh", "docker-build-services.sh",
+                                    "dev/container_base.sh", "dev/container_engine.sh", "dev/build_images.sh",
                                     "scripts/certificate_setup.sh"])
 def test_shell_scripts_parse_and_explain_themselves(script):
     assert subprocess.run(["bash", "-n", str(REPO / script)]).returncode == 0

@@ -17,11 +17,13 @@ writes into the config directory (what servers and clients read):
 and into the data directory: the engines' databases, logs, pid files and the SFTP files.
 
 Then it starts the engines natively (Debian's rabbitmq-server as its own node, ZooKeeper under java, sshd
-with its own config) or with --docker through docker-compose, and configures them: the `pero` vhost, the
-service user with its permissions, no guest user, and the server lists in ZooKeeper (nodes readable only by
-the service user).  Re-running keeps existing passwords, keys, certificates and data.  --stop stops what it
-started and removes the system account it created.  Passwords are never printed: read them from the files
-under secrets/.
+with its own config) or with --docker in containers, podman or docker (tools/deploy/containers.py: the engines,
+then the watchdog, the log daemon and --workers workers, all restarted by the engine when they die), and
+configures them: the `pero` vhost, the service user with its permissions, no guest user, and the server lists
+in ZooKeeper (nodes readable only by the service user).  Re-running keeps existing passwords, keys,
+certificates and data.  --stop stops what it started and removes the system account it created (with
+--docker: the project's containers, volumes and network; no account is created).  Passwords are never
+printed: read them from the files under secrets/.
 
 Hardening: the SFTP user is always jailed (ChrootDirectory) in a root-owned folder (--sftp-root, else
 DATA_DIR/sftp/root, else /var/lib/pero-worker/sftp-<hash>) or setup refuses; an existing system account that
@@ -36,23 +38,20 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from pero_worker.libs.addresses import format_address, parse_address
 from pero_worker.libs.config import PASSWORD_ENV
-from pero_worker.tools.deploy import native, pki, postconfig, render
+from pero_worker.tools.deploy import containers, native, pki, postconfig, render
 from pero_worker.tools.deploy.layout import DEFAULT_PORTS, DIST_PORT_OFFSET, Layout, Settings
 from pero_worker.tools.deploy.secrets_store import SecretError, ensure_password, write_private
 
 log = logging.getLogger("system_setup")
 ADMIN_PASSWORD_ENV = "PERO_ADMIN_PASSWORD"
-COMPOSE_FILE = Path(__file__).resolve().parent / "services-docker-compose.yaml"
-COMPOSE_PROJECT = "pero"
 SETTINGS_FILE = "setup.json"
 
 
@@ -119,12 +118,25 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--log-queue", default="log", help="queue of the workers' log lines (default %(default)s)")
     mode = parser.add_argument_group("what to do")
     mode.add_argument("--docker", action="store_true",
-                      help="start the engines with docker-compose (scripts/services-docker-compose.yaml)")
+                      help="run the engines and the daemons in containers (podman, or docker): see the "
+                           "'containers' options and README 'Deploy with containers'")
     mode.add_argument("--no-start", action="store_true", help="only generate the files")
     mode.add_argument("--stop", action="store_true",
                       help="stop the engines an earlier run started and remove the system account it created")
     mode.add_argument("--zookeeper-heap", type=int, default=512, metavar="MB", help="ZooKeeper JVM heap (MB)")
     mode.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    boxes = parser.add_argument_group("containers (with --docker)")
+    boxes.add_argument("--project", default=os.environ.get("PERO_PROJECT", "pero"),
+                       help="prefix of the containers, volumes and network; --stop removes exactly these "
+                            "(default $PERO_PROJECT or %(default)s)")
+    boxes.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="worker containers to run (default %(default)s; 0 = engines and managers only)")
+    boxes.add_argument("--gpus", action="store_true", help="give the workers the GPUs (docker run --gpus all)")
+    boxes.add_argument("--no-daemons", action="store_true",
+                       help="only the engines (ZooKeeper, RabbitMQ, SFTP): no watchdog, log daemon or workers")
+    boxes.add_argument("--engine", default=os.environ.get("PERO_CONTAINER_ENGINE"),
+                       help="podman or docker (default $PERO_CONTAINER_ENGINE, else podman when installed, "
+                            "else docker); images from PERO_<ROLE>_IMAGE, else the locally built pero-* images")
     return parser
 
 
@@ -278,12 +290,15 @@ def generate(s: Settings, lay: Layout, args: argparse.Namespace) -> dict[str, st
             log.info("ZooKeeper key store and trust store written (PKCS12)")
 
     # ZooKeeper.
-    _write(lay.zoo_cfg, render.zoo_cfg(s, lay))
+    # In containers the engines listen on every interface of their own network; the bind address is where
+    # their ports are published on the host.
+    inside = replace(s, bind_address="") if args.docker else s
+    _write(lay.zoo_cfg, render.zoo_cfg(inside, lay))
     _write(lay.java_env, render.java_env(s, lay))
     _write(lay.jaas, render.jaas_conf({s.service_user: service_pw, s.admin_user: admin_pw}), 0o600)
 
     # RabbitMQ.
-    _write(lay.rabbitmq_conf, render.rabbitmq_conf(s, lay, log_file=None if args.docker
+    _write(lay.rabbitmq_conf, render.rabbitmq_conf(inside, lay, log_file=None if args.docker
                                                     else str(lay.log_dir / "rabbitmq" / "node.log")))
     _write(lay.rabbitmq_env, render.rabbitmq_env(s, lay))
     _write(lay.enabled_plugins, render.ENABLED_PLUGINS)
@@ -309,7 +324,9 @@ def generate(s: Settings, lay: Layout, args: argparse.Namespace) -> dict[str, st
     _write(lay.ini("logd"), render.logd_ini(s, lay))
     _write(lay.docker_env, render.docker_env(s, lay))
     lay.logd_output.mkdir(parents=True, exist_ok=True)
-    (lay.run_dir / SETTINGS_FILE).write_text(json.dumps({**asdict(s), "docker": bool(args.docker)}, indent=2))
+    boxes = {"project": args.project, "engine": args.engine} if args.docker else None
+    (lay.run_dir / SETTINGS_FILE).write_text(json.dumps({**asdict(s), "docker": bool(args.docker),
+                                                         "containers": boxes}, indent=2))
     log.info("configuration written to %s", lay.config_dir)
     return {"service": service_pw, "admin": admin_pw}
 
@@ -364,50 +381,65 @@ def stop_native(s: Settings, lay: Layout) -> None:
     log.info("SFTP files stay in %s", lay.sftp_root)
 
 
-# --- docker --------------------------------------------------------------------------
+# --- containers ----------------------------------------------------------------------
 
-def _compose(lay: Layout, args: list[str], *, stdin: str | None = None,
-             timeout: float = 600) -> subprocess.CompletedProcess:
-    if shutil.which("docker-compose"):
-        base = ["docker-compose"]
-    elif shutil.which("docker"):
-        base = ["docker", "compose"]
-    else:
-        raise SetupError("neither docker-compose nor docker is installed (or run without --docker)")
-    return subprocess.run([*base, "-f", str(COMPOSE_FILE), "--env-file", str(lay.docker_env),
-                           "-p", COMPOSE_PROJECT, *args], input=stdin, capture_output=True, text=True,
-                          timeout=timeout)
+def container_options(args: argparse.Namespace) -> containers.Options:
+    if args.workers < 0:
+        raise UsageError(f"--workers {args.workers}: give 0 or more")
+    if not args.project.replace("-", "").replace("_", "").isalnum():
+        raise UsageError(f"--project {args.project!r}: letters, digits, '-' and '_' only")
+    return containers.Options(project=args.project, workers=args.workers, gpus=args.gpus,
+                              daemons=not args.no_daemons, images=containers.images_from(dict(os.environ)))
 
 
-def start_docker(s: Settings, lay: Layout, passwords: dict[str, str]) -> None:
-    # The atmoz/sftp container's user (uid 1001) owns the upload folder.
-    files = lay.sftp_root / "pero"
-    files.mkdir(parents=True, exist_ok=True)
-    os.chown(files, 1001, 1001)
-    # The containers run the engines as their own users: give them their secrets.
-    for path, uid in ((lay.server_key("rabbitmq"), 999), (lay.definitions, 999), (lay.jaas, 1000),
-                      (lay.keystore, 1000), (lay.keystore_pass, 1000), (lay.truststore_pass, 1000)):
-        os.chown(path, uid, uid)
-    done = _compose(lay, ["up", "-d"])
-    if done.returncode != 0:
-        raise SetupError("docker-compose up failed: " + postconfig._last(done))
-    deadline = time.monotonic() + 180
+def _engine(name: str | None) -> containers.Engine:
     try:
-        native.wait_for_tls(s.zk_host, s.zk_port, str(lay.ca_cert), "ZooKeeper", deadline)
-        native.wait_for_tls(s.mq_host, s.amqps_port, str(lay.ca_cert), "RabbitMQ", deadline)
-        for action in postconfig.configure_rabbitmq(
-                lambda a, stdin=None: _compose(lay, ["exec", "-T", "rabbitmq", "rabbitmqctl", *a], stdin=stdin,
-                                               timeout=120), lay):
-            log.info("RabbitMQ: %s", action)
-    except (native.ServiceError, postconfig.PostConfigError) as error:
+        return containers.Engine(containers.find_engine(name))
+    except containers.ContainerError as error:
         raise SetupError(str(error)) from None
 
 
-def stop_docker(lay: Layout) -> None:
-    done = _compose(lay, ["down"])
-    if done.returncode != 0:
-        raise SetupError("docker-compose down failed: " + postconfig._last(done))
-    log.info("containers stopped")
+def _hand_over(s: Settings, lay: Layout) -> None:
+    """Give each container's user its files (the engines' secrets and data, the daemons' password and logs)."""
+    for folder in (lay.sftp_root / "pero", lay.data_dir / "rabbitmq-docker", lay.zk_data, lay.log_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    for path, uid in containers.ownership(s, lay):
+        os.chown(path, uid, uid)
+
+
+def start_containers(s: Settings, lay: Layout, passwords: dict[str, str], args: argparse.Namespace) -> None:
+    """Engines, then their post-configuration from the host, then the daemons; each step says what it did."""
+    opts = container_options(args)
+    engine = _engine(args.engine)
+    everything = containers.plan(s, lay, opts)
+    engines = [c for c in everything if c.role in containers.ENGINES]
+    started = time.monotonic()
+    try:
+        containers.bring_up(engine, engines, opts, log.info)
+        deadline = time.monotonic() + 180
+        native.wait_for_tls(s.zk_host, s.zk_port, str(lay.ca_cert), "ZooKeeper", deadline)
+        native.wait_for_tls(s.mq_host, s.amqps_port, str(lay.ca_cert), "RabbitMQ", deadline)
+        rabbitmq = f"{opts.project}-rabbitmq"
+        for action in postconfig.configure_rabbitmq(
+                lambda a, stdin=None: engine.call(["exec", *(["-i"] if stdin is not None else []), rabbitmq,
+                                                   "rabbitmqctl", *a], stdin=stdin, timeout=120), lay):
+            log.info("RabbitMQ: %s", action)
+        post_configure(s, lay, passwords)
+        log.info("engines up and configured in %.1f s", time.monotonic() - started)
+        daemons = [c for c in everything if c.role not in containers.ENGINES]
+        if daemons:
+            containers.bring_up(engine, daemons, opts, log.info)
+    except (native.ServiceError, postconfig.PostConfigError, containers.ContainerError) as error:
+        raise SetupError(str(error)) from None
+
+
+def stop_containers(lay: Layout, saved: dict) -> None:
+    engine = _engine(saved.get("engine"))
+    try:
+        containers.tear_down(engine, saved.get("project", "pero"), log.info)
+    except containers.ContainerError as error:
+        raise SetupError(str(error)) from None
+    log.info("containers stopped; configuration and data stay in %s and %s", lay.config_dir, lay.data_dir)
 
 
 # --- main ----------------------------------------------------------------------------
@@ -425,20 +457,38 @@ def sftp_jail(base: Layout, given: Path | None) -> tuple[Layout, str | None]:
     return Layout(base.config_dir, base.data_dir, jail), note
 
 
+def post_configure(s: Settings, lay: Layout, passwords: dict[str, str]) -> None:
+    """From the host, once the engines answer: the management API, and the server lists in ZooKeeper."""
+    try:
+        log.info("RabbitMQ: %s", postconfig.check_management(s, lay, passwords["service"]))
+        for action in postconfig.configure_zookeeper(s, lay, passwords["service"]):
+            log.info("ZooKeeper: %s", action)
+    except postconfig.PostConfigError as error:
+        raise SetupError(str(error)) from None
+
+
+def stop(lay: Layout) -> None:
+    saved = _read_json(lay.run_dir / SETTINGS_FILE)
+    if saved is None:
+        raise SetupError(f"nothing to stop: {lay.run_dir / SETTINGS_FILE} not found (wrong -d?)")
+    if saved.pop("docker", False):
+        stop_containers(lay, saved.get("containers") or {})
+        return
+    s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()
+                    if k in Settings.__dataclass_fields__})
+    if s.sftp_root and s.sftp_root != str(lay.default_sftp_root):
+        lay = Layout(lay.config_dir, lay.data_dir, Path(s.sftp_root))
+    stop_native(s, lay)
+
+
 def run(args: argparse.Namespace) -> None:
     lay = Layout(args.config_dir.resolve(), args.data_dir.resolve())
     if args.stop:
-        saved = _read_json(lay.run_dir / SETTINGS_FILE)
-        if saved is None:
-            raise SetupError(f"nothing to stop: {lay.run_dir / SETTINGS_FILE} not found (wrong -d?)")
-        docker = saved.pop("docker", False)
-        s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()
-                        if k in Settings.__dataclass_fields__})
-        if s.sftp_root and s.sftp_root != str(lay.default_sftp_root):
-            lay = Layout(lay.config_dir, lay.data_dir, Path(s.sftp_root))
-        stop_docker(lay) if docker else stop_native(s, lay)
+        stop(lay)
         return
-    if not args.docker:            # the containers jail the SFTP user themselves
+    if args.docker:
+        container_options(args)     # bad container options stop here, before anything is written
+    else:                           # the containers jail the SFTP user themselves
         lay, note = sftp_jail(lay, args.sftp_root)
         if note:
             log.info("SFTP: %s", note)
@@ -449,18 +499,15 @@ def run(args: argparse.Namespace) -> None:
         except postconfig.PostConfigError as error:
             raise SetupError(str(error)) from None
     passwords = generate(s, lay, args)
+    if args.docker:                 # also for --no-start: compose users start the engines themselves
+        _hand_over(s, lay)
     if args.no_start:
         return
     if args.docker:
-        start_docker(s, lay, passwords)
+        start_containers(s, lay, passwords, args)
     else:
         start_native(s, lay, passwords, reset_account=args.reset_account_password)
-    try:
-        log.info("RabbitMQ: %s", postconfig.check_management(s, lay, passwords["service"]))
-        for action in postconfig.configure_zookeeper(s, lay, passwords["service"]):
-            log.info("ZooKeeper: %s", action)
-    except postconfig.PostConfigError as error:
-        raise SetupError(str(error)) from None
+        post_configure(s, lay, passwords)
     zk = format_address(s.zk_host, s.zk_port)
     log.info("ready: run a worker with  python worker/run_worker.py -c %s  (or -z %s -u %s --password-file %s "
              "-e %s)", lay.ini("worker"), zk, s.service_user, lay.service_password, lay.ca_cert)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pero_worker.libs.exit_codes import ExitCode, exit_codes_help
+from pero_worker.tools.deploy.native import process_mentions, read_pid
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -72,25 +73,6 @@ def port_open(port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
-
-
-def read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def process_mentions(pid: int, needle: str) -> bool:
-    """Whether live process `pid` names `needle` in its command line or environment (not a recycled pid)."""
-    for part in ("cmdline", "environ"):
-        try:
-            text = Path(f"/proc/{pid}/{part}").read_bytes().replace(b"\x00", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if needle in text:
-            return True
-    return False
 
 
 def wait_until(check, what: str, timeout: float, log_hint: Path | None = None) -> None:

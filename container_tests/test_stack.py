@@ -108,6 +108,12 @@ def _inspect(name: str, template: str) -> str:
     return podman("inspect", "--format", template, name).stdout.strip()
 
 
+def _restarted(name: str, old_pid: int) -> bool:
+    """Whether the container runs again in another process than `old_pid` (the one that was killed)."""
+    parts = _inspect(name, "{{.State.Status}} {{.State.Pid}}").split()
+    return len(parts) == 2 and parts[0] == "running" and parts[1].isdigit() and int(parts[1]) not in (0, old_pid)
+
+
 def test_every_container_runs_with_its_restart_policy_and_user(stack):
     assert "Traceback" not in stack
     running = set(lines(podman("ps", "--filter", f"label=pero.project={PROJECT}", "--format", "{{.Names}}")))
@@ -196,8 +202,13 @@ def test_pages_flow_and_a_killed_worker_comes_back(stack, tmp_path):
         done = _download(results, out, env)
         time.sleep(2)
     assert len(done) == DUMMY_PAGES + 1, f"{len(done)} of {DUMMY_PAGES + 1} requests came out: some were lost"
-    assert int(_inspect(victim, "{{.RestartCount}}") or 0) > restarts_before, f"{victim} was not restarted"
-    assert _inspect(victim, "{{.State.Status}}") == "running"
+    # Restarted by its policy: running again in a new process.  (podman 4.3's RestartCount is not a reliable
+    # witness: a CI run saw the restart in `podman events` while RestartCount still read 0.)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not _restarted(victim, pid):
+        time.sleep(0.5)
+    assert _restarted(victim, pid), (f"{victim} was not restarted (status {_inspect(victim, '{{.State.Status}}')}, "
+                                     f"restart count {restarts_before} -> {_inspect(victim, '{{.RestartCount}}')})")
 
     # Every request came out once, OK; the OCR page with text read by the bundled model.
     infos = {p: (p / "request_info.txt").read_text() for p in done}

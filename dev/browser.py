@@ -97,12 +97,32 @@ def login(driver, base_url: str, user: str, password: str) -> None:
     driver.get(base_url + "/login")
     driver.find_element(By.ID, "username").send_keys(user)
     driver.find_element(By.ID, "password").send_keys(password)
-    from selenium.webdriver.support.expected_conditions import staleness_of
-    from selenium.webdriver.support.ui import WebDriverWait
-
     page = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.ID, "login-button").click()
-    WebDriverWait(driver, 30).until(staleness_of(page))
+    wait_until_replaced(driver, page)
+
+
+def wait_until_replaced(driver, element, timeout: float = 30) -> None:
+    """Wait until `element` has left the document (the page it was on was replaced by the next one).
+
+    Like selenium's staleness_of, but chromedriver may report an element that is being detached as an
+    "unhandled inspector error ... does not belong to the document" instead of a stale reference: that
+    means gone as well (seen once in a CI run)."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def gone(_driver) -> bool:
+        try:
+            element.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as error:
+            if "does not belong to the document" in str(error):
+                return True
+            raise
+        return False
+
+    WebDriverWait(driver, timeout).until(gone)
 
 
 def full_page_screenshot(driver, path: Path, width: int = 1400, max_height: int = 4000) -> None:

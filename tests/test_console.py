@@ -22,6 +22,7 @@ from pero_worker.dev.browser import (
     full_page_screenshot,
     login,
     start_chromium,
+    wait_until_replaced,
 )
 from pero_worker.dev.opsplane import (
     Process,
@@ -43,8 +44,6 @@ if None in chromium_paths():
 
 from selenium.common.exceptions import StaleElementReferenceException, WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
 @pytest.fixture
@@ -111,7 +110,7 @@ def submit(driver, button) -> None:
     """Click a form's button and wait until the browser has loaded the answer (the old page is gone)."""
     page = driver.find_element(By.TAG_NAME, "html")
     button.click()
-    WebDriverWait(driver, 30).until(staleness_of(page))
+    wait_until_replaced(driver, page)
 
 
 def wait_page(driver, condition, what: str, timeout: float = 20.0):

@@ -66,11 +66,18 @@ def background(gray: np.ndarray, window: int, factor: int = 4) -> np.ndarray:
 
 def sauvola_threshold(gray: np.ndarray, window: int, k: float = 0.25, r: float = 128.0) -> np.ndarray:
     """Sauvola threshold surface computed with box filters (fast integral images)."""
-    g = gray.astype(np.float32)
+    g = np.asarray(gray, dtype=np.float32)
     mean = cv2.boxFilter(g, cv2.CV_32F, (window, window), borderType=cv2.BORDER_REFLECT)
-    sq = cv2.boxFilter(g * g, cv2.CV_32F, (window, window), borderType=cv2.BORDER_REFLECT)
-    std = np.sqrt(np.maximum(sq - mean * mean, 0.0))
-    return mean * (1.0 + k * (std / r - 1.0))
+    # In place, one page-sized buffer at a time: on a 300 dpi A4 page the plain expression spent
+    # more time allocating temporaries than filtering.
+    spread = cv2.sqrBoxFilter(g, cv2.CV_32F, (window, window), borderType=cv2.BORDER_REFLECT)
+    spread -= mean * mean
+    np.maximum(spread, 0.0, out=spread)
+    np.sqrt(spread, out=spread)                     # the local standard deviation
+    spread *= k / r
+    spread += 1.0 - k
+    spread *= mean                                  # mean * (1 + k * (std / r - 1))
+    return spread
 
 
 def default_window(shape: tuple[int, ...]) -> int:

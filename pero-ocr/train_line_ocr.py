@@ -300,6 +300,20 @@ def export_model(model: nn.Module, model_dir: Path) -> None:
                                                encoding="utf-8")
 
 
+def load_exported(model: nn.Module, model_dir: Path) -> None:
+    """Start from an exported model's weights (fine-tuning); the network settings must be the ones it was
+    trained with (ValueError names the first mismatch)."""
+    scripted = torch.jit.load(str(Path(model_dir) / "model.pt"), map_location="cpu")
+    weights = scripted.state_dict()
+    own = model.state_dict()
+    for name, tensor in own.items():
+        if name not in weights or weights[name].shape != tensor.shape:
+            found = tuple(weights[name].shape) if name in weights else "missing"
+            raise ValueError(f"{model_dir} does not fit these network settings: {name} is {found}, "
+                             f"expected {tuple(tensor.shape)} (give the --channels/--proj/--hidden it was trained with)")
+    model.load_state_dict({name: weights[name] for name in own})
+
+
 def export_checkpoint(ckpt_path: Path, model_dir: Path) -> None:
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     model = build_model(ckpt["config"])
@@ -388,7 +402,11 @@ def train(args: argparse.Namespace) -> int:
         if args.workers == 0 else None
 
     # The model (and CUDA) only after all forks: the data processes never touch the GPU.
-    model = build_model(cfg).to(device)
+    model = build_model(cfg)
+    if args.init:
+        load_exported(model, args.init)
+        log(f"fine-tuning from {args.init}")
+    model = model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"device {device} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu'}), "
         f"{n_params / 1e6:.2f} M parameters, amp={amp}, torch {torch.__version__}")
@@ -531,6 +549,8 @@ def main() -> int:
     ap.add_argument("--font-dir", type=Path, default=Path(".fonts"), help="made by collect_fonts.py")
     ap.add_argument("--out", type=Path, default=Path("/tmp/line_ocr_run"),
                     help="train.log, checkpoint.pt, metrics.json, model/")
+    ap.add_argument("--init", type=Path, metavar="MODEL_DIR",
+                    help="fine-tune: start from an exported model's weights (e.g. pero-ocr/model) instead of random")
     ap.add_argument("--export", type=Path, metavar="CHECKPOINT", help="only export a checkpoint to --model-dir")
     ap.add_argument("--model-dir", type=Path, default=HERE / "model")
     ap.add_argument("--evaluate", type=Path, metavar="MODEL_DIR",

@@ -310,7 +310,8 @@ def load_exported(model: nn.Module, model_dir: Path) -> None:
         if name not in weights or weights[name].shape != tensor.shape:
             found = tuple(weights[name].shape) if name in weights else "missing"
             raise ValueError(f"{model_dir} does not fit these network settings: {name} is {found}, "
-                             f"expected {tuple(tensor.shape)} (give the --channels/--proj/--hidden it was trained with)")
+                             f"expected {tuple(tensor.shape)} (give the --channels/--proj/--hidden it was "
+                             "trained with)")
     model.load_state_dict({name: weights[name] for name in own})
 
 

@@ -609,6 +609,7 @@ def _batching(config: configparser.ConfigParser, parser: Any, device: Any) -> tu
     return settings.pages, reader, pool
 
 
-__all__ = ["build", "PeroOcrProcessor", "resolve_device", "optimize_for_cpu", "network_bytes", "check_model_paths", "check_engine_json",
+__all__ = ["build", "PeroOcrProcessor", "resolve_device", "optimize_for_cpu", "network_bytes",
+           "check_model_paths", "check_engine_json",
            "check_model_files", "pick_result", "image_stem",
            "load_logits_dict", "apply_logits"]

@@ -306,23 +306,36 @@ class TextGenerator:
                     tok = tok[:1].upper() + tok[1:]
             sentence_start = False
             # Quotes and brackets open before a token and close after a later one.
+            closing = None
             if quote_open is None and r.random() < 0.05:
                 left, quote_open = r.choice(lang.quotes + (("(", ")"), ("[", "]"), ("‘", "’")))
                 tok = left + tok
             elif quote_open is not None and r.random() < 0.35:
-                tok = tok + quote_open
-                quote_open = None
+                closing, quote_open = quote_open, None
             q = r.random()
+            punct = ""
             if q < 0.08:
-                tok += ","
+                punct = ","
             elif q < 0.12:
-                tok += "."
-                sentence_start = True
+                punct = "."
             elif q < 0.14:
-                tok += r.choice([";", ":", "!", "?", "...", "?!"])
-                sentence_start = tok[-1] in "!?."
+                punct = r.choice([";", ":", "!", "?", "...", "?!"])
             elif q < 0.16:
-                tok += r.choice([" –", " —", " -", "—"])
+                punct = r.choice([" –", " —", " -", "—"])
+            if closing is not None:
+                # Quoted speech mostly ends a clause, and English typesetting puts the clause's
+                # punctuation inside the closing quote (own.” what?”), much of Europe after it
+                # (own”.): a model that had only seen the latter read every .” as ” or ?.
+                if not punct and r.random() < 0.5:
+                    punct = r.choice([".", ".", ",", "?", "!"])
+                if punct and not punct.startswith(" ") and r.random() < 0.6:
+                    tok = tok + punct + closing
+                else:
+                    tok = tok + closing + punct
+            else:
+                tok += punct
+            if punct:
+                sentence_start = punct[-1] in "!?."
             tokens.append(tok)
             length += len(tok) + 1
         if quote_open is not None and r.random() < 0.5:

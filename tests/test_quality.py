@@ -185,8 +185,13 @@ def test_apply_prior_rewrites_lines_with_logits() -> None:
             return iter(self.lines)
 
     lines = [Line(sparse.csc_matrix(UNSURE_O), CHARS + ["\u200b"], "Öur"), Line(None, None, "kept")]
-    assert apply_prior(Page(lines), PENALTIES) == 1
+    confidences: dict[int, np.ndarray] = {}
+    assert apply_prior(Page(lines), PENALTIES, confidences) == 1
     assert [line.transcription for line in lines] == ["Our", "kept"]
+    # The quality probe reuses what the prior decoded: the same numbers as decoding again.
+    assert list(confidences) == [id(lines[0])]
+    again = character_confidences(lines[0].get_dense_logits(), PENALTIES)
+    assert np.array_equal(confidences[id(lines[0])], again) and len(again) == 3
 
 
 # --- the measurements ---------------------------------------------------------------------

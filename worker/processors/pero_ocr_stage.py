@@ -348,8 +348,9 @@ class PeroOcrProcessor:
 
     def _write_output(self, job: PageJob) -> None:
         results, page_layout, image_name = job.request.results, job.layout, job.image_name
-        penalties = self._apply_prior(page_layout)
-        xml_out, summary = self._assess(job.image, page_layout, penalties, job.layout_turn)
+        known: dict[int, Any] = {}
+        penalties = self._apply_prior(page_layout, known)
+        xml_out, summary = self._assess(job.image, page_layout, penalties, job.layout_turn, known)
         _put_result(results, job.xml_index, image_name + PAGE_XML_SUFFIX, xml_out)
         logits_out = self._logits_bytes(page_layout)
         if logits_out is not None:
@@ -357,8 +358,9 @@ class PeroOcrProcessor:
         height, width = job.image.shape[:2]
         log.info("image %r (%d x %d): %d regions, %s", image_name, width, height, len(page_layout.regions), summary)
 
-    def _apply_prior(self, page_layout: Any) -> Any:
-        """Re-read the lines with the stage's character prior (not after a decoder); the penalties used, or None."""
+    def _apply_prior(self, page_layout: Any, confidences: dict[int, Any] | None = None) -> Any:
+        """Re-read the lines with the stage's character prior (not after a decoder); the penalties used, or None.
+        `confidences` receives the re-read lines' character confidences (character_prior.apply_prior)."""
         if self.prior is None or getattr(self.page_parser, "decoder", None) is not None:
             return None
         from pero_worker.worker.processors.character_prior import apply_prior, penalty_vector
@@ -367,11 +369,12 @@ class PeroOcrProcessor:
             return None
         if self._penalties is None or len(self._penalties) != len(characters) + 1:
             self._penalties = penalty_vector(characters, self.prior)
-        changed = apply_prior(page_layout, self._penalties)
+        changed = apply_prior(page_layout, self._penalties, confidences)
         log.debug("character prior changed %d lines", changed)
         return self._penalties
 
-    def _assess(self, image: Any, page_layout: Any, penalties: Any, layout_turn: int = 0) -> tuple[bytes, str]:
+    def _assess(self, image: Any, page_layout: Any, penalties: Any, layout_turn: int = 0,
+                known: dict[int, Any] | None = None) -> tuple[bytes, str]:
         """PAGE XML with line confidences and the page's quality mark; one QUALITY WARNING line when flagged.
 
         Only a stage that reads text (OCR or decoder) is judged: a layout-only config finds no text by design.
@@ -383,7 +386,8 @@ class PeroOcrProcessor:
         from pero_worker.libs.quality import quality_flags, warning_line
         from pero_worker.worker.processors.quality_probe import mark_page_xml, measure_page
 
-        numbers = dataclasses.replace(measure_page(image, page_layout, parser, penalties), layout_turn=layout_turn)
+        numbers = dataclasses.replace(measure_page(image, page_layout, parser, penalties, known=known),
+                                      layout_turn=layout_turn)
         flags = quality_flags(numbers)
         xml = mark_page_xml(page_layout.to_pagexml_string().encode("utf-8"), numbers, flags)
         if flags:

@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -64,9 +64,13 @@ def ink_fraction(image: np.ndarray) -> float:
     return float(np.count_nonzero(sample < threshold)) / sample.size
 
 
-def _line_confidences(lines: Iterable[Any], penalties: np.ndarray | None) -> list[np.ndarray]:
+def _line_confidences(lines: Iterable[Any], penalties: np.ndarray | None,
+                      known: Mapping[int, np.ndarray] | None = None) -> list[np.ndarray]:
     out = []
     for line in lines:
+        if known is not None and id(line) in known:
+            out.append(known[id(line)])
+            continue
         logits = line.get_dense_logits() if getattr(line, "logits", None) is not None else None
         out.append(character_confidences(logits, penalties) if logits is not None
                    else np.zeros(0, dtype=np.float32))
@@ -87,10 +91,12 @@ def _longest(lines: list[Any], count: int) -> list[Any]:
     return sorted(lines, key=length, reverse=True)[:count]
 
 
-def set_line_confidences(page_layout: Any, penalties: np.ndarray | None = None) -> tuple[int, int, float | None]:
-    """Write each line's mean character confidence into it (TextEquiv/@conf); (lines, characters, page mean)."""
+def set_line_confidences(page_layout: Any, penalties: np.ndarray | None = None,
+                         known: Mapping[int, np.ndarray] | None = None) -> tuple[int, int, float | None]:
+    """Write each line's mean character confidence into it (TextEquiv/@conf); (lines, characters, page mean).
+    `known`: confidences already decoded with the same penalties, by id(line) (character_prior.apply_prior)."""
     lines = list(page_layout.lines_iterator())
-    parts = _line_confidences(lines, penalties)
+    parts = _line_confidences(lines, penalties, known)
     for line, part in zip(lines, parts):
         if part.size:
             line.transcription_confidence = float(part.mean())
@@ -130,15 +136,16 @@ def can_check_orientation(parser: Any) -> bool:
 
 
 def measure_page(image: np.ndarray, page_layout: Any, parser: Any, penalties: np.ndarray | None = None,
-                 thresholds: QualityThresholds = DEFAULT_THRESHOLDS) -> PageNumbers:
+                 thresholds: QualityThresholds = DEFAULT_THRESHOLDS,
+                 known: Mapping[int, np.ndarray] | None = None) -> PageNumbers:
     """The numbers of one page after OCR (sets the lines' confidences on the way); `penalties` as the
-    stage's character prior decodes (character_prior.py)."""
-    lines, characters, mean = set_line_confidences(page_layout, penalties)
+    stage's character prior decodes (character_prior.py), `known` as set_line_confidences takes it."""
+    lines, characters, mean = set_line_confidences(page_layout, penalties, known)
     numbers = PageNumbers(ink_fraction=ink_fraction(image), lines=lines, characters=characters,
                           mean_confidence=mean)
     if not needs_orientation_check(numbers, thresholds) or not can_check_orientation(parser):
         return numbers
-    sample = _mean(_line_confidences(_longest(list(page_layout.lines_iterator()), SAMPLE_LINES), penalties))
+    sample = _mean(_line_confidences(_longest(list(page_layout.lines_iterator()), SAMPLE_LINES), penalties, known))
     try:
         turned = turned_confidences(image, parser, penalties)
     except Exception as error:  # the check is advice: a failure of it must not fail the page

@@ -65,6 +65,27 @@ def test_dark_scanner_border_touching_a_halftone_photo_is_removed_not_a_picture(
     assert analysis.facts.picture_fraction < 0.2
 
 
+def test_text_close_beside_a_photo_on_noisy_paper_keeps_its_last_words():
+    """The development set's second border-photo page (400 dpi, noisy paper, lines ending about one
+    text height left of a halftone photo): the noise once made the photo's area solid up to 8 text
+    heights around it, and the last words of the lines beside it ("go letter", "own paper") were
+    masked as picture."""
+    page = magazine.render_magazine(magazine.dev_spec("border-photo", 1, "Caladea", 1234))
+    analysis = analyze_page(page.image)
+    _, pairs = _assert_good(page, analysis)
+    def beside_a_photo(line) -> bool:
+        end_x, y = float(line.baseline[-1, 0]), float(line.baseline[-1, 1])
+        return any(box[:, 1].min() < y < box[:, 1].max()
+                   and box[:, 0].min() - 6 * line.x_height < end_x < box[:, 0].min() for box in page.picture_boxes)
+
+    beside = [(i, j) for i, j in pairs if beside_a_photo(page.lines[i])]
+    assert len(beside) >= 3
+    for i, j in beside:
+        gt_end = float(page.lines[i].baseline[-1, 0])
+        found_end = float(np.max(analysis.lines[j].baseline[:, 0]))
+        assert found_end > gt_end - page.lines[i].x_height, (i, gt_end, found_end)
+
+
 @pytest.mark.parametrize("runs,expect", [
     (np.full(100, 20.0), (0.0, 20.0)),                                     # even border
     (np.concatenate([np.full(70, 15.0), np.full(30, 300.0)]), (0.0, 15.0)),  # a photo continues the run

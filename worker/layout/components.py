@@ -114,7 +114,15 @@ def dark_area_mask(gray_flat: np.ndarray | None, mask: np.ndarray, h: float, ink
         return np.zeros((H, W), dtype=bool)
     core = cv2.resize(dense, (W, H), interpolation=cv2.INTER_NEAREST)
     zone = cv2.resize(cv2.dilate(dense, np.ones((9, 9), np.uint8)), (W, H), interpolation=cv2.INTER_NEAREST)
-    nonpaper = mask if gray_flat is None else gray_flat < 0.93 * 255
+    if gray_flat is None:
+        nonpaper = mask
+    else:
+        # Averaged over a few pixels first: on noisy paper single pixels fall below the paper level
+        # everywhere, the closing below made them solid, and a picture's area spread over the text
+        # beside it up to the edge of the zone (8 text heights).  Halftone dots average to grey
+        # and stay non-paper.
+        b = max(3, int(round(0.2 * h)) | 1)
+        nonpaper = cv2.blur(np.asarray(gray_flat, dtype=np.float32), (b, b)) < 0.93 * 255
     nonpaper = (nonpaper & zone.astype(bool)).astype(np.uint8)
     # Light halftone areas are separate dots: closing joins them (the dot pitch is a fraction of
     # a letter), so the picture keeps its light parts; white space around text is far wider.
@@ -128,7 +136,9 @@ def dark_area_mask(gray_flat: np.ndarray | None, mask: np.ndarray, h: float, ink
     touching = np.unique(labels[core.astype(bool)])
     lut = np.zeros(n, dtype=np.uint8)
     lut[touching[touching > 0]] = 1
-    area = lut[labels]
+    # The picture's own pixels only: a dense cell reaches up to 40 % of a cell (about a text line)
+    # past the photo's edge, and text set that close beside a photo was swallowed with it.
+    area = lut[labels] & nonpaper
     contours, _ = cv2.findContours(area, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     for contour in contours:
         hull = cv2.convexHull(contour)

@@ -20,7 +20,7 @@ Stage config (`config.ini` on ZooKeeper; no model archive needed):
     BLOCK_GAP = 1.5
     MIN_COLUMN_WIDTH = 4.0
     LINE_SPLIT_GAP = 3.0
-    MAX_WORKING_SIDE = 3600    ; pixels: bigger scans are analysed reduced (0 = never)
+    MAX_WORKING_SIDE = 2600    ; pixels: bigger scans are analysed reduced (0 = never)
     DETECT_ORIENTATION = 1     ; 0 = pages are known to be upright
 """
 from __future__ import annotations

@@ -78,7 +78,7 @@ def render(texts: list[str], augment: bool, seed: int) -> list[tuple[np.ndarray,
         for _ in range(5):
             try:
                 font = rng.choice(fonts)
-                out.append((R.render_sample(text, font, rng, cache, neighbours, augment), text))
+                out.append(R.render_labelled(text, font, rng, cache, neighbours, augment))
                 break
             except (ValueError, OSError):
                 continue

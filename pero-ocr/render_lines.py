@@ -623,6 +623,21 @@ def _bleed_through(coverage: np.ndarray, rng: random.Random, neighbours: TextGen
     return np.maximum(coverage, mirrored * rng.uniform(0.08, 0.28))
 
 
+def small_caps_label(text: str) -> str:
+    """What a line set in small capitals reads as: its letters as capitals (pure).
+
+    Small capitals look like capitals; in a 40 px line normalised to its own height a line of small
+    caps cannot be told from a line of capitals, so labelling them in their typed case taught the
+    model to read capitals as lower case ("PURPOSE" -> "Purpose", "GNU" -> "GNu").  Transcriptions
+    of printed books give small caps as capitals too, and so does bench/magazine.py's ground truth.
+    A letter whose capital is not one character of the charset stays as it is (ß)."""
+    out = []
+    for ch in text:
+        upper = ch.upper()
+        out.append(upper if len(upper) == 1 and upper in CHARACTERS else ch)
+    return "".join(out)
+
+
 def render_sample(text: str, font_file: FontFile, rng: random.Random, fonts: FontCache,
                   neighbours: TextGenerator | None = None, augment: bool = True,
                   em: int | None = None) -> np.ndarray:
@@ -630,6 +645,13 @@ def render_sample(text: str, font_file: FontFile, rng: random.Random, fonts: Fon
 
     Raises ValueError when the line cannot be rendered or cropped (e.g. no ink).
     """
+    return render_labelled(text, font_file, rng, fonts, neighbours, augment, em)[0]
+
+
+def render_labelled(text: str, font_file: FontFile, rng: random.Random, fonts: FontCache,
+                    neighbours: TextGenerator | None = None, augment: bool = True,
+                    em: int | None = None) -> tuple[np.ndarray, str]:
+    """`render_sample` and the line's label: `text`, or its capitals when the line was set in small caps."""
     nrng = np.random.default_rng(rng.getrandbits(32))
     if em is None:
         # 8-12 pt at 150-400 dpi: 17-67 px to the em; small print at 150 dpi goes down to 14 px.
@@ -697,7 +719,7 @@ def render_sample(text: str, font_file: FontFile, rng: random.Random, fonts: Fon
         crop = crop[:, :, 0]
     if crop.shape[0] != LINE_HEIGHT or crop.shape[1] < 8 or not crop.any():
         raise ValueError("crop failed")
-    return crop
+    return crop, (small_caps_label(text) if style.small_caps else text)
 
 
 class LineSampler:
@@ -718,10 +740,10 @@ class LineSampler:
                 text = "".join(ch for ch in text if ch not in font.missing).strip() or "a"
                 text = " ".join(text.split())
             try:
-                crop = render_sample(text, font, self.rng, self.cache, self.text, self.augment)
+                crop, label = render_labelled(text, font, self.rng, self.cache, self.text, self.augment)
             except (ValueError, OSError):
                 continue
-            return crop, text
+            return crop, label
         raise RuntimeError("could not render a line in 20 tries")
 
 

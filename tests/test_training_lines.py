@@ -72,3 +72,15 @@ def test_degraded_samples_are_40_px_crops_with_their_text(seed: int) -> None:
         crop, text = sampler.sample()
         assert crop.shape[0] == R.LINE_HEIGHT and crop.shape[1] >= 8 and crop.dtype == np.uint8
         assert text and text == " ".join(text.split())
+
+
+def test_small_caps_lines_are_labelled_as_the_capitals_they_look_like() -> None:
+    assert R.small_caps_label("Chapter Ancient, straße 3") == "CHAPTER ANCIENT, STRAßE 3"
+    gen, rng, fonts = R.TextGenerator(random.Random(5)), random.Random(6), R.FontCache()
+    capitals = 0
+    for _ in range(300):
+        text = gen.line()
+        _, label = R.render_labelled(text, REGULAR, rng, fonts, None, True)
+        assert label in (text, R.small_caps_label(text))
+        capitals += label != text
+    assert 3 <= capitals <= 40     # about 6 % of lines are set in small caps

@@ -18,7 +18,7 @@ from pero_worker.bench.scoring import match_lines, score_layout
 from pero_worker.worker.layout import LayoutParams, analyze_page, to_page_layout
 from pero_worker.worker.layout.border import find_border, fit_edge
 from pero_worker.worker.layout.facts import LayoutFacts, add_facts_to_pagexml, read_facts
-from pero_worker.worker.layout.orientation import rotate_boxes
+from pero_worker.worker.layout.orientation import rotate_boxes, up_down_score
 from pero_worker.worker.layout.page import _quarter_turn
 from pero_worker.worker.layout.skew import apply_affine
 from pero_worker.worker.layout.xycut import CutParams, xy_cut
@@ -219,6 +219,19 @@ def test_rotate_boxes_matches_numpy_rot90(deg):
     turned = np.rot90(img, -(deg // 90))
     ys, xs = np.nonzero(turned)
     assert rotate_boxes(boxes, img.shape, deg)[0].tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_half_turn_negates_the_up_down_score(seed):
+    """detect_orientation scores one of each pair of opposite turns and negates it for the other."""
+    rng = np.random.default_rng(seed)
+    x0 = rng.uniform(0, 2000, 400)
+    y0 = rng.integers(0, 40, 400) * 50 + rng.uniform(-8, 8, 400)
+    boxes = np.stack([x0, y0, x0 + rng.uniform(10, 30, 400), y0 + rng.uniform(15, 40, 400)], axis=1)
+    for first, second in ((0, 180), (90, 270)):
+        score = up_down_score(rotate_boxes(boxes, (2100, 2100), first), 30.0)
+        assert score != 0
+        assert up_down_score(rotate_boxes(boxes, (2100, 2100), second), 30.0) == pytest.approx(-score, abs=1e-12)
 
 
 def test_upright_page_stays_at_zero():

@@ -71,18 +71,22 @@ def up_down_score(boxes: np.ndarray, h: float) -> float:
     cy = (boxes[:, 1] + boxes[:, 3]) / 2.0
     tree = cKDTree(np.stack([cx, cy * 4.0], axis=1))   # neighbours: far along the line, near across it
     neigh = tree.query_ball_point(np.stack([cx, cy * 4.0], axis=1), r=4.0 * h)
-    top, bottom = boxes[:, 1], boxes[:, 3]
-    up = down = 0
-    for i, nb in enumerate(neigh):
-        if len(nb) < 4:
-            continue
-        t = float(np.median(top[nb]))
-        bt = float(np.median(bottom[nb]))
-        xh = bt - t
-        if xh <= 0:
-            continue
-        up += int(top[i] < t - 0.3 * xh)
-        down += int(bottom[i] > bt + 0.3 * xh)
+    top, bottom = boxes[:, 1].astype(float), boxes[:, 3].astype(float)
+    counts = np.fromiter((len(nb) for nb in neigh), dtype=np.int64, count=len(neigh))
+    rows = np.flatnonzero(counts >= 4)
+    if rows.size == 0:
+        return 0.0
+    # The neighbours' median top and bottom for all letters at once (NaN pads the shorter lists).
+    index = np.full((rows.size, int(counts[rows].max())), -1, dtype=np.int64)
+    for row, i in enumerate(rows):
+        index[row, :counts[i]] = neigh[i]
+    present = index >= 0
+    t = np.nanmedian(np.where(present, top[index], np.nan), axis=1)
+    bt = np.nanmedian(np.where(present, bottom[index], np.nan), axis=1)
+    xh = bt - t
+    ok = xh > 0
+    up = int(np.count_nonzero(ok & (top[rows] < t - 0.3 * xh)))
+    down = int(np.count_nonzero(ok & (bottom[rows] > bt + 0.3 * xh)))
     return (up - down) / max(up + down, 1)
 
 

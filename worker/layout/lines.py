@@ -16,6 +16,8 @@ cut where its words are further apart than a column gap (tables).
 
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 
 LINE_SPLIT = 0.6     # gap between sorted letter centres that starts a new line, in letter heights
@@ -42,12 +44,18 @@ def group_lines(boxes: np.ndarray, idx: np.ndarray, h: float, split_gap: float) 
     ci = np.flatnonzero(core)
     order = ci[np.argsort(centers[ci], kind="stable")]
     clusters: list[list[int]] = [[int(order[0])]]
+    # The current cluster's heights kept sorted: its median per step without np.median's overhead
+    # (thousands of calls on a page; the same value).
+    sorted_heights = [float(heights[order[0]])]
     for prev, cur in zip(order[:-1], order[1:]):
-        ref = np.median(heights[clusters[-1]])
+        n = len(sorted_heights)
+        ref = sorted_heights[n // 2] if n % 2 else (sorted_heights[n // 2 - 1] + sorted_heights[n // 2]) / 2.0
         if centers[cur] - centers[prev] > LINE_SPLIT * ref:
             clusters.append([int(cur)])
+            sorted_heights = [float(heights[cur])]
         else:
             clusters[-1].append(int(cur))
+            bisect.insort(sorted_heights, float(heights[cur]))
 
     # A "line" of accents or punctuation alone is not a line: its marks join the neighbours.
     real = [c for c in clusters if heights[c].max() >= REAL_LETTER * h]

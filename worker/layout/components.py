@@ -138,7 +138,12 @@ def dark_area_mask(gray_flat: np.ndarray | None, mask: np.ndarray, h: float, ink
     lut[touching[touching > 0]] = 1
     # The picture's own pixels only: a dense cell reaches up to 40 % of a cell (about a text line)
     # past the photo's edge, and text set that close beside a photo was swallowed with it.
-    area = lut[labels] & nonpaper
+    return _filled_outlines(lut[labels] & nonpaper).astype(bool)
+
+
+def _filled_outlines(area: np.ndarray) -> np.ndarray:
+    """Each connected area (uint8 mask, changed in place) filled to its convex hull, or to its turned
+    rectangle when the outline fills that well."""
     contours, _ = cv2.findContours(area, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     for contour in contours:
         hull = cv2.convexHull(contour)
@@ -150,7 +155,7 @@ def dark_area_mask(gray_flat: np.ndarray | None, mask: np.ndarray, h: float, ink
         if rect_area > 0 and cv2.contourArea(hull) >= 0.9 * rect_area:
             hull = np.round(rect).astype(np.int32)
         cv2.fillPoly(area, [hull], 1)
-    return area.astype(bool)
+    return area
 
 
 SHAPE_LETTER_PX = 8   # picture_shapes works where a letter is about this many pixels high

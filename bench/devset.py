@@ -77,6 +77,16 @@ class ClassTotals:
     pages: int = 0
 
 
+def _errors(reference: str, text: str) -> tuple[int, int, float]:
+    """(character edits, reference characters, bag-of-words error) of one page's text."""
+    edits, chars = char_errors(reference, text)
+    return edits, chars, bag_of_words_error(reference, text)
+
+
+def _figures(reader: str, edits: int, chars: int, bow: float) -> str:
+    return f" | {reader} cer={100.0 * edits / max(chars, 1):.2f}% bow={100.0 * bow:.2f}%"
+
+
 def upright_lines(page, orientation: int) -> tuple[list[tuple[np.ndarray, float]], np.ndarray]:
     """Ground-truth baselines in the upright frame (the layout scorer compares horizontal lines)."""
     shape = page.image.shape[:2]
@@ -112,22 +122,20 @@ def run_dev_set(pipeline, pages_per_class: int, family: str, seed: int, use_tess
                 if pipeline is not None:
                     ok, buf = cv2.imencode(".png", page.image)
                     text = pipeline.run(buf.tobytes(), name)
-                    e, n = char_errors(page.text, text)
-                    b = bag_of_words_error(page.text, text)
+                    e, n, b = _errors(page.text, text)
                     tot.edits += e
                     tot.chars += n
                     tot.bow.append(b)
-                    line += f" | ours cer={100.0 * e / max(n, 1):.2f}% bow={100.0 * b:.2f}%"
+                    line += _figures("ours", e, n, b)
                     if save:
                         (save / (name + ".ocr.txt")).write_text(text, encoding="utf-8")
                 if exe is not None:
                     ttext = tesseract_text(exe, page.image, Path(tmp))
-                    e, n = char_errors(page.text, ttext)
-                    b = bag_of_words_error(page.text, ttext)
+                    e, n, b = _errors(page.text, ttext)
                     tot.t_edits += e
                     tot.t_chars += n
                     tot.t_bow.append(b)
-                    line += f" | tesseract cer={100.0 * e / max(n, 1):.2f}% bow={100.0 * b:.2f}%"
+                    line += _figures("tesseract", e, n, b)
                     if save:
                         (save / (name + ".tesseract.txt")).write_text(ttext, encoding="utf-8")
                 if save:

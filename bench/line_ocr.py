@@ -29,6 +29,7 @@ import random
 import re
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,9 @@ def main() -> int:
                     "(default: the model folder's)")
     ap.add_argument("--lines", type=int, default=300, help="lines per set")
     ap.add_argument("--seed", type=int, default=77)
+    ap.add_argument("--network", choices=("pero-ocr", "float32", "bfloat16"), default="pero-ocr",
+                    help="the line network as pero-ocr loads it, or frozen for the CPU as the OCR stage runs it "
+                    "(pero_ocr_stage.optimize_for_cpu) in float32 or bfloat16")
     ap.add_argument("--sweep", help="also decode with these ACCENTED=SYMBOL penalties, e.g. 1,2,3 (tuning)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -140,11 +144,17 @@ def main() -> int:
     if settings is None:
         print("no [CHARACTER_PRIOR] in the config: 'prior' equals 'greedy'", file=sys.stderr)
     engine = PytorchEngineLineOCR(str(args.model_dir / "ocr_engine.json"), torch.device("cpu"))
+    if args.network != "pero-ocr":
+        from pero_worker.worker.processors.pero_ocr_stage import optimize_for_cpu
+        parser = types.SimpleNamespace(ocr=types.SimpleNamespace(ocr_engine=engine))
+        if optimize_for_cpu(parser, bfloat16=args.network == "bfloat16") != args.network:
+            print(f"the network could not be frozen in {args.network} (see the warning above)", file=sys.stderr)
+            return 1
     decodings = {"greedy": None, "prior": penalty_vector(engine.characters, settings) if settings else None}
     for value in (args.sweep.split(",") if args.sweep else []):
         sweep = PriorSettings(float(value), float(value))
         decodings[f"p{value}"] = penalty_vector(engine.characters, sweep)
-    print(f"model {args.model_dir}, prior {settings}, {args.lines} lines per set")
+    print(f"model {args.model_dir} ({args.network} network), prior {settings}, {args.lines} lines per set")
     results = []
     started = time.perf_counter()
     for set_name, texts in (("english", english_lines(args.lines, args.seed)),

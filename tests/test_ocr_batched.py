@@ -5,12 +5,16 @@
   but for at most one borderline character on 2 % of the lines
   and its logits differ only by the padding's effect on the recurrent layers (small);
 - crops made in the spawned crop pool equal crops made inline;
-- a bad page fails only itself, before (bad PAGE XML) or inside the shared network pass.
+- a bad page fails only itself, before (bad PAGE XML) or inside the shared network pass;
+- on a CPU the pages of a group are read in parallel (PAGE_THREADS): each page's results are exactly those
+  of the page read alone and go back to its own request, a page that fails does so alone, and torch's
+  thread setting is restored afterwards.
 
 CPU, the real model; ~20-60 s on a loaded 2-core machine.
 """
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 import uuid
@@ -88,6 +92,18 @@ def _transcriptions(xml: bytes) -> list[str]:
     return [node.text or "" for node in tree.iter("{*}Unicode")]
 
 
+def _assert_same_as_alone(request: ProcessingRequest, reference: tuple[bytes, dict]) -> None:
+    xml, logits = _outputs(request)
+    ref_xml, ref_logits = reference
+    assert xml == ref_xml
+    assert set(logits) == set(ref_logits)
+    for key, value in ref_logits.items():
+        if key in ("line_characters", "logit_coords"):
+            assert logits[key] == value
+        else:
+            assert np.array_equal(logits[key].toarray(), value.toarray()), key
+
+
 @pytest.fixture(scope="module")
 def reference(inputs) -> dict[str, tuple[bytes, dict]]:
     """PageParser's results (the processor's one-page path) per page."""
@@ -103,28 +119,21 @@ def reference(inputs) -> dict[str, tuple[bytes, dict]]:
 
 
 def test_one_page_with_pero_ocr_batches_is_identical(inputs, reference):
-    processor = _processor("BATCH_PAGES = 2\nBATCH_PIXELS = 3840\nBATCH_PADDING = inf\nCROP_PROCESSES = 0\n")
+    processor = _processor("BATCH_PAGES = 2\nBATCH_PIXELS = 3840\nBATCH_PADDING = inf\nCROP_PROCESSES = 0\n"
+                           "PAGE_THREADS = 1\n")
     # the warm-model pool's measure: the bundled network has ~1.46 M float32 parameters
     assert 1.4e6 * 4 < processor.memory_bytes() < 1.6e6 * 4
     try:
         for name in PAGES:
             request = _request(inputs, name)
             assert _batched(processor, [request]) == [None]
-            xml, logits = _outputs(request)
-            ref_xml, ref_logits = reference[name]
-            assert xml == ref_xml
-            assert set(logits) == set(ref_logits)
-            for key, value in ref_logits.items():
-                if key in ("line_characters", "logit_coords"):
-                    assert logits[key] == value
-                else:
-                    assert np.array_equal(logits[key].toarray(), value.toarray()), key
+            _assert_same_as_alone(request, reference[name])
     finally:
         processor.close()
 
 
 def test_pages_read_together_keep_every_transcription(inputs, reference):
-    processor = _processor("BATCH_PAGES = 4\nBATCH_PIXELS = 15360\nCROP_PROCESSES = 1\n")
+    processor = _processor("BATCH_PAGES = 4\nBATCH_PIXELS = 15360\nCROP_PROCESSES = 1\nPAGE_THREADS = 1\n")
     try:
         requests = [_request(inputs, name) for name in PAGES]
         assert _batched(processor, requests) == [None, None]
@@ -159,7 +168,7 @@ def test_pages_read_together_keep_every_transcription(inputs, reference):
 
 
 def test_a_bad_page_fails_alone(inputs, reference):
-    processor = _processor("BATCH_PAGES = 4\nCROP_PROCESSES = 0\n")
+    processor = _processor("BATCH_PAGES = 4\nCROP_PROCESSES = 0\nPAGE_THREADS = 1\n")
     try:
         broken = _request(inputs, PAGES[0])
         broken.results[1].content = b"<PcGts><Page"   # not XML: refused in begin()
@@ -186,6 +195,7 @@ def test_a_bad_page_fails_alone(inputs, reference):
      BatchSettings(8, 61440, 0.1, 3)),
     ("[WORKER]\nBATCH_PADDING = inf\n", BatchSettings(max_padding=float("inf"))),
     ("[WORKER]\nMIXED_PRECISION = yes\n", BatchSettings(mixed_precision=True)),
+    ("[WORKER]\nPAGE_THREADS = 3\n", BatchSettings(page_threads=3)),
 ])
 def test_batch_settings_table(section, expected):
     import configparser
@@ -196,13 +206,57 @@ def test_batch_settings_table(section, expected):
 
 @pytest.mark.parametrize("section", ["BATCH_PAGES = 0", "BATCH_PAGES = two", "BATCH_PIXELS = 8",
                                      "BATCH_PADDING = -1", "BATCH_PADDING = lots", "CROP_PROCESSES = -2",
-                                     "MIXED_PRECISION = maybe"])
+                                     "MIXED_PRECISION = maybe", "PAGE_THREADS = 0", "PAGE_THREADS = all"])
 def test_bad_batch_settings_are_stage_config_errors(section):
     import configparser
     config = configparser.ConfigParser()
     config.read_string(f"[WORKER]\n{section}\n")
     with pytest.raises(StageConfigError, match=section.split()[0]):
         batch_settings(config)
+
+
+def test_pages_read_in_parallel_are_each_read_as_alone(inputs, reference):
+    import torch
+    processor = _processor("BATCH_PAGES = 4\nBATCH_PIXELS = 3840\nBATCH_PADDING = inf\nPAGE_THREADS = 2\n")
+    threads = torch.get_num_threads()
+    try:
+        names = [PAGES[0], PAGES[1], PAGES[1], PAGES[0]]
+        requests = [_request(inputs, name) for name in names]
+        assert _batched(processor, requests) == [None] * 4
+        for name, request in zip(names, requests):   # each request got its own page's results, in order
+            assert request.results[0].name == name
+            _assert_same_as_alone(request, reference[name])
+        assert torch.get_num_threads() == threads
+    finally:
+        processor.close()
+
+
+def test_a_bad_page_fails_alone_in_parallel(inputs, reference, caplog):
+    caplog.set_level(logging.INFO)
+    processor = _processor("BATCH_PAGES = 4\nBATCH_PIXELS = 3840\nBATCH_PADDING = inf\nPAGE_THREADS = 2\n")
+    try:
+        first, second, third = (_request(inputs, name) for name in (PAGES[0], PAGES[1], PAGES[0]))
+        jobs = [processor.begin(request) for request in (first, second, third)]
+        next(iter(jobs[1].layout.lines_iterator())).baseline = "no baseline"   # its crop raises
+        processor.run(jobs)
+        processor.finish(jobs[0])
+        with pytest.raises(ProcessingError, match="pero-ocr failed on image"):
+            processor.finish(jobs[1])
+        processor.finish(jobs[2])
+        _assert_same_as_alone(first, reference[PAGES[0]])
+        _assert_same_as_alone(third, reference[PAGES[0]])
+        assert not any(data.name.endswith(".logits") for data in second.results)
+        # the pages' own log lines are written by finish(), on the thread whose log goes into the StageLog
+        assert sum(f"image {PAGES[0]!r}" in record.getMessage() for record in caplog.records) == 2
+    finally:
+        processor.close()
+
+
+@pytest.mark.parametrize("device, cores, expected", [("cpu", 2, 2), ("cpu", 1, 1), ("cpu", None, 1),
+                                                     ("cpu", 64, 8), ("cuda", 16, 1)])
+def test_default_page_threads(device, cores, expected):
+    from pero_worker.worker.processors.ocr_batched import default_page_threads
+    assert default_page_threads(device, cores) == expected
 
 
 @pytest.mark.parametrize("mixed", ["FALSE", "TRUE"])

@@ -51,6 +51,7 @@ class BatchSettings:
     max_pixels: int | None = None   # BATCH_PIXELS: padded pixels per network batch (None: by device)
     max_padding: float = 0.25       # BATCH_PADDING: a line joins a batch at most this much wider than itself
     crop_processes: int | None = None   # CROP_PROCESSES: processes cropping lines ahead (None: by device)
+    page_threads: int | None = None     # PAGE_THREADS: pages read in parallel, one per thread (None: by device)
     mixed_precision: bool = False   # MIXED_PRECISION: float16 autocast on CUDA (ignored on a CPU)
 
     @property
@@ -88,6 +89,7 @@ def batch_settings(config: configparser.ConfigParser) -> BatchSettings:
                          max_pixels=_int_key(config, "BATCH_PIXELS", 32),
                          max_padding=padding,
                          crop_processes=_int_key(config, "CROP_PROCESSES", 0),
+                         page_threads=_int_key(config, "PAGE_THREADS", 1),
                          mixed_precision=config.BOOLEAN_STATES.get(mixed_raw, False))
 
 
@@ -97,6 +99,23 @@ def default_crop_processes(device_type: str, cores: int | None) -> int:
     if device_type != "cuda":
         return 0
     return max(1, min(8, (cores or 1) - 1))
+
+
+def default_page_threads(device_type: str, cores: int | None) -> int:
+    """Pages read in parallel when the stage does not say (pure): on a CPU one per core (at most 8), each with
+    one torch thread; on a GPU 1, because there the lines of all pages share the network's batches."""
+    if device_type == "cuda":
+        return 1
+    return max(1, min(8, cores or 1))
+
+
+@dataclass
+class Batching:
+    """A batching stage's parts, as the processor holds them (pero_ocr_stage._batching builds them)."""
+    pages: int                   # requests per processing step
+    reader: BatchedLineReader
+    crop_pool: CropPool | None   # processes cropping ahead, or None: cropped on the thread that reads the page
+    page_threads: int            # > 1: the group's pages read in parallel (CPU); 1: in shared batches
 
 
 # --- cropping (also run in the spawned pool processes) ------------------------------------
@@ -255,5 +274,6 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-__all__ = ["BatchSettings", "batch_settings", "default_crop_processes", "crop_lines", "CropPool",
+__all__ = ["BatchSettings", "batch_settings", "default_crop_processes", "default_page_threads", "Batching",
+           "crop_lines", "CropPool",
            "BatchedLineReader", "LineResult", "supports_batching", "DEFAULT_GPU_PIXELS", "DEFAULT_CPU_PIXELS"]

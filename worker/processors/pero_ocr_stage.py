@@ -35,6 +35,7 @@ import os
 import pickle
 import posixpath
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -262,6 +263,16 @@ class PageJob:
     crops: Any = None            # list of crops, or a Future of it from the crop pool
     error: BaseException | None = None
     layout_turn: int = 0         # the quarter turn the layout stage applied to read the page (its PAGE XML facts)
+    output: PageOutput | None = None   # rendered in run() when pages are read in parallel; stored by finish()
+
+
+@dataclass
+class PageOutput:
+    """What one page's results become, made off the processing thread; stored (and logged) by finish()."""
+    xml: bytes
+    logits: bytes | None
+    summary: str
+    warning: str | None
 
 
 class PeroOcrProcessor:
@@ -277,8 +288,16 @@ class PeroOcrProcessor:
         self.model_bytes: int | None = None
         self._reader = None
         self._crop_pool = None
+        # On a CPU the pages of a group are read in parallel, one page per thread and one torch thread each
+        # (a CPU reads a pixel no cheaper in bigger batches, and torch's own threads scale poorly on a page's
+        # small batches).  The pool's threads only ever run _read_page_alone; they are owned by this processor.
+        self._page_pool: ThreadPoolExecutor | None = None
+        self._page_threads = 1
         if batching is not None:
-            self.batch_pages, self._reader, self._crop_pool = batching
+            self.batch_pages, self._reader, self._crop_pool = batching.pages, batching.reader, batching.crop_pool
+            if batching.page_threads > 1:
+                self._page_threads = batching.page_threads
+                self._page_pool = ThreadPoolExecutor(batching.page_threads, thread_name_prefix="ocr-page")
 
     def memory_bytes(self) -> int:
         """Bytes of the line network's parameters and buffers (what the warm-model pool budgets; activations
@@ -347,16 +366,27 @@ class PeroOcrProcessor:
         self._write_output(job)
 
     def _write_output(self, job: PageJob) -> None:
-        results, page_layout, image_name = job.request.results, job.layout, job.image_name
+        self._store_output(job, self._render_output(job))
+
+    def _render_output(self, job: PageJob) -> PageOutput:
+        """The page's PAGE XML (with confidences and quality mark) and logits; no logging, so that it can run
+        on a page thread (finish() logs on the processing thread, where the request's log is captured)."""
+        page_layout = job.layout
         known: dict[int, Any] = {}
         penalties = self._apply_prior(page_layout, known)
-        xml_out, summary = self._assess(job.image, page_layout, penalties, job.layout_turn, known)
-        _put_result(results, job.xml_index, image_name + PAGE_XML_SUFFIX, xml_out)
-        logits_out = self._logits_bytes(page_layout)
-        if logits_out is not None:
-            _put_result(results, job.logits_index, image_name + LOGITS_SUFFIX, logits_out)
+        xml_out, summary, warning = self._assess(job.image, page_layout, penalties, job.layout_turn, known)
         height, width = job.image.shape[:2]
-        log.info("image %r (%d x %d): %d regions, %s", image_name, width, height, len(page_layout.regions), summary)
+        summary = f"image {job.image_name!r} ({width} x {height}): {len(page_layout.regions)} regions, {summary}"
+        return PageOutput(xml_out, self._logits_bytes(page_layout), summary, warning)
+
+    def _store_output(self, job: PageJob, output: PageOutput) -> None:
+        results, image_name = job.request.results, job.image_name
+        if output.warning:
+            log.warning("%s", output.warning)
+        _put_result(results, job.xml_index, image_name + PAGE_XML_SUFFIX, output.xml)
+        if output.logits is not None:
+            _put_result(results, job.logits_index, image_name + LOGITS_SUFFIX, output.logits)
+        log.info("%s", output.summary)
 
     def _apply_prior(self, page_layout: Any, confidences: dict[int, Any] | None = None) -> Any:
         """Re-read the lines with the stage's character prior (not after a decoder); the penalties used, or None.
@@ -374,15 +404,16 @@ class PeroOcrProcessor:
         return self._penalties
 
     def _assess(self, image: Any, page_layout: Any, penalties: Any, layout_turn: int = 0,
-                known: dict[int, Any] | None = None) -> tuple[bytes, str]:
-        """PAGE XML with line confidences and the page's quality mark; one QUALITY WARNING line when flagged.
+                known: dict[int, Any] | None = None) -> tuple[bytes, str, str | None]:
+        """PAGE XML with line confidences and the page's quality mark, a summary, and the QUALITY WARNING
+        line when the page is flagged (None otherwise).
 
         Only a stage that reads text (OCR or decoder) is judged: a layout-only config finds no text by design.
         """
         xml = page_layout.to_pagexml_string().encode("utf-8")
         parser = self.page_parser
         if getattr(parser, "ocr", None) is None and getattr(parser, "decoder", None) is None:
-            return xml, f"{sum(1 for _ in page_layout.lines_iterator())} lines"
+            return xml, f"{sum(1 for _ in page_layout.lines_iterator())} lines", None
         from pero_worker.libs.quality import quality_flags, warning_line
         from pero_worker.worker.processors.quality_probe import mark_page_xml, measure_page
 
@@ -390,10 +421,9 @@ class PeroOcrProcessor:
                                       layout_turn=layout_turn)
         flags = quality_flags(numbers)
         xml = mark_page_xml(page_layout.to_pagexml_string().encode("utf-8"), numbers, flags)
-        if flags:
-            log.warning("%s", warning_line(flags))
         confidence = "-" if numbers.mean_confidence is None else f"{numbers.mean_confidence:.3f}"
-        return xml, f"{numbers.lines} lines, {numbers.characters} characters, mean confidence {confidence}"
+        return (xml, f"{numbers.lines} lines, {numbers.characters} characters, mean confidence {confidence}",
+                warning_line(flags) if flags else None)
 
     # --- batched path: several requests' lines in shared network batches (ocr_batched.py) ---------
 
@@ -409,6 +439,8 @@ class PeroOcrProcessor:
             cropper = parser.line_cropper.crop_engine
             if self._crop_pool is not None and geometry:
                 job.crops = self._crop_pool.submit(cropper, job.content, job.image_name, geometry)
+            elif self._page_pool is not None:
+                job.crops = None             # cropped on its page thread in run()
             else:
                 from pero_worker.worker.processors.ocr_batched import crop_lines
                 job.crops = crop_lines(cropper, job.image, geometry)
@@ -417,7 +449,11 @@ class PeroOcrProcessor:
         return job
 
     def run(self, jobs: Sequence[PageJob]) -> None:
-        """Read the lines of all pages in shared batches; a page's failure is kept in its job."""
+        """Read the lines of all pages (in shared batches, or page by page in parallel on a CPU); a page's
+        failure is kept in its job."""
+        if self._page_pool is not None:
+            self._run_in_parallel(jobs)
+            return
         live = []
         for job in jobs:
             if hasattr(job.crops, "result"):
@@ -440,6 +476,36 @@ class PeroOcrProcessor:
             except Exception as error:
                 job.error = error
 
+    def _run_in_parallel(self, jobs: Sequence[PageJob]) -> None:
+        """Each page on a page thread: crop, network, confidences, output rendered.  torch runs one thread
+        per page meanwhile (the setting is process-wide: restored afterwards for the worker's other stages)."""
+        import torch
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            list(self._page_pool.map(self._read_page_alone, jobs))
+        finally:
+            torch.set_num_threads(threads)
+        log.info("read %d pages (%d lines), %d at a time", len(jobs),
+                 sum(len(job.crops or ()) for job in jobs), self._page_threads)
+
+    def _read_page_alone(self, job: PageJob) -> None:
+        """One page of a parallel group, start to finish except storing; its failure is kept in the job."""
+        try:
+            if hasattr(job.crops, "result"):
+                job.crops = job.crops.result()
+            elif job.crops is None:
+                from pero_worker.worker.processors.ocr_batched import crop_lines
+                geometry = [(line.baseline, line.heights) for line in job.layout.lines_iterator()]
+                job.crops = crop_lines(self.page_parser.line_cropper.crop_engine, job.image, geometry)
+            lines = self._reader.read_pages([job.crops])[0]
+            if isinstance(lines, BaseException):
+                raise lines
+            self._after_ocr(job, lines)
+            job.output = self._render_output(job)
+        except Exception as error:
+            job.error = error
+
     def _after_ocr(self, job: PageJob, lines: Sequence[Any]) -> None:
         """What PageParser.process_page does after its OCR step, for one page."""
         parser = self.page_parser
@@ -459,7 +525,10 @@ class PeroOcrProcessor:
         """Write one page's results into its request; ProcessingError when that page failed."""
         if job.error is not None:
             raise self._failed(job, job.error) from job.error
-        self._write_output(job)
+        if job.output is not None:
+            self._store_output(job, job.output)
+        else:
+            self._write_output(job)
 
     @staticmethod
     def _logits_bytes(page_layout: Any) -> bytes | None:
@@ -480,6 +549,9 @@ class PeroOcrProcessor:
                 torch.cuda.empty_cache()
 
     def close(self) -> None:
+        if self._page_pool is not None:
+            self._page_pool.shutdown(wait=True)
+            self._page_pool = None
         if self._crop_pool is not None:
             self._crop_pool.close()
             self._crop_pool = None
@@ -511,37 +583,109 @@ def network_bytes(page_parser: Any) -> int:
 # The check input of optimize_for_cpu: one line crop as pero-ocr feeds it (N x 3 x 40 x W, values in [0, 1]).
 CHECK_INPUT_SHAPE = (2, 3, 40, 256)
 CHECK_TOLERANCE = 1e-3
+# A bfloat16 network keeps ~3 significant digits: on the check input the bundled model's logits (range about
+# -16..12) move by up to ~1; a broken conversion moves them far more.  What it does to the text is measured
+# (bench/line_ocr.py --cpu-precision, README "OCR throughput").
+BFLOAT16_CHECK_TOLERANCE = 2.0
+CPU_PRECISIONS = ("auto", "float32", "bfloat16")
 
 
-def optimize_for_cpu(page_parser: Any) -> bool:
+def cpu_precision(config: configparser.ConfigParser) -> str:
+    """The stage's [WORKER] CPU_PRECISION: auto (default), float32 or bfloat16; StageConfigError otherwise (pure)."""
+    from pero_worker.worker.processors import WORKER_SECTION
+    raw = config.get(WORKER_SECTION, "CPU_PRECISION", raw=True, fallback="").strip().lower() or "auto"
+    if raw not in CPU_PRECISIONS:
+        raise StageConfigError(f"[{WORKER_SECTION}] CPU_PRECISION must be one of {', '.join(CPU_PRECISIONS)}, "
+                               f"not {raw!r}")
+    return raw
+
+
+def native_bfloat16(cpu_flags: set[str]) -> bool:
+    """Whether the CPU computes in bfloat16 natively (AVX512-BF16 or AMX), from /proc/cpuinfo's flags (pure).
+    Without it oneDNN emulates bfloat16, which is slower than float32."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def use_bfloat16(precision: str, flags: set[str]) -> bool:
+    """auto = bfloat16 where the CPU does it natively; float32 / bfloat16 as asked (pure)."""
+    return precision == "bfloat16" or (precision == "auto" and native_bfloat16(flags))
+
+
+class Bfloat16Network:
+    """A frozen bfloat16 line network behind pero-ocr's float32 interface: input cast to bfloat16 on the way
+    in, logits back to float32 on the way out (pero-ocr's decoding and the stored logits stay as they were)."""
+
+    def __init__(self, network: Any) -> None:
+        self.network = network
+
+    def __call__(self, batch: Any) -> Any:
+        import torch
+        return self.network(batch.to(torch.bfloat16)).float()
+
+    def eval(self) -> Bfloat16Network:
+        return self
+
+
+def _frozen(model: Any, bfloat16: bool) -> Any:
+    """The network frozen for inference (a copy; `model` is left as it is), in bfloat16 when asked."""
+    import torch
+    if not bfloat16:
+        return torch.jit.optimize_for_inference(torch.jit.freeze(model))
+    saved = io.BytesIO()   # a copy through serialisation: deepcopy of a ScriptModule crashed when converted
+    torch.jit.save(model, saved)
+    saved.seek(0)
+    converted = torch.jit.load(saved, map_location="cpu").eval()
+    converted.to(torch.bfloat16)
+    return Bfloat16Network(torch.jit.optimize_for_inference(torch.jit.freeze(converted)))
+
+
+def optimize_for_cpu(page_parser: Any, bfloat16: bool = False) -> str:
     """Freeze the line-OCR network for inference on the CPU (batch norms folded into the convolutions,
-    oneDNN layouts kept between layers): 1.8x faster on the bundled model (bench/page_speed.py).
+    oneDNN layouts kept between layers; 1.8x faster on the bundled model), in bfloat16 when asked (about
+    1.8x faster again on a CPU with AVX512-BF16, README "OCR throughput").
 
     Only a TorchScript network of pero-ocr's CTC engine is touched, and only when the optimised network
-    gives the same logits (within CHECK_TOLERANCE) on a check input; otherwise the original stays and one
-    warning says why.  Returns whether the network was replaced.
+    gives the same logits (within CHECK_TOLERANCE, BFLOAT16_CHECK_TOLERANCE for bfloat16) on a check input;
+    otherwise the original stays and one warning says why.  Returns the precision of the network now in
+    place ('float32' or 'bfloat16'), or '' when it was left as it was.
     """
     engine = getattr(getattr(page_parser, "ocr", None), "ocr_engine", None)
     model = getattr(engine, "model", None)
     if model is None or getattr(engine, "embed_id", None) is not None or getattr(engine, "model_type", "") != "ctc":
-        return False
+        return ""
     import torch
     if not isinstance(model, torch.jit.ScriptModule):
-        return False
+        return ""
+    precision = "bfloat16" if bfloat16 else "float32"
+    tolerance = BFLOAT16_CHECK_TOLERANCE if bfloat16 else CHECK_TOLERANCE
     try:
         model.eval()
-        optimized = torch.jit.optimize_for_inference(torch.jit.freeze(model))
+        optimized = _frozen(model, bfloat16)
         sample = torch.rand(CHECK_INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             difference = float((optimized(sample) - model(sample)).abs().max())
     except Exception as error:  # an architecture the freezer cannot handle: run it as it is
-        log.warning("the OCR network runs unoptimised: freezing it failed (%s: %s)", type(error).__name__, error)
-        return False
-    if not difference <= CHECK_TOLERANCE:
-        log.warning("the OCR network runs unoptimised: the frozen network's logits differ by %.3g", difference)
-        return False
+        log.warning("the OCR network runs unoptimised: freezing it in %s failed (%s: %s)", precision,
+                    type(error).__name__, error)
+        return ""
+    if not difference <= tolerance:
+        log.warning("the OCR network runs unoptimised: the frozen %s network's logits differ by %.3g", precision,
+                    difference)
+        return ""
     engine.model = optimized
-    return True
+    return precision
 
 
 def build(config: configparser.ConfigParser, model_dir: Path | None, *, device: str = "auto") -> PeroOcrProcessor:
@@ -554,6 +698,7 @@ def build(config: configparser.ConfigParser, model_dir: Path | None, *, device: 
         prior = prior_settings(config)
     except ValueError as error:
         raise StageConfigError(str(error)) from None
+    precision = cpu_precision(config)
     problems = check_model_paths(config, model_dir is not None)
     if not problems and model_dir is not None:
         problems = check_model_files(config, Path(model_dir))
@@ -581,16 +726,18 @@ def build(config: configparser.ConfigParser, model_dir: Path | None, *, device: 
     except Exception as error:
         raise StageConfigError(f"cannot load the pero-ocr stage: {type(error).__name__}: {error}") from error
     model_bytes = network_bytes(parser)
-    optimized = torch_device.type == "cpu" and optimize_for_cpu(parser)
+    frozen = ""
+    if torch_device.type == "cpu":
+        frozen = optimize_for_cpu(parser, use_bfloat16(precision, cpu_flags()))
     log.info("pero-ocr PageParser ready on %s (model folder %s%s)", device_name, model_dir,
-             ", network frozen for the CPU" if optimized else "")
+             f", network frozen for the CPU in {frozen}" if frozen else "")
     processor = PeroOcrProcessor(parser, torch_device, _batching(config, parser, torch_device), prior)
     processor.model_bytes = model_bytes
     return processor
 
 
-def _batching(config: configparser.ConfigParser, parser: Any, device: Any) -> tuple | None:
-    """(pages, line reader, crop pool) for a stage that asks for cross-page batching (BATCH_PAGES > 1)."""
+def _batching(config: configparser.ConfigParser, parser: Any, device: Any) -> Any:
+    """The batching parts (ocr_batched.Batching) for a stage that asks for it (BATCH_PAGES > 1), else None."""
     from pero_worker.worker.processors import ocr_batched
     settings = ocr_batched.batch_settings(config)
     if not settings.enabled:
@@ -604,16 +751,24 @@ def _batching(config: configparser.ConfigParser, parser: Any, device: Any) -> tu
     processes = settings.crop_processes
     if processes is None:
         processes = ocr_batched.default_crop_processes(device.type, ocr_batched.cores())
+    threads = settings.page_threads
+    if threads is None:
+        threads = ocr_batched.default_page_threads(device.type, ocr_batched.cores())
     reader = ocr_batched.BatchedLineReader(parser.ocr.ocr_engine, pixels, settings.max_padding,
                                            settings.mixed_precision)
     pool = ocr_batched.CropPool(processes) if processes > 0 else None
-    log.info("cross-page batching: %d pages per step, %d px per network batch, padding <= %s, %d crop "
-             "processes%s", settings.pages, pixels, settings.max_padding, processes,
-             ", float16 autocast" if reader.mixed_precision else "")
-    return settings.pages, reader, pool
+    if threads > 1:
+        log.info("cross-page batching: %d pages per step, read %d at a time (one torch thread each), %d px per "
+                 "network batch, %d crop processes", settings.pages, threads, pixels, processes)
+    else:
+        log.info("cross-page batching: %d pages per step, %d px per network batch, padding <= %s, %d crop "
+                 "processes%s", settings.pages, pixels, settings.max_padding, processes,
+                 ", float16 autocast" if reader.mixed_precision else "")
+    return ocr_batched.Batching(settings.pages, reader, pool, threads)
 
 
-__all__ = ["build", "PeroOcrProcessor", "resolve_device", "optimize_for_cpu", "network_bytes",
+__all__ = ["build", "PeroOcrProcessor", "resolve_device", "optimize_for_cpu", "network_bytes", "cpu_precision",
+           "use_bfloat16", "native_bfloat16", "cpu_flags", "Bfloat16Network",
            "check_model_paths", "check_engine_json",
            "check_model_files", "pick_result", "image_stem",
            "load_logits_dict", "apply_logits"]

@@ -7,14 +7,19 @@ made beforehand by the layout stage, so the comparison isolates what the
 pipeline adds around (or saves on) `PageParser.process_page`.
 
   direct          PageParser.process_page(image, layout) in a loop, nothing else
-  processor       the worker's PERO_OCR processor in-process, one request at a time
+  processor       the worker's PERO_OCR processor in-process, one request at a time (BATCH_PAGES = 1)
   batched         the same processor with cross-page batching ([WORKER] BATCH_PAGES = --batch-pages):
                   groups of pages through begin/run/finish, as the worker's processing thread calls them
   worker          a real worker process consuming the stage queue (RabbitMQ, ZooKeeper, SFTP model
                   download); the clock runs from the end of a warm-up page to the end of the last
                   page, read from the requests' StageLogs, so model loading and warm-up are excluded
                   as they are for `direct`
-  worker-batched  the same with BATCH_PAGES in the stage config
+                  (the stage config says BATCH_PAGES = 1: one page per step)
+  worker-batched  the same with BATCH_PAGES = --batch-pages in the stage config (on a CPU the pages of a
+                  step are read in parallel, PAGE_THREADS; on a GPU in shared batches)
+
+The model's own [WORKER] keys (the bundled model asks for BATCH_PAGES = 4) are replaced by each mode's;
+`--cpu-precision` sets CPU_PRECISION in every worker mode (bfloat16 against float32 on the same pages).
 
 Every mode's PAGE XML is scored against examples/*.gt.txt (CER over the pages that have one), so a
 speed-up that changes the text shows.  With `--device cuda` the GPU's utilisation is sampled during
@@ -184,15 +189,21 @@ def _texts(requests) -> dict[str, str]:
     return texts
 
 
-def batching_section(args) -> str:
-    lines = [f"BATCH_PAGES = {args.batch_pages}"]
-    if args.batch_pixels:
-        lines.append(f"BATCH_PIXELS = {args.batch_pixels}")
-    if args.crop_processes is not None:
-        lines.append(f"CROP_PROCESSES = {args.crop_processes}")
-    if args.mixed_precision:
-        lines.append("MIXED_PRECISION = TRUE")
-    return "\n[WORKER]\n" + "\n".join(lines) + "\n"
+def stage_config(model_dir: Path, args, batched: bool) -> str:
+    """The model's config.ini with the mode's [WORKER] keys: one page per step, or the bench's batching."""
+    from pero_worker.worker.processors import with_worker_keys
+    keys = {"BATCH_PAGES": str(args.batch_pages if batched else 1)}
+    if batched and args.batch_pixels:
+        keys["BATCH_PIXELS"] = str(args.batch_pixels)
+    if batched and args.crop_processes is not None:
+        keys["CROP_PROCESSES"] = str(args.crop_processes)
+    if batched and args.page_threads is not None:
+        keys["PAGE_THREADS"] = str(args.page_threads)
+    if batched and args.mixed_precision:
+        keys["MIXED_PRECISION"] = "TRUE"
+    if args.cpu_precision:
+        keys["CPU_PRECISION"] = args.cpu_precision
+    return with_worker_keys((model_dir / "config.ini").read_text(), keys)
 
 
 def _process_group(processor, group) -> None:
@@ -206,8 +217,7 @@ def _process_group(processor, group) -> None:
 def run_processor(pages, xmls, model_dir: Path, device: str, args, batched: bool = False) -> dict:
     from pero_worker.worker.processors import build_processor
 
-    config = (model_dir / "config.ini").read_text() + (batching_section(args) if batched else "")
-    processor = build_processor(config, model_dir, device=device)
+    processor = build_processor(stage_config(model_dir, args, batched), model_dir, device=device)
     size = processor.batch_pages if batched else 1
     if batched and size < 2:
         raise BenchFailure("the processor did not take up BATCH_PAGES (see the log)")
@@ -238,7 +248,7 @@ def run_worker_batched(pages, xmls, model_dir: Path, device: str, args) -> dict:
 
 def _stage_config_file(model_dir: Path, work: Path, args, batched: bool) -> Path:
     path = work / "config.ini"
-    path.write_text((model_dir / "config.ini").read_text() + (batching_section(args) if batched else ""))
+    path.write_text(stage_config(model_dir, args, batched))
     return path
 
 
@@ -357,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-pages", type=int, default=8, help="BATCH_PAGES of the batched modes")
     parser.add_argument("--batch-pixels", type=int, help="BATCH_PIXELS of the batched modes (default: by device)")
     parser.add_argument("--crop-processes", type=int, help="CROP_PROCESSES of the batched modes (default: by device)")
+    parser.add_argument("--page-threads", type=int, help="PAGE_THREADS of the batched modes (default: by device)")
+    parser.add_argument("--cpu-precision", choices=("auto", "float32", "bfloat16"),
+                        help="CPU_PRECISION of every worker mode (default: the model config's, else auto)")
     parser.add_argument("--mixed-precision", action="store_true",
                         help="MIXED_PRECISION = TRUE in the batched modes (float16 autocast; CUDA only)")
     return parser

@@ -30,7 +30,12 @@ require_module("pero_ocr")
 import Levenshtein  # noqa: E402  (installed with pero-ocr)
 
 from pero_worker.libs.message_pb2 import Data, ProcessingRequest  # noqa: E402
-from pero_worker.worker.processors import ProcessingError, StageConfigError, build_processor  # noqa: E402
+from pero_worker.worker.processors import (  # noqa: E402
+    ProcessingError,
+    StageConfigError,
+    build_processor,
+    with_worker_keys,
+)
 from pero_worker.worker.processors.ocr_batched import BatchSettings, batch_settings  # noqa: E402
 from pero_worker.worker.processors.pero_ocr_stage import PeroOcrProcessor  # noqa: E402
 
@@ -60,8 +65,9 @@ def _request(inputs, name: str) -> ProcessingRequest:
 
 
 def _processor(extra: str = "") -> PeroOcrProcessor:
-    text = (MODEL_DIR / "config.ini").read_text() + ("\n[WORKER]\n" + extra if extra else "")
-    return build_processor(text, MODEL_DIR, device="cpu")
+    """The bundled model's stage with these [WORKER] lines ("KEY = value" lines; none: one page per step)."""
+    keys = dict(line.split(" = ", 1) for line in extra.splitlines() if line.strip()) or {"BATCH_PAGES": "1"}
+    return build_processor(with_worker_keys((MODEL_DIR / "config.ini").read_text(), keys), MODEL_DIR, device="cpu")
 
 
 def _outputs(request: ProcessingRequest) -> tuple[bytes, dict]:
@@ -265,7 +271,7 @@ def test_cuda_batched_path_keeps_the_transcriptions(inputs, reference, mixed):
     import torch
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device (hardware, not a missing dependency)")
-    text = (MODEL_DIR / "config.ini").read_text() + f"\n[WORKER]\nBATCH_PAGES = 4\nMIXED_PRECISION = {mixed}\n"
+    text = with_worker_keys((MODEL_DIR / "config.ini").read_text(), {"BATCH_PAGES": "4", "MIXED_PRECISION": mixed})
     processor = build_processor(text, MODEL_DIR, device="cuda")
     try:
         requests = [_request(inputs, name) for name in PAGES]

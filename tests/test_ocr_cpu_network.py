@@ -25,7 +25,7 @@ require_module("pero_ocr")
 import torch  # noqa: E402
 
 from pero_worker.libs.message_pb2 import Data, ProcessingRequest  # noqa: E402
-from pero_worker.worker.processors import StageConfigError, build_processor  # noqa: E402
+from pero_worker.worker.processors import StageConfigError, build_processor, with_worker_keys  # noqa: E402
 from pero_worker.worker.processors.pero_ocr_stage import (  # noqa: E402
     Bfloat16Network,
     cpu_precision,
@@ -128,7 +128,7 @@ def _pero_ocr_lines(image: np.ndarray, xml: bytes) -> list:
 
 
 def _stage(precision: str):
-    text = (MODEL_DIR / "config.ini").read_text() + f"\n[WORKER]\nCPU_PRECISION = {precision}\n"
+    text = with_worker_keys((MODEL_DIR / "config.ini").read_text(), {"CPU_PRECISION": precision})
     return build_processor(text, MODEL_DIR, device="cpu")
 
 

@@ -27,6 +27,7 @@ from pero_worker.worker.processors import (
     parse_stage_config,
     pero_ocr_stage,
     select_processor_kind,
+    with_worker_keys,
 )
 
 PAGE_NS = "{http://schema.primaresearch.org/PAGE/gts/pagecontent/2019-07-15}"
@@ -503,3 +504,15 @@ def test_pero_ocr_on_cuda(ocr_model):
     processor.process(request)
     assert len(_text_lines(request.results[1].content)) == 3
     processor.close()
+
+
+@pytest.mark.parametrize("text, keys, expected", [
+    ("[PAGE_PARSER]\nRUN_OCR = yes\n", {"BATCH_PAGES": "4"}, {"BATCH_PAGES": "4"}),
+    ("[PAGE_PARSER]\nRUN_OCR = yes\n[WORKER]\nBATCH_PAGES = 4\nCPU_PRECISION = auto\n", {"BATCH_PAGES": "1"},
+     {"BATCH_PAGES": "1", "CPU_PRECISION": "auto"}),
+    ("[WORKER]\nMETHOD = PERO_OCR\n", {}, {"METHOD": "PERO_OCR"}),
+])
+def test_with_worker_keys_sets_keys_in_one_worker_section(text, keys, expected):
+    config = parse_stage_config(with_worker_keys(text, keys))
+    assert {key.upper(): value for key, value in config.items("WORKER")} == expected
+    assert set(config.sections()) == set(parse_stage_config(text).sections()) | {"WORKER"}   # others kept

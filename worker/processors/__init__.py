@@ -61,6 +61,22 @@ def parse_stage_config(config_text: str) -> configparser.ConfigParser:
     return config
 
 
+def with_worker_keys(config_text: str, keys: dict[str, str]) -> str:
+    """The stage config with these `[WORKER]` keys set, the section added when missing (pure): how a bench or a
+    test runs a model's config with other processing settings (e.g. BATCH_PAGES) without a second section.
+    Comments are not kept."""
+    import io
+    config = configparser.ConfigParser(interpolation=None)
+    config.read_string(config_text)
+    if not config.has_section(WORKER_SECTION):
+        config.add_section(WORKER_SECTION)
+    for key, value in keys.items():
+        config.set(WORKER_SECTION, key, value)
+    text = io.StringIO()
+    config.write(text)
+    return text.getvalue()
+
+
 def _flag(config: configparser.ConfigParser, key: str) -> bool:
     raw = config.get(WORKER_SECTION, key, raw=True, fallback=None)
     if raw is None or not raw.strip():
@@ -132,5 +148,5 @@ def build_processor(config_text: str, model_dir: Path | None, *, device: str = "
 
 __all__ = [
     "ProcessingError", "StageConfigError", "Processor", "build_processor", "select_processor_kind",
-    "parse_stage_config", "DUMMY", "FAILTEST", "LAYOUT", "PERO_OCR", "KINDS",
+    "parse_stage_config", "with_worker_keys", "DUMMY", "FAILTEST", "LAYOUT", "PERO_OCR", "KINDS",
 ]

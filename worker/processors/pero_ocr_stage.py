@@ -653,8 +653,9 @@ def _frozen(model: Any, bfloat16: bool) -> Any:
 
 def optimize_for_cpu(page_parser: Any, bfloat16: bool = False) -> str:
     """Freeze the line-OCR network for inference on the CPU (batch norms folded into the convolutions,
-    oneDNN layouts kept between layers; 1.8x faster on the bundled model), in bfloat16 when asked (about
-    1.8x faster again on a CPU with AVX512-BF16, README "OCR throughput").
+    oneDNN layouts kept between layers; ~1.15x on fixed batches of the bundled model, within noise on whole
+    pages), in bfloat16 when asked (the bundled model reads a page's lines 1.77x faster on a CPU with
+    AVX512-BF16; README "OCR throughput").
 
     Only a TorchScript network of pero-ocr's CTC engine is touched, and only when the optimised network
     gives the same logits (within CHECK_TOLERANCE, BFLOAT16_CHECK_TOLERANCE for bfloat16) on a check input;

@@ -270,5 +270,5 @@ def test_a_stage_that_reads_no_text_is_not_judged() -> None:
         def lines_iterator(self):
             return iter([])
 
-    xml, summary = PeroOcrProcessor(LayoutOnly(), None)._assess(_paper(), Page(), None)
-    assert b"UserDefined" not in xml and summary == "0 lines"
+    xml, summary, warning = PeroOcrProcessor(LayoutOnly(), None)._assess(_paper(), Page(), None)
+    assert b"UserDefined" not in xml and summary == "0 lines" and warning is None

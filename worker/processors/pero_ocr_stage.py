@@ -585,7 +585,7 @@ CHECK_INPUT_SHAPE = (2, 3, 40, 256)
 CHECK_TOLERANCE = 1e-3
 # A bfloat16 network keeps ~3 significant digits: on the check input the bundled model's logits (range about
 # -16..12) move by up to ~1; a broken conversion moves them far more.  What it does to the text is measured
-# (bench/line_ocr.py --cpu-precision, README "OCR throughput").
+# (bench/line_ocr.py --network bfloat16, README "OCR throughput").
 BFLOAT16_CHECK_TOLERANCE = 2.0
 CPU_PRECISIONS = ("auto", "float32", "bfloat16")
 
@@ -633,9 +633,6 @@ class Bfloat16Network:
     def __call__(self, batch: Any) -> Any:
         import torch
         return self.network(batch.to(torch.bfloat16)).float()
-
-    def eval(self) -> Bfloat16Network:
-        return self
 
 
 def _frozen(model: Any, bfloat16: bool) -> Any:

@@ -10,6 +10,7 @@
 # Where a registry is reachable, skip this: the builds pull the official debian:bookworm-slim.
 set -euo pipefail
 
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TAG="debian:bookworm-slim"
 FORCE=0
 while (( $# )); do
@@ -42,9 +43,11 @@ if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
             --customize-hook='cp /usr/local/share/ca-certificates/*.crt "$1"/usr/local/share/ca-certificates/'
             --customize-hook='chroot "$1" update-ca-certificates')
 fi
-# apt inside the builds: a stalled connection to the mirror (through this machine's proxy) once held a build's
-# apt-get update for 13 minutes; bounded waits and retries make that a short delay instead.
-HOOKS+=(--customize-hook='printf "%s\n" "Acquire::Retries \"5\";" "Acquire::http::Timeout \"30\";" "Acquire::https::Timeout \"30\";" > "$1"/etc/apt/apt.conf.d/80pero-network')
+# apt inside the builds: a stalled connection to the mirror (through this machine's proxy) held a build's
+# apt-get update for over 10 minutes, twice; apt's own timeout did not end it.  docker/base/apt-get bounds
+# each try and retries; apt itself waits at most 30 s for a reply and retries a failed download 5 times.
+HOOKS+=(--customize-hook='printf "%s\n" "Acquire::Retries \"5\";" "Acquire::http::Timeout \"30\";" "Acquire::https::Timeout \"30\";" > "$1"/etc/apt/apt.conf.d/80pero-network'
+        --customize-hook="install -D -m 755 '$REPO/docker/base/apt-get' \"\$1\"/usr/local/sbin/apt-get")
 echo "[base] mmdebstrap bookworm from $MIRROR"
 # Like the official slim image: no documentation, no apt lists.
 mmdebstrap --variant=minbase --include=ca-certificates \

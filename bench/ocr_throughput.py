@@ -253,29 +253,40 @@ def _stage_config_file(model_dir: Path, work: Path, args, batched: bool) -> Path
 
 
 def _collect_worker_results(mq, out: str) -> tuple[float, list]:
-    """Pages/s from the StageLogs' end times and the output requests; BenchFailure if any failed."""
+    """Pages/s from the StageLogs' start and end times and the output requests; BenchFailure if any failed."""
     from pero_worker.libs.message_pb2 import ProcessingRequest
-    ends, in_stage, done = [], [], []
+    spans, done = [], []
     while (delivery := mq.get(out)) is not None:
         request = ProcessingRequest.FromString(delivery.body)
         entry = request.logs[-1]
         mq.ack(delivery.delivery_tag)
         if entry.status != "OK":
             raise BenchFailure(f"a request failed in the worker ({entry.status}): {entry.log[-300:]}")
-        ends.append(entry.end.ToNanoseconds() / 1e9)
-        in_stage.append((entry.end.ToNanoseconds() - entry.start.ToNanoseconds()) / 1e9)
+        spans.append((entry.start.ToNanoseconds() / 1e9, entry.end.ToNanoseconds() / 1e9))
         done.append(request)
-    ends.sort()
-    # The clock: from the end of the first (warm-up) page to the end of the last, as the worker's StageLogs
-    # record them; the pages counted are those that ended after that start (a batching worker ends the whole
-    # warm-up group at that moment, so its other pages do not count either).
-    window = ends[-1] - ends[0]
-    finished = sum(1 for end in ends if end > ends[0])
-    if finished == 0 or window <= 0:
-        raise BenchFailure("every page ended at once: no time window to measure (use more pages)")
-    print(f"   worker: {statistics.median(in_stage):.3f} s median inside the stage per request, "
-          f"{window / finished:.3f} s/page wall clock over {finished} pages", flush=True)
-    return finished / window, done
+    rate, counted, window = worker_rate(spans)
+    print(f"   worker: {statistics.median(end - start for start, end in spans):.3f} s median inside the stage "
+          f"per request, {window / counted:.3f} s/page wall clock over {counted} pages", flush=True)
+    return rate, done
+
+
+def worker_rate(spans: list[tuple[float, float]]) -> tuple[float, int, float]:
+    """(pages/s, pages counted, window) from the requests' StageLog (start, end) times (pure).
+
+    The clock runs from the end of the first processing step (the warm-up) to the last end, and counts the
+    pages of the later steps.  A step's requests share their StageLog start (the worker stamps a group when it
+    begins it), so the warm-up step is every request that started with the first one to end: its pages end a
+    few milliseconds apart as the worker stores them one by one, and must not count inside the window.
+    """
+    first_start = min(spans, key=lambda span: span[1])[0]
+    warm_up = [end for start, end in spans if start == first_start]
+    later = [end for start, end in spans if start != first_start]
+    if not later:
+        raise BenchFailure("every page was read in the warm-up step: no time window to measure (use more pages)")
+    window = max(later) - max(warm_up)
+    if window <= 0:
+        raise BenchFailure("the pages after the warm-up step ended with it: no time window to measure")
+    return len(later) / window, len(later), window
 
 
 def run_worker(pages, xmls, model_dir: Path, device: str, args, batched: bool = False) -> dict:

@@ -11,6 +11,10 @@ Lines are cropped ahead, in a small pool of spawned processes (the GIL would
 serialise threads), while the network reads the previous pages.  On CUDA the
 batches go through pinned memory.
 
+On a CPU shared batches make no pixel cheaper, so there the processor reads a
+step's pages side by side instead, each alone with this reader, one page per
+thread (PAGE_THREADS; pero_ocr_stage.PeroOcrProcessor.run).
+
 A bad page fails alone: its crop error or a network error is kept for that
 page, and when a shared batch fails every page in it is read again alone, so
 only the page that really fails is reported.

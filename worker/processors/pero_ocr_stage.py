@@ -425,7 +425,7 @@ class PeroOcrProcessor:
         return (xml, f"{numbers.lines} lines, {numbers.characters} characters, mean confidence {confidence}",
                 warning_line(flags) if flags else None)
 
-    # --- batched path: several requests' lines in shared network batches (ocr_batched.py) ---------
+    # --- batched path: several requests per step, in shared batches or (CPU) side by side (ocr_batched.py) ---
 
     def begin(self, request: ProcessingRequest) -> PageJob:
         """Read one request's input and start cropping its lines (ahead, when there is a crop pool);

@@ -33,7 +33,10 @@ PROJECT = "perotest"
 USER = "perobox"
 ZK_PORT, AMQPS_PORT, MGMT_PORT, SFTP_PORT = 17281, 17671, 17672, 17222
 PORTS = (ZK_PORT, AMQPS_PORT, MGMT_PORT, SFTP_PORT)
-DUMMY_PAGES = 40
+# 1 s each.  Enough that pages are still queued when the worker is killed (about 30 s after publishing, the
+# downloads being slow) and comes back: with 40, a CI run's two workers had drained the stage by then, once the
+# OCR stage (which the second worker serves first) got faster, and the restarted worker found nothing to do.
+DUMMY_PAGES = 100
 
 
 def _leftovers() -> dict[str, list[str]]:

@@ -435,15 +435,14 @@ class PeroOcrProcessor:
         try:
             for layout_parser in parser.layout_parsers if parser.run_layout_parser else []:
                 job.layout = layout_parser.process_page(job.image, job.layout)
-            geometry = [(line.baseline, line.heights) for line in job.layout.lines_iterator()]
-            cropper = parser.line_cropper.crop_engine
+            geometry = _line_geometry(job.layout)
             if self._crop_pool is not None and geometry:
-                job.crops = self._crop_pool.submit(cropper, job.content, job.image_name, geometry)
+                job.crops = self._crop_pool.submit(parser.line_cropper.crop_engine, job.content, job.image_name,
+                                                   geometry)
             elif self._page_pool is not None:
                 job.crops = None             # cropped on its page thread in run()
             else:
-                from pero_worker.worker.processors.ocr_batched import crop_lines
-                job.crops = crop_lines(cropper, job.image, geometry)
+                job.crops = self._crop_here(job)
         except Exception as error:
             raise self._failed(job, error) from error
         return job
@@ -495,9 +494,7 @@ class PeroOcrProcessor:
             if hasattr(job.crops, "result"):
                 job.crops = job.crops.result()
             elif job.crops is None:
-                from pero_worker.worker.processors.ocr_batched import crop_lines
-                geometry = [(line.baseline, line.heights) for line in job.layout.lines_iterator()]
-                job.crops = crop_lines(self.page_parser.line_cropper.crop_engine, job.image, geometry)
+                job.crops = self._crop_here(job)
             lines = self._reader.read_pages([job.crops])[0]
             if isinstance(lines, BaseException):
                 raise lines
@@ -505,6 +502,11 @@ class PeroOcrProcessor:
             job.output = self._render_output(job)
         except Exception as error:
             job.error = error
+
+    def _crop_here(self, job: PageJob) -> list[Any]:
+        """The page's line crops, made on the calling thread."""
+        from pero_worker.worker.processors.ocr_batched import crop_lines
+        return crop_lines(self.page_parser.line_cropper.crop_engine, job.image, _line_geometry(job.layout))
 
     def _after_ocr(self, job: PageJob, lines: Sequence[Any]) -> None:
         """What PageParser.process_page does after its OCR step, for one page."""
@@ -568,6 +570,11 @@ class PeroOcrProcessor:
         if getattr(self.device, "type", "cpu") == "cuda":
             import torch
             torch.cuda.empty_cache()
+
+
+def _line_geometry(page_layout: Any) -> list[tuple[Any, Any]]:
+    """(baseline, heights) of every line, what a crop needs (and what the crop pool is sent)."""
+    return [(line.baseline, line.heights) for line in page_layout.lines_iterator()]
 
 
 def network_bytes(page_parser: Any) -> int:

@@ -29,7 +29,6 @@ import random
 import re
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +123,7 @@ def main() -> int:
     import torch
     from pero_ocr.ocr_engine.pytorch_ocr_engine import PytorchEngineLineOCR
 
+    from pero_worker.bench.networks import add_network_option, use_network
     from pero_worker.worker.processors.character_prior import PriorSettings, penalty_vector, prior_settings
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -132,9 +132,7 @@ def main() -> int:
                     "(default: the model folder's)")
     ap.add_argument("--lines", type=int, default=300, help="lines per set")
     ap.add_argument("--seed", type=int, default=77)
-    ap.add_argument("--network", choices=("pero-ocr", "float32", "bfloat16"), default="pero-ocr",
-                    help="the line network as pero-ocr loads it, or frozen for the CPU as the OCR stage runs it "
-                    "(pero_ocr_stage.optimize_for_cpu) in float32 or bfloat16")
+    add_network_option(ap)
     ap.add_argument("--sweep", help="also decode with these ACCENTED=SYMBOL penalties, e.g. 1,2,3 (tuning)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -144,12 +142,8 @@ def main() -> int:
     if settings is None:
         print("no [CHARACTER_PRIOR] in the config: 'prior' equals 'greedy'", file=sys.stderr)
     engine = PytorchEngineLineOCR(str(args.model_dir / "ocr_engine.json"), torch.device("cpu"))
-    if args.network != "pero-ocr":
-        from pero_worker.worker.processors.pero_ocr_stage import optimize_for_cpu
-        parser = types.SimpleNamespace(ocr=types.SimpleNamespace(ocr_engine=engine))
-        if optimize_for_cpu(parser, bfloat16=args.network == "bfloat16") != args.network:
-            print(f"the network could not be frozen in {args.network} (see the warning above)", file=sys.stderr)
-            return 1
+    if not use_network(engine, args.network):
+        return 1
     decodings = {"greedy": None, "prior": penalty_vector(engine.characters, settings) if settings else None}
     for value in (args.sweep.split(",") if args.sweep else []):
         sweep = PriorSettings(float(value), float(value))

@@ -93,14 +93,14 @@ def network_rates(engine, device: str, shapes: list[tuple[int, int]], reps: int)
 
 
 def main() -> int:
+    from pero_worker.bench.networks import add_network_option, use_network
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--examples", type=Path, default=REPO / "examples")
     ap.add_argument("--model-dir", type=Path, default=REPO / "pero-ocr" / "model")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--runs", type=int, default=2)
-    ap.add_argument("--network", choices=("pero-ocr", "float32", "bfloat16"), default="pero-ocr",
-                    help="the line network as pero-ocr loads it, or frozen for the CPU as the OCR stage runs it "
-                    "(pero_ocr_stage.optimize_for_cpu) in float32 or bfloat16")
+    add_network_option(ap)
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     ap.add_argument("--shapes", nargs="*", default=["2x1664", "8x1664", "32x1664"],
                     help="network-only batches N x W to time (empty: skip)")
@@ -118,11 +118,8 @@ def main() -> int:
     parser = PageParser(config, device=torch.device(args.device), config_path=str(args.model_dir))
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.network != "pero-ocr":
-        from pero_worker.worker.processors.pero_ocr_stage import optimize_for_cpu
-        if optimize_for_cpu(parser, bfloat16=args.network == "bfloat16") != args.network:
-            print(f"the network could not be frozen in {args.network} (see the warning above)")
-            return 1
+    if not use_network(parser.ocr.ocr_engine, args.network):
+        return 1
     times = profile_pages(parser, pages, xmls, args.device, args.runs)
     device = args.device.replace(":", "")
     print(f"network: {args.network}, {torch.get_num_threads()} torch threads; "

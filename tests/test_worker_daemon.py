@@ -165,20 +165,26 @@ def collect(mq: MQSession, queue: str, count: int, timeout: float = 20.0) -> lis
 
 
 def collect_dead_letters(mq: MQSession, source_queue: str, count: int, timeout: float = 20.0) -> list:
-    """Our dead letters (by source queue header); others' go back (the queue is shared by parallel runs)."""
-    found = []
+    """Our dead letters (by source queue header); others' go back (the queue is shared by parallel runs).
+
+    Others' letters are held unacknowledged until the end, so each get reaches the next message: one requeued
+    at once goes back to the head of the queue, and the loop would read it forever behind a stale letter."""
+    found, others = [], []
     deadline = time.monotonic() + timeout
-    while len(found) < count:
-        delivery = mq.get(DEAD_LETTER_QUEUE)
-        if delivery is None:
+    try:
+        while len(found) < count:
             if time.monotonic() > deadline:
                 raise AssertionError(f"only {len(found)} of {count} dead letters from {source_queue}")
-            mq.pump(0.1)
-            continue
-        if delivery.headers.get("source_queue") == source_queue:
-            found.append(delivery)
-            mq.ack(delivery.delivery_tag)
-        else:
+            delivery = mq.get(DEAD_LETTER_QUEUE)
+            if delivery is None:
+                mq.pump(0.1)
+            elif delivery.headers.get("source_queue") == source_queue:
+                found.append(delivery)
+                mq.ack(delivery.delivery_tag)
+            else:
+                others.append(delivery)
+    finally:
+        for delivery in others:
             mq.nack(delivery.delivery_tag, requeue=True)
     return found
 

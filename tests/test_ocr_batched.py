@@ -224,6 +224,7 @@ def test_a_bad_page_fails_alone(inputs, reference):
     ("[WORKER]\nBATCH_PADDING = inf\n", BatchSettings(max_padding=float("inf"))),
     ("[WORKER]\nMIXED_PRECISION = yes\n", BatchSettings(mixed_precision=True)),
     ("[WORKER]\nPAGE_THREADS = 3\n", BatchSettings(page_threads=3)),
+    ("[WORKER]\nFINISH_PROCESSES = 0\n", BatchSettings(finish_processes=0)),
 ])
 def test_batch_settings_table(section, expected):
     import configparser
@@ -234,7 +235,8 @@ def test_batch_settings_table(section, expected):
 
 @pytest.mark.parametrize("section", ["BATCH_PAGES = 0", "BATCH_PAGES = two", "BATCH_PIXELS = 8",
                                      "BATCH_PADDING = -1", "BATCH_PADDING = lots", "CROP_PROCESSES = -2",
-                                     "MIXED_PRECISION = maybe", "PAGE_THREADS = 0", "PAGE_THREADS = all"])
+                                     "MIXED_PRECISION = maybe", "PAGE_THREADS = 0", "PAGE_THREADS = all",
+                                     "FINISH_PROCESSES = -1"])
 def test_bad_batch_settings_are_stage_config_errors(section):
     import configparser
     config = configparser.ConfigParser()
@@ -304,3 +306,106 @@ def test_cuda_batched_path_keeps_the_transcriptions(inputs, reference, mixed):
             assert len(ours) == len(theirs) and differing <= len(theirs) // 20, (differing, len(theirs))
     finally:
         processor.close()
+
+
+# --- finishing processes (the shared-batch path's page tails, ocr_finishing.py) ---
+
+FINISHING = "BATCH_PAGES = 4\nBATCH_PIXELS = 3840\nBATCH_PADDING = inf\nCROP_PROCESSES = 0\nPAGE_THREADS = 1\n"
+
+
+@pytest.fixture(scope="module")
+def finished_here(inputs) -> list[tuple[bytes, dict]]:
+    """A shared-batch group [P0, P1, P1, P0] finished on the processing thread (FINISH_PROCESSES = 0)."""
+    processor = _processor(FINISHING + "FINISH_PROCESSES = 0\n")
+    try:
+        assert processor._finish_pool is None
+        requests = [_request(inputs, name) for name in (PAGES[0], PAGES[1], PAGES[1], PAGES[0])]
+        assert _batched(processor, requests) == [None] * 4
+        return [_outputs(request) for request in requests]
+    finally:
+        processor.close()
+
+
+def test_pages_finished_in_processes_are_as_finished_here(inputs, finished_here):
+    processor = _processor(FINISHING + "FINISH_PROCESSES = 2\n")
+    try:
+        assert processor._finish_pool is not None and processor._finish_pool.processes == 2
+        names = (PAGES[0], PAGES[1], PAGES[1], PAGES[0])
+        for _step in range(2):   # the second step on processes already started
+            requests = [_request(inputs, name) for name in names]
+            assert _batched(processor, requests) == [None] * 4
+            for name, request, expected in zip(names, requests, finished_here):   # each its own page, in order
+                assert request.results[0].name == name
+                _assert_same_as_alone(request, expected)
+        assert processor._finish_pool is not None   # finished there, not here after a breakdown
+    finally:
+        processor.close()
+
+
+def _group_with_a_short_page(processor: PeroOcrProcessor, inputs) -> tuple[list, list]:
+    """[P0, P1, P1] where the middle page's network returns one line result short, so its tail fails."""
+    requests = [_request(inputs, name) for name in (PAGES[0], PAGES[1], PAGES[1])]
+    jobs = [processor.begin(request) for request in requests]
+    jobs[1].crops = jobs[1].crops[:-1]
+    processor.run(jobs)
+    errors = []
+    for job in jobs:
+        try:
+            processor.finish(job)
+            errors.append(None)
+        except ProcessingError as error:
+            errors.append(str(error))
+    return requests, errors
+
+
+def test_a_page_whose_tail_fails_in_a_process_fails_alone(inputs, caplog):
+    here = _processor(FINISHING + "FINISH_PROCESSES = 0\n")
+    try:
+        expected, expected_errors = _group_with_a_short_page(here, inputs)
+    finally:
+        here.close()
+    caplog.set_level(logging.INFO)
+    processor = _processor(FINISHING + "FINISH_PROCESSES = 1\n")
+    try:
+        requests, errors = _group_with_a_short_page(processor, inputs)
+        assert errors[0] is None and errors[2] is None
+        assert errors[1].startswith("pero-ocr failed on image '05_binary_300dpi.png': ValueError: zip()")
+        assert errors[1] == expected_errors[1]   # the same error as when finished here
+        for index in (0, 2):
+            _assert_same_as_alone(requests[index], _outputs(expected[index]))
+        assert not any(data.name.endswith(".logits") for data in requests[1].results)
+        # the summaries come back from the process and are logged by finish(), where the request's log is kept
+        assert sum(f"image {PAGES[0]!r}" in record.getMessage() for record in caplog.records) == 1
+        assert processor._finish_pool is not None   # a page's failure is not the pool's
+    finally:
+        processor.close()
+
+
+def test_pages_are_finished_here_when_the_processes_die(inputs, finished_here, caplog):
+    import os
+    import signal
+    import time
+    caplog.set_level(logging.INFO)
+    processor = _processor(FINISHING + "FINISH_PROCESSES = 1\n")
+    try:
+        names = (PAGES[0], PAGES[1], PAGES[1], PAGES[0])
+        warm = [_request(inputs, name) for name in names]
+        assert _batched(processor, warm) == [None] * 4
+        for pid in list(processor._finish_pool._executor._processes):
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(1.0)
+        requests = [_request(inputs, name) for name in names]
+        assert _batched(processor, requests) == [None] * 4
+        for request, expected in zip(requests, finished_here):
+            _assert_same_as_alone(request, expected)
+        assert processor._finish_pool is None
+        assert any("finishing processes stopped" in record.getMessage() for record in caplog.records)
+    finally:
+        processor.close()
+
+
+@pytest.mark.parametrize("device, cores, expected", [("cuda", 16, 15), ("cuda", 64, 16), ("cuda", 1, 1),
+                                                     ("cuda", None, 1), ("cpu", 16, 0)])
+def test_default_finish_processes(device, cores, expected):
+    from pero_worker.worker.processors.ocr_finishing import default_finish_processes
+    assert default_finish_processes(device, cores) == expected

@@ -56,6 +56,7 @@ class BatchSettings:
     max_padding: float = 0.25       # BATCH_PADDING: a line joins a batch at most this much wider than itself
     crop_processes: int | None = None   # CROP_PROCESSES: processes cropping lines ahead (None: by device)
     page_threads: int | None = None     # PAGE_THREADS: pages read in parallel, one per thread (None: by device)
+    finish_processes: int | None = None  # FINISH_PROCESSES: processes finishing read pages (None: by device)
     mixed_precision: bool = False   # MIXED_PRECISION: float16 autocast on CUDA (ignored on a CPU)
 
     @property
@@ -94,6 +95,7 @@ def batch_settings(config: configparser.ConfigParser) -> BatchSettings:
                          max_padding=padding,
                          crop_processes=_int_key(config, "CROP_PROCESSES", 0),
                          page_threads=_int_key(config, "PAGE_THREADS", 1),
+                         finish_processes=_int_key(config, "FINISH_PROCESSES", 0),
                          mixed_precision=config.BOOLEAN_STATES.get(mixed_raw, False))
 
 
@@ -120,6 +122,7 @@ class Batching:
     reader: BatchedLineReader
     crop_pool: CropPool | None   # processes cropping ahead, or None: cropped on the thread that reads the page
     page_threads: int            # > 1: the group's pages read in parallel (CPU); 1: in shared batches
+    finish_pool: Any = None      # ocr_finishing.FinishPool with shared batches, or None: finished on the thread
 
 
 # --- cropping (also run in the spawned pool processes) ------------------------------------
@@ -219,15 +222,17 @@ class BatchedLineReader:
         step = engine.net_subsampling
         results = []
         for crop, text, line_logits in zip(crops, transcriptions, logits):
-            results.append(LineResult(text, _sparse_logits(line_logits),
-                                      [int(margin // step), int((margin + crop.shape[1]) // step)]))
+            results.append(LineResult(text, line_logits, [int(margin // step), int((margin + crop.shape[1]) // step)]))
         return results
 
-    def _forward(self, data: np.ndarray) -> tuple[list[str], np.ndarray]:
+    def _forward(self, data: np.ndarray) -> tuple[list[str], list[Any]]:
+        """Transcriptions and sparse logits (pero-ocr's stored form) of a batch of padded lines."""
         if not self.on_cuda:
-            return self.engine.run_ocr(data)
+            transcriptions, logits = self.engine.run_ocr(data)
+            return transcriptions, [_sparse_logits(line_logits) for line_logits in logits]
         import torch
         from pero_ocr.ocr_engine.pytorch_ocr_engine import greedy_decode_ctc
+        from scipy import sparse
         engine = self.engine
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=self.mixed_precision):
             batch = torch.from_numpy(data).pin_memory().to(engine.device, non_blocking=True).float() / 255.0
@@ -239,7 +244,10 @@ class BatchedLineReader:
                 logits = engine.model(batch)
             logits = logits.float()
             decoded = greedy_decode_ctc(logits, engine.characters)
-            return decoded, logits.permute(0, 2, 1).cpu().numpy()
+            # pero-ocr zeroes improbable entries on the CPU, a softmax over each line (a tenth of a second of
+            # a page's CPU time); here the GPU does it for the whole batch, and the CPU only packs the result.
+            logits = logits.masked_fill(torch.softmax(logits, dim=1) < SPARSE_PROBABILITY, 0.0)
+            return decoded, [sparse.csc_matrix(line) for line in logits.permute(0, 2, 1).cpu().numpy()]
 
     def _after_failure(self, error: BaseException) -> None:
         if self.on_cuda:

@@ -35,7 +35,7 @@ import os
 import pickle
 import posixpath
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -263,7 +263,10 @@ class PageJob:
     crops: Any = None            # list of crops, or a Future of it from the crop pool
     error: BaseException | None = None
     layout_turn: int = 0         # the quarter turn the layout stage applied to read the page (its PAGE XML facts)
-    output: PageOutput | None = None   # rendered in run() when pages are read in parallel; stored by finish()
+    # Rendered in run() when pages are read in parallel, or a Future of it from the finishing pool; stored
+    # by finish().
+    output: PageOutput | Future | None = None
+    lines: Any = None            # the network's line results, while a finishing process works on them
 
 
 @dataclass
@@ -293,8 +296,11 @@ class PeroOcrProcessor:
         # small batches).  The pool's threads only ever run _read_page_alone; they are owned by this processor.
         self._page_pool: ThreadPoolExecutor | None = None
         self._page_threads = 1
+        # With shared batches (a GPU) each read page's tail goes to spawned processes (ocr_finishing.py).
+        self._finish_pool = None
         if batching is not None:
             self.batch_pages, self._reader, self._crop_pool = batching.pages, batching.reader, batching.crop_pool
+            self._finish_pool = batching.finish_pool
             if batching.page_threads > 1:
                 self._page_threads = batching.page_threads
                 self._page_pool = ThreadPoolExecutor(batching.page_threads, thread_name_prefix="ocr-page")
@@ -433,8 +439,7 @@ class PeroOcrProcessor:
         job = self._read_input(request)
         parser = self.page_parser
         try:
-            for layout_parser in parser.layout_parsers if parser.run_layout_parser else []:
-                job.layout = layout_parser.process_page(job.image, job.layout)
+            self._run_layout_parsers(job)
             geometry = _line_geometry(job.layout)
             if self._crop_pool is not None and geometry:
                 job.crops = self._crop_pool.submit(parser.line_cropper.crop_engine, job.content, job.image_name,
@@ -446,6 +451,11 @@ class PeroOcrProcessor:
         except Exception as error:
             raise self._failed(job, error) from error
         return job
+
+    def _run_layout_parsers(self, job: PageJob) -> None:
+        parser = self.page_parser
+        for layout_parser in parser.layout_parsers if parser.run_layout_parser else []:
+            job.layout = layout_parser.process_page(job.image, job.layout)
 
     def run(self, jobs: Sequence[PageJob]) -> None:
         """Read the lines of all pages (in shared batches, or page by page in parallel on a CPU); a page's
@@ -470,6 +480,13 @@ class PeroOcrProcessor:
             if isinstance(lines, BaseException):
                 job.error = lines
                 continue
+            if self._finish_pool is not None:
+                try:
+                    job.output = self._finish_pool.submit(job.request.SerializeToString(), lines)
+                    job.lines = lines
+                    continue
+                except BrokenExecutor as error:
+                    self._drop_finish_pool(error)
             try:
                 self._after_ocr(job, lines)
             except Exception as error:
@@ -527,10 +544,42 @@ class PeroOcrProcessor:
         """Write one page's results into its request; ProcessingError when that page failed."""
         if job.error is not None:
             raise self._failed(job, job.error) from job.error
+        if isinstance(job.output, Future):
+            job.output = self._finished_elsewhere(job)
         if job.output is not None:
             self._store_output(job, job.output)
         else:
             self._write_output(job)
+
+    def _finished_elsewhere(self, job: PageJob) -> PageOutput | None:
+        """The finishing process's output for the page; None when the pool broke and the page's tail is still
+        to be done here (its line results are kept in the job for that)."""
+        try:
+            return job.output.result()
+        except BrokenExecutor as error:
+            self._drop_finish_pool(error)
+        except Exception as error:
+            raise self._failed(job, error) from error
+        try:
+            self._after_ocr(job, job.lines)
+        except Exception as error:
+            raise self._failed(job, error) from error
+        return None
+
+    def _drop_finish_pool(self, error: BaseException) -> None:
+        if self._finish_pool is not None:
+            log.warning("the finishing processes stopped (%s: %s); pages are finished on the processing thread "
+                        "from now on", type(error).__name__, error)
+            self._finish_pool.close()
+            self._finish_pool = None
+
+    def finish_read_page(self, request: ProcessingRequest, lines: Sequence[Any]) -> PageOutput:
+        """What follows the network for a page whose lines another process read (a finishing process's work,
+        ocr_finishing.py): the request's input read as begin() reads it, then the page's tail."""
+        job = self._read_input(request)
+        self._run_layout_parsers(job)
+        self._after_ocr(job, lines)
+        return self._render_output(job)
 
     @staticmethod
     def _logits_bytes(page_layout: Any) -> bytes | None:
@@ -557,6 +606,9 @@ class PeroOcrProcessor:
         if self._crop_pool is not None:
             self._crop_pool.close()
             self._crop_pool = None
+        if self._finish_pool is not None:
+            self._finish_pool.close()
+            self._finish_pool = None
         parser, self.page_parser = self.page_parser, None
         if parser is None:
             return
@@ -736,14 +788,14 @@ def build(config: configparser.ConfigParser, model_dir: Path | None, *, device: 
         frozen = optimize_for_cpu(parser, use_bfloat16(precision, cpu_flags()))
     log.info("pero-ocr PageParser ready on %s (model folder %s%s)", device_name, model_dir,
              f", network frozen for the CPU in {frozen}" if frozen else "")
-    processor = PeroOcrProcessor(parser, torch_device, _batching(config, parser, torch_device), prior)
+    processor = PeroOcrProcessor(parser, torch_device, _batching(config, parser, torch_device, model_dir), prior)
     processor.model_bytes = model_bytes
     return processor
 
 
-def _batching(config: configparser.ConfigParser, parser: Any, device: Any) -> Any:
+def _batching(config: configparser.ConfigParser, parser: Any, device: Any, model_dir: Path | None) -> Any:
     """The batching parts (ocr_batched.Batching) for a stage that asks for it (BATCH_PAGES > 1), else None."""
-    from pero_worker.worker.processors import ocr_batched
+    from pero_worker.worker.processors import ocr_batched, ocr_finishing
     settings = ocr_batched.batch_settings(config)
     if not settings.enabled:
         return None
@@ -759,17 +811,25 @@ def _batching(config: configparser.ConfigParser, parser: Any, device: Any) -> An
     threads = settings.page_threads
     if threads is None:
         threads = ocr_batched.default_page_threads(device.type, ocr_batched.cores())
+    finishers = settings.finish_processes
+    if finishers is None:
+        finishers = ocr_finishing.default_finish_processes(device.type, ocr_batched.cores())
     reader = ocr_batched.BatchedLineReader(parser.ocr.ocr_engine, pixels, settings.max_padding,
                                            settings.mixed_precision)
     pool = ocr_batched.CropPool(processes) if processes > 0 else None
+    finish_pool = None
     if threads > 1:
         log.info("cross-page batching: %d pages per step, read %d at a time (one torch thread each), %d px per "
                  "network batch, %d crop processes", settings.pages, threads, pixels, processes)
     else:
+        if finishers > 0:
+            text = io.StringIO()
+            config.write(text)
+            finish_pool = ocr_finishing.FinishPool(finishers, text.getvalue(), model_dir)
         log.info("cross-page batching: %d pages per step, %d px per network batch, padding <= %s, %d crop "
-                 "processes%s", settings.pages, pixels, settings.max_padding, processes,
-                 ", float16 autocast" if reader.mixed_precision else "")
-    return ocr_batched.Batching(settings.pages, reader, pool, threads)
+                 "processes, %d finishing processes%s", settings.pages, pixels, settings.max_padding, processes,
+                 finishers, ", float16 autocast" if reader.mixed_precision else "")
+    return ocr_batched.Batching(settings.pages, reader, pool, threads, finish_pool)
 
 
 __all__ = ["build", "PeroOcrProcessor", "resolve_device", "optimize_for_cpu", "network_bytes", "cpu_precision",

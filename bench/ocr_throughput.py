@@ -199,6 +199,8 @@ def stage_config(model_dir: Path, args, batched: bool) -> str:
         keys["CROP_PROCESSES"] = str(args.crop_processes)
     if batched and args.page_threads is not None:
         keys["PAGE_THREADS"] = str(args.page_threads)
+    if batched and args.finish_processes is not None:
+        keys["FINISH_PROCESSES"] = str(args.finish_processes)
     if batched and args.mixed_precision:
         keys["MIXED_PRECISION"] = "TRUE"
     if args.cpu_precision:
@@ -379,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-pixels", type=int, help="BATCH_PIXELS of the batched modes (default: by device)")
     parser.add_argument("--crop-processes", type=int, help="CROP_PROCESSES of the batched modes (default: by device)")
     parser.add_argument("--page-threads", type=int, help="PAGE_THREADS of the batched modes (default: by device)")
+    parser.add_argument("--finish-processes", type=int,
+                        help="FINISH_PROCESSES of the batched modes (default: by device; 0: pages finished on the "
+                             "processing thread)")
     parser.add_argument("--cpu-precision", choices=("auto", "float32", "bfloat16"),
                         help="CPU_PRECISION of every worker mode (default: the model config's, else auto)")
     parser.add_argument("--mixed-precision", action="store_true",

@@ -15,7 +15,8 @@ module:
   rehearse  (here)  prepare + run on the CPU, in a bare venv holding only what the GPU image holds
                     (no pero-ocr, an older protobuf), so a missing piece shows here, not on device time
 
-On the device tool: command `python3 dev/gpu_check.py run`, carry [".gpu"], timeout_s 600.
+On the device tool: command `python3 dev/gpu_check.py run`, carry [".gpu"], timeout_s 600 (the run keeps
+to 540 s in all, its most important steps first).
 
 Exit codes: 0 every step passed; 1 a step failed or ran out of time (the others still ran and their
 figures are reported); 2 the set-up failed (nothing was measured).
@@ -23,6 +24,7 @@ figures are reported); 2 the set-up failed (nothing was measured).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import os
 import shutil
@@ -97,16 +99,21 @@ def plan(python: str, device: str, pages: Path, quick: bool) -> list[Step]:
     shapes = ("2x1664",) if quick else ("2x1664", "32x1664", "128x1664")
     throughput = (python, "bench/ocr_throughput.py", "--device", device, "--examples", str(pages),
                   "--batch-pages", str(batch))
+    if quick:   # a CPU's batched path reads pages side by side: take the GPU's parts (shared batches, pools)
+        throughput += ("--page-threads", "1", "--crop-processes", "1", "--finish-processes", "1")
     return [
         Step("environment", (python, "-c", ENVIRONMENT_REPORT), 120, needed=True),
         # the target: pages/s of the worker's batched path on 300 dpi pages, many pages, float32 and float16
         Step("batched", (*throughput, "--modes", "batched", "--repeat", str(repeat_long), "--runs", str(runs)), 150),
         Step("batched_fp16", (*throughput, "--modes", "batched", "--repeat", str(repeat_long), "--runs", str(runs),
                               "--mixed-precision"), 120),
+        # what the finishing processes bring: the same with every page finished on the processing thread
+        Step("batched_finish_here", (*throughput, "--modes", "batched", "--repeat", str(repeat_compare),
+                                     "--runs", str(runs), "--finish-processes", "0"), 120),
         # the same run's comparison with PageParser direct and the one-page path (slow modes: fewer pages)
         Step("compare", (*throughput, "--modes", "direct", "processor", "batched", "--repeat", str(repeat_compare),
                          "--runs", str(runs)), 240),
-        Step("tests", (python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ocr_batched.py"), 150),
+        Step("tests", (python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ocr_batched.py"), 240),
         Step("profile", (python, "bench/ocr_profile.py", "--device", device, "--runs", "1", "--shapes", *shapes), 120),
     ]
 
@@ -232,7 +239,15 @@ def _run_step(step: Step, env: dict[str, str], log: TextIO) -> tuple[str, float,
     return status, time.monotonic() - started, "".join(output)
 
 
-def run(carry: Path, site: Path, out: Path, device: str, quick: bool) -> int:
+def step_limit(step: Step, seconds_left: float) -> int:
+    """The seconds a step gets: its own limit, or what is left of the run's budget (pure); 0: skip it."""
+    left = int(seconds_left)
+    return step.limit_s if step.limit_s <= left else (left if left >= 30 else 0)
+
+
+def run(carry: Path, site: Path, out: Path, device: str, quick: bool, budget_s: int) -> int:
+    """Every step in order, within `budget_s` in all (the device call's own limit, less a margin)."""
+    deadline = time.monotonic() + budget_s
     out.mkdir(parents=True, exist_ok=True)
     env = _install(carry, site)
     failed = []
@@ -240,7 +255,12 @@ def run(carry: Path, site: Path, out: Path, device: str, quick: bool) -> int:
         results.write(f"# dev/gpu_check.py run --device {device}{' --quick' if quick else ''} "
                       f"at {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
         for step in plan(sys.executable, device, carry / "pages300", quick):
-            status, seconds, output = _run_step(step, env, log)
+            limit = step_limit(step, deadline - time.monotonic())
+            if not limit:
+                results.write(f"# {step.name}: skipped, the run's {budget_s} s are spent\n")
+                failed.append(step.name)
+                continue
+            status, seconds, output = _run_step(dataclasses.replace(step, limit_s=limit), env, log)
             results.write(f"# {step.name}: {status} in {seconds:.0f} s\n")
             results.writelines(line + "\n" for line in result_lines(output))
             results.flush()
@@ -270,6 +290,7 @@ def rehearse(folder: Path) -> int:
                              capture_output=True, text=True, check=True).stdout.strip()
     prepare(folder / "carry", version)
     return subprocess.run([str(python), str(Path(__file__).resolve()), "run", "--device", "cpu", "--quick",
+                           "--budget", "1200",
                            "--carry", str(folder / "carry"), "--site", str(folder / "site"),
                            "--out", str(folder / "out")]).returncode
 
@@ -287,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="logs and results (default: $OUT, else ./gpu-check-output)")
     go.add_argument("--device", default="cuda")
     go.add_argument("--quick", action="store_true", help="a few pages per step: proves the commands, not the speed")
+    go.add_argument("--budget", type=int, default=540,
+                    help="seconds for the whole run, install included (default %(default)s: a device call's 600 "
+                         "less a margin for the transfers); a step that would not fit is cut short or skipped")
     reh = commands.add_parser("rehearse", help="prepare + run --quick on the CPU in a bare venv (here)")
     reh.add_argument("--folder", type=Path, default=REPO / "run" / "gpu-rehearsal")
     return parser
@@ -299,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             prepare(args.carry, args.python_version)
             return 0
         if args.command == "run":
-            return run(args.carry, args.site, args.out, args.device, args.quick)
+            return run(args.carry, args.site, args.out, args.device, args.quick, args.budget)
         return rehearse(args.folder)
     except SetupError as error:
         print(f"gpu_check: {error}", file=sys.stderr)

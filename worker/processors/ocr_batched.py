@@ -9,7 +9,9 @@ them, so a page read alone gives the same PAGE XML and logits as PageParser.
 
 Lines are cropped ahead, in a small pool of spawned processes (the GIL would
 serialise threads), while the network reads the previous pages.  On CUDA the
-batches go through pinned memory.
+batches go through pinned memory, and the logits are sparsified on the GPU.
+What follows the network for each page runs in another pool of spawned
+processes (ocr_finishing.py).
 
 On a CPU shared batches make no pixel cheaper, so there the processor reads a
 step's pages side by side instead, each alone with this reader, one page per

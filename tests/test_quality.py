@@ -272,3 +272,52 @@ def test_a_stage_that_reads_no_text_is_not_judged() -> None:
 
     xml, summary, warning = PeroOcrProcessor(LayoutOnly(), None)._assess(_paper(), Page(), None)
     assert b"UserDefined" not in xml and summary == "0 lines" and warning is None
+
+
+@pytest.mark.parametrize("shape, seed", [((350, 260, 3), 1), ((3507, 2481, 3), 2), ((1001, 777, 3), 3),
+                                          ((300, 200, 4), 4), ((500, 400), 5)])
+def test_ink_fraction_is_the_mean_of_the_channels_bit_for_bit(shape, seed) -> None:
+    image = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    image[: shape[0] // 3] = 240                             # some paper, so the threshold is not at the extremes
+    step = max(1, max(image.shape[:2]) // 1500)
+    sample = np.asarray(image[::step, ::step], dtype=np.float32)
+    if sample.ndim == 3:
+        sample = sample.mean(axis=2)                         # the formula it replaced
+    paper = float(np.percentile(sample, 90))
+    threshold = 128.0 if paper < 96 else paper - max(50.0, 0.35 * paper)
+    assert ink_fraction(image) == float(np.count_nonzero(sample < threshold)) / sample.size
+
+
+def test_a_line_without_characters_gets_the_fallback_confidence() -> None:
+    from scipy import sparse
+
+    from pero_worker.worker.processors.quality_probe import set_line_confidences
+
+    class Line:
+        def __init__(self, logits, confidence, text=""):
+            self.logits, self.transcription_confidence, self.transcription = logits, confidence, text
+
+        def get_dense_logits(self):
+            return self.logits.toarray()
+
+    class Page:
+        def __init__(self, lines):
+            self.lines = lines
+
+        def lines_iterator(self):
+            return iter(self.lines)
+
+    blank_only = np.full((6, len(CHARS) + 1), -20.0, dtype=np.float32)
+    blank_only[:, -1] = 5.0                                  # every frame blank: nothing on the best path
+    lines = [Line(sparse.csc_matrix(UNSURE_O), 0.5, "Our"), Line(sparse.csc_matrix(blank_only), 0.5),
+             Line(None, 0.25)]
+    asked = []
+
+    def pero_ocr_confidence(line):
+        asked.append(line)
+        return 0.75
+
+    count, characters, mean = set_line_confidences(Page(lines), PENALTIES, None, pero_ocr_confidence)
+    assert asked == [lines[1]]                               # only the line without characters
+    assert [line.transcription_confidence for line in lines][1:] == [0.75, 0.25]
+    assert lines[0].transcription_confidence == pytest.approx(mean) and count == 3 and characters == 3

@@ -536,8 +536,11 @@ class PeroOcrProcessor:
             line.logit_coords = result.logit_coords
         if parser.run_decoder:
             job.layout = parser.decoder.process_page(job.layout)
-        parser.update_confidences(job.layout)
+        # pero-ocr's line confidences (PageParser.update_confidences) are all replaced by the quality probe's
+        # when the page is rendered (_assess), but for lines with no characters, which it gives pero-ocr's
+        # then: computed here only when lines are filtered by them (a fifth of a page's tail otherwise).
         if parser.filter_confident_lines_threshold > 0:
+            parser.update_confidences(job.layout)
             job.layout = parser.filter_confident_lines(job.layout)
 
     def finish(self, job: PageJob) -> None:

@@ -53,13 +53,18 @@ def ink_fraction(image: np.ndarray) -> float:
     # Sample first, then average the colours: averaging a 600 dpi A3 scan whole took 2.2 s and a
     # 560 MB float64 copy (bench/page_speed.py).
     step = max(1, max(image.shape[:2]) // INK_SAMPLE_SIDE)
-    sample = np.asarray(image[::step, ::step], dtype=np.float32)
-    if sample.ndim == 3 and sample.shape[2] == 3:
-        # what sample.mean(axis=2) gives, bit for bit (a float32 sum of three whole numbers is exact), without
-        # numpy's slow reduction over a 3-wide axis: 8 instead of 50 ms on a 300 dpi A4 page
-        sample = (sample[..., 0] + sample[..., 1] + sample[..., 2]) / np.float32(3)
-    elif sample.ndim == 3:
-        sample = sample.mean(axis=2)
+    view = image[::step, ::step]
+    if view.ndim == 3 and view.shape[2] == 3:
+        # the float32 mean of the three channels, bit for bit (a float32 sum of three whole numbers is exact),
+        # without numpy's slow reduction over a 3-wide axis: 16 instead of 70 ms on a 300 dpi A4 page
+        sample = view[..., 0].astype(np.float32)
+        sample += view[..., 1]
+        sample += view[..., 2]
+        sample /= np.float32(3)
+    else:
+        sample = np.asarray(view, dtype=np.float32)
+        if sample.ndim == 3:
+            sample = sample.mean(axis=2)
     if sample.size == 0:
         return 0.0
     paper = float(np.percentile(sample, 90))

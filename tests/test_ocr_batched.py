@@ -409,3 +409,35 @@ def test_pages_are_finished_here_when_the_processes_die(inputs, finished_here, c
 def test_default_finish_processes(device, cores, expected):
     from pero_worker.worker.processors.ocr_finishing import default_finish_processes
     assert default_finish_processes(device, cores) == expected
+
+
+def test_pages_cropped_and_finished_elsewhere_are_decoded_only_there(inputs, finished_here, caplog):
+    """With both pools (a GPU's set-up) the processing thread leaves the image undecoded; a page whose PAGE XML
+    is for another page size is still reported (the finishing process's warning comes back), and an image
+    that cannot be decoded fails alone."""
+    caplog.set_level(logging.INFO)
+    processor = _processor(FINISHING.replace("CROP_PROCESSES = 0", "CROP_PROCESSES = 1") + "FINISH_PROCESSES = 1\n")
+    try:
+        names = (PAGES[0], PAGES[1], PAGES[1], PAGES[0])
+        requests = [_request(inputs, name) for name in names]
+        jobs = [processor.begin(request) for request in requests]
+        assert all(job.image is None for job in jobs)
+        processor.run(jobs)
+        for job in jobs:
+            processor.finish(job)
+        for request, expected in zip(requests, finished_here):
+            _assert_same_as_alone(request, expected)
+        assert not any("is for a" in record.getMessage() for record in caplog.records)
+
+        other_size = _request(inputs, PAGES[0])
+        other_size.results[1].content = inputs[PAGES[1]][1]          # the other page's PAGE XML
+        broken = _request(inputs, PAGES[1])
+        broken.results[0].content = broken.results[0].content[:300]   # a PNG cut short: its header only
+        fine = _request(inputs, PAGES[1])
+        errors = _batched(processor, [other_size, broken, fine])
+        assert errors[0] is None and errors[2] is None
+        assert "is not an image that can be decoded" in str(errors[1])
+        assert sum("is for a 1890 x 2550 page" in record.getMessage() for record in caplog.records) == 1
+        assert processor._finish_pool is not None
+    finally:
+        processor.close()

@@ -10,14 +10,17 @@ model folder (one page a step, one torch thread): it reads the request's input e
 read it, takes the network's line results, and returns the PageOutput that the processing thread stores
 and logs (PeroOcrProcessor.finish).
 
-The pool's processes log nothing: what they would say about a page's input the processing thread has
-already said, and a page's summary and quality warning come back in its PageOutput.  If the pool breaks
+The pool's processes log nothing themselves: a page's summary and quality warning come back in its
+PageOutput, and so do the warnings logged while it was finished (its `notes`: a PAGE XML for another page
+size, logits not saved, a failed orientation check), which the processing thread logs into the request's
+StageLog.  If the pool breaks
 (a process killed, a stage that cannot load there), the processor finishes its pages itself.
 
 torch and pero-ocr are imported by whoever builds the processor; this module is imported only then.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 from collections.abc import Sequence
@@ -46,15 +49,33 @@ def _start(config_text: str, model_dir: str | None) -> None:
     torch.set_num_threads(1)
     root = logging.getLogger()
     root.handlers[:] = [logging.NullHandler()]
-    root.setLevel(logging.CRITICAL)
+    root.setLevel(logging.WARNING)
     from pero_worker.worker.processors import build_processor, with_worker_keys
     _process["stage"] = build_processor(with_worker_keys(config_text, {"BATCH_PAGES": "1"}),
                              Path(model_dir) if model_dir else None, device="cpu")
 
 
+class _Notes(logging.Handler):
+    """The warnings logged while one page is finished (installed on the root logger for that time)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 def _finish(request_bytes: bytes, lines: Sequence[Any]) -> Any:
     from pero_worker.libs.message_pb2 import ProcessingRequest
-    return _process["stage"].finish_read_page(ProcessingRequest.FromString(request_bytes), lines)
+    notes = _Notes()
+    root = logging.getLogger()
+    root.addHandler(notes)
+    try:
+        output = _process["stage"].finish_read_page(ProcessingRequest.FromString(request_bytes), lines)
+    finally:
+        root.removeHandler(notes)
+    return dataclasses.replace(output, notes=tuple(notes.lines))
 
 
 class FinishPool:

@@ -441,3 +441,10 @@ def test_pages_cropped_and_finished_elsewhere_are_decoded_only_there(inputs, fin
         assert processor._finish_pool is not None
     finally:
         processor.close()
+
+
+@pytest.mark.parametrize("device, cores, expected", [("cuda", 16, 15), ("cuda", 64, 16), ("cuda", 1, 1),
+                                                     ("cpu", 16, 0)])
+def test_default_crop_processes(device, cores, expected):
+    from pero_worker.worker.processors.ocr_batched import default_crop_processes
+    assert default_crop_processes(device, cores) == expected

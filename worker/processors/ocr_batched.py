@@ -102,11 +102,13 @@ def batch_settings(config: configparser.ConfigParser) -> BatchSettings:
 
 
 def default_crop_processes(device_type: str, cores: int | None) -> int:
-    """Crop processes when the stage does not say (pure): on a GPU all cores but one crop ahead; on a CPU
-    the network already uses every core, so lines are cropped inline."""
+    """Crop processes when the stage does not say (pure): on a GPU one per core but the processing thread's,
+    at most 16 (decoding and cropping a 300 dpi page takes a fifth of a second of a core, bench/ocr_serial.py;
+    they share the cores with the finishing processes, which are busy at other moments); on a CPU the network
+    already uses every core, so lines are cropped inline."""
     if device_type != "cuda":
         return 0
-    return max(1, min(8, (cores or 1) - 1))
+    return max(1, min(16, (cores or 1) - 1))
 
 
 def default_page_threads(device_type: str, cores: int | None) -> int:

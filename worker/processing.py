@@ -153,22 +153,26 @@ class ProcessingThread:
     def _process_waiting(self) -> None:
         """Process deliveries (so a switch can requeue the rest), handing outcomes back in batches.
 
-        A processor that crops ahead (`crops_ahead`) gets the next group begun before the current one runs,
-        so its pages are decoded and cropped in the crop pool while the network reads the current group."""
+        A processor that crops ahead (`crops_ahead`) keeps one begun group ahead: each turn runs that group's
+        shared step (the network; a GPU stage then hands its pages' tails to its finishing processes), begins
+        the next group (its pages go to the crop pool) while those tails run, and only then finishes the
+        group that ran, so the network, the cropping and the tails of consecutive groups overlap."""
         ready: list[Outcome] = []
         last_handoff = time.monotonic()
         ahead: _Group | None = None
         while (group := self._next_group()) or ahead is not None:
             outcomes: list[Outcome] = []
+            ran = self._run_shared(ahead.pending) if ahead is not None else None
             begun: _Group | None = None
             if len(group) > 1:
                 try:
                     begun = self.begin_group(group)
                 except Exception as error:   # a bug of ours: park the requests where an operator sees them
                     outcomes += self._internal_error(group, error)
-            if ahead is not None:            # its network pass runs while the pool crops the group just begun
+            if ahead is not None and ran is not None:
                 previous, ahead = ahead, None
-                outcomes += self._guarded(previous.items, lambda previous=previous: self.finish_group(previous))
+                outcomes += self._guarded(previous.items,
+                                          lambda previous=previous, ran=ran: self.conclude_group(previous, *ran))
             if len(group) == 1:
                 outcomes += self._guarded(group, lambda: [self.handle(*group[0])])
             elif begun is not None:
@@ -297,7 +301,10 @@ class ProcessingThread:
 
     def finish_group(self, begun: _Group) -> list[Outcome]:
         """Run the shared step of a begun group and finish each of its requests."""
-        shared, shared_error = self._run_shared(begun.pending)
+        return self.conclude_group(begun, *self._run_shared(begun.pending))
+
+    def conclude_group(self, begun: _Group, shared: str, shared_error: BaseException | None) -> list[Outcome]:
+        """Finish each request of a group whose shared step has run (its log lines and error as given)."""
         per_request = (time.perf_counter() - begun.started) / max(1, len(begun.pending))
         for item in begun.pending:
             delivery, generation = begun.items[item.index]

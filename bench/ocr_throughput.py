@@ -10,6 +10,7 @@ pipeline adds around (or saves on) `PageParser.process_page`.
   processor       the worker's PERO_OCR processor in-process, one request at a time (BATCH_PAGES = 1)
   batched         the same processor with cross-page batching ([WORKER] BATCH_PAGES = --batch-pages):
                   groups of pages through begin/run/finish, as the worker's processing thread calls them
+                  (with crops ahead, as on a GPU: run a group, begin the next, finish the group)
   worker          a real worker process consuming the stage queue (RabbitMQ, ZooKeeper, SFTP model
                   download); the clock runs from the end of a warm-up page to the end of the last
                   page, read from the requests' StageLogs, so model loading and warm-up are excluded
@@ -216,6 +217,23 @@ def _process_group(processor, group) -> None:
         processor.finish(job)
 
 
+def _process_groups(processor, groups) -> None:
+    """What the worker's processing thread does with consecutive groups: with crops ahead (worker/processing.py)
+    a group runs, the next is begun while its tails run, then it finishes; else one group after the other."""
+    if not processor.crops_ahead:
+        for group in groups:
+            _process_group(processor, group)
+        return
+    ahead = None
+    for group in [*groups, None]:
+        if ahead is not None:
+            processor.run(ahead)
+        jobs = [processor.begin(request) for request in group] if group is not None else None
+        for job in ahead or ():
+            processor.finish(job)
+        ahead = jobs
+
+
 def run_processor(pages, xmls, model_dir: Path, device: str, args, batched: bool = False) -> dict:
     from pero_worker.worker.processors import build_processor
 
@@ -228,11 +246,11 @@ def run_processor(pages, xmls, model_dir: Path, device: str, args, batched: bool
     requests = list(_requests(pages, xmls, ["ocr", "out"]))
     with GpuSampler(device) as gpu:
         started, cpu = time.perf_counter(), time.process_time()
-        for first in range(0, len(requests), size):
-            if batched:
-                _process_group(processor, requests[first:first + size])
-            else:
-                processor.process(requests[first])
+        if batched:
+            _process_groups(processor, [requests[first:first + size] for first in range(0, len(requests), size)])
+        else:
+            for request in requests:
+                processor.process(request)
         _sync(device)
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     processor.close()

@@ -2,19 +2,19 @@
 shared-batch path, i.e. on a GPU).
 
 On a GPU the network reads a page's lines in milliseconds, but what follows runs on the CPU under the GIL:
-line confidences, the character prior, the quality probe, PAGE XML and logits out -- about a third of a
-second of one core for a 300 dpi page (README, "OCR throughput").  Done on the worker's processing thread
-for every page, that caps a GPU worker at a few pages a second whatever the GPU.  So each page's tail
-runs in a pool process that holds its own CPU copy of the stage, built from the same stage config and
-model folder (one page a step, one torch thread): it reads the request's input exactly as the worker
-read it, takes the network's line results, and returns the PageOutput that the processing thread stores
-and logs (PeroOcrProcessor.finish).
+line confidences, the character prior, the quality probe, PAGE XML and logits out -- about a fifth of a
+second of one core for a 300 dpi page (bench/ocr_serial.py; README, "OCR throughput").  Done on the
+worker's processing thread for every page, that caps a GPU worker at a few pages a second whatever the GPU.
+So each page's tail runs in a pool process that holds its own CPU copy of the stage, built from the same
+stage config and model folder (one page a step, one torch thread): it reads the request's input exactly as
+the worker read it, takes the network's line results, and returns the PageOutput that the processing
+thread stores and logs (PeroOcrProcessor.finish).
 
 The pool's processes log nothing themselves: a page's summary and quality warning come back in its
 PageOutput, and so do the warnings logged while it was finished (its `notes`: a PAGE XML for another page
 size, logits not saved, a failed orientation check), which the processing thread logs into the request's
-StageLog.  If the pool breaks
-(a process killed, a stage that cannot load there), the processor finishes its pages itself.
+StageLog.  If the pool breaks (a process killed, a stage that cannot load there), the processor finishes
+its pages itself.
 
 torch and pero-ocr are imported by whoever builds the processor; this module is imported only then.
 """
@@ -52,7 +52,7 @@ def _start(config_text: str, model_dir: str | None) -> None:
     root.setLevel(logging.WARNING)
     from pero_worker.worker.processors import build_processor, with_worker_keys
     _process["stage"] = build_processor(with_worker_keys(config_text, {"BATCH_PAGES": "1"}),
-                             Path(model_dir) if model_dir else None, device="cpu")
+                                        Path(model_dir) if model_dir else None, device="cpu")
 
 
 class _Notes(logging.Handler):

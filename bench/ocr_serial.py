@@ -22,14 +22,12 @@ import argparse
 import cProfile
 import pstats
 import statistics
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
+from pero_worker.bench import ocr_throughput  # the same pages, layout and request helpers
 
-import ocr_throughput  # noqa: E402  (the same pages, layout and request helpers)
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _cumulative(stats: pstats.Stats, name: str) -> float:

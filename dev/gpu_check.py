@@ -97,10 +97,11 @@ def plan(python: str, device: str, pages: Path, quick: bool) -> list[Step]:
     """
     repeat_compare, repeat_long, runs, batch = (1, 2, 1, 4) if quick else (6, 40, 3, 16)
     shapes = ("2x1664",) if quick else ("2x1664", "32x1664", "128x1664")
-    throughput = (python, "bench/ocr_throughput.py", "--device", device, "--examples", str(pages),
-                  "--batch-pages", str(batch))
-    if quick:   # a CPU's batched path reads pages side by side: take the GPU's parts (shared batches, pools)
-        throughput += ("--page-threads", "1", "--crop-processes", "1", "--finish-processes", "1")
+    # on a CPU the batched path reads pages side by side: the rehearsal takes the GPU's parts (shared batches,
+    # crop and finishing processes)
+    parts = ("--page-threads", "1", "--crop-processes", "1", "--finish-processes", "1") if quick else ()
+    bench = (python, "bench/ocr_throughput.py", "--device", device, "--examples", str(pages), *parts)
+    throughput, doubled = (*bench, "--batch-pages", str(batch)), (*bench, "--batch-pages", str(2 * batch))
     return [
         Step("environment", (python, "-c", ENVIRONMENT_REPORT), 120, needed=True),
         # the target: pages/s of the worker's batched path on 300 dpi pages, many pages, float32 and float16
@@ -113,6 +114,8 @@ def plan(python: str, device: str, pages: Path, quick: bool) -> list[Step]:
         # the same run's comparison with PageParser direct and the one-page path (slow modes: fewer pages)
         Step("compare", (*throughput, "--modes", "direct", "processor", "batched", "--repeat", str(repeat_compare),
                          "--runs", str(runs)), 240),
+        # a step twice the size: more pages per network pass and per turn of the finishing processes
+        Step("batched_32", (*doubled, "--modes", "batched", "--repeat", str(repeat_long), "--runs", str(runs)), 120),
         Step("tests", (python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ocr_batched.py"), 240),
         Step("profile", (python, "bench/ocr_profile.py", "--device", device, "--runs", "1", "--shapes", *shapes), 120),
     ]

@@ -20,10 +20,12 @@ def test_the_plan_measures_the_target_first_and_fits_one_device_call():
     names = [step.name for step in steps]
     assert names[0] == "environment" and steps[0].needed
     assert names[1] == "batched"   # the ≥ 30 pages/s figure comes before everything that may run out of time
-    assert set(names) == {"environment", "batched", "batched_fp16", "batched_finish_here", "compare", "tests",
-                          "profile"}
+    assert set(names) == {"environment", "batched", "batched_fp16", "batched_finish_here", "compare", "batched_32",
+                          "tests", "profile"}
+    doubled = list(next(s for s in steps if s.name == "batched_32").argv)
+    assert doubled[doubled.index("--batch-pages") + 1] == "32" and doubled.count("--batch-pages") == 1
     for step in steps:
-        if "bench/ocr_throughput.py" in step.argv:
+        if "bench/ocr_throughput.py" in step.argv and step.name != "batched_32":
             argv = list(step.argv)
             assert argv[argv.index("--device") + 1] == "cuda"
             assert argv[argv.index("--examples") + 1] == "/x/pages300"
